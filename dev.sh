@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# tokengate developer entry point: sets up everything a fresh Debian/Ubuntu machine needs.
+#   ./dev.sh demo    start the demo gateway (memory:// store) and its echo upstream
+#   ./dev.sh test    run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY=${PYTHON:-python3}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+  echo "need root to run: $*" >&2; exit 1; fi; }
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "please install these packages with your system package manager: $*" >&2; exit 1
+  fi
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_python() {
+  if ! command -v "$PY" >/dev/null; then apt_install python3 python3-venv python3-pip; fi
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "tokengate needs Python 3.11 or newer; $PY is $("$PY" --version)" >&2; exit 1
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"
+      apt_install python3-venv
+      "$PY" -m venv "$VENV"
+    fi
+  fi
+  local stamp="$VENV/.installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    touch "$stamp"
+  fi
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+}
+
+case "${1:-}" in
+  demo)
+    ensure_python
+    shift
+    exec "$VENV/bin/python" -m gateway.demo "$@"
+    ;;
+  test)
+    ensure_python
+    ensure_redis
+    shift
+    exec "$VENV/bin/python" -m pytest -q "$@"
+    ;;
+  *)
+    sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
+    exit 64
+    ;;
+esac

@@ -1,0 +1,3 @@
+"""tokengate: an async JWT edge gateway and reverse proxy."""
+
+__version__ = "0.1.0"

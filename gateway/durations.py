@@ -1,0 +1,37 @@
+"""Parse the duration strings (``30s``, ``15m``, ``7d``) and rates (``5/min``) of the config."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*")
+_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+        "d": 86400, "day": 86400}
+_RATE = re.compile(r"\s*(\d+)\s*/\s*([a-z]+)\s*")
+
+
+def parse_duration_s(value: Any) -> float:
+    """``"15m"`` -> 900.0. Raises ValueError with a message meant for the config file's author."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"a duration is a string with a unit, like 30s, 15m or 7d (got {value!r})")
+    m = _DURATION.fullmatch(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; write a number and a unit (ms, s, m, h, d, w), like 15m")
+    return float(m.group(1)) * _UNITS_S[m.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNITS_S[unit] and seconds % _UNITS_S[unit] == 0:
+            return f"{int(seconds // _UNITS_S[unit])}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_rate(value: Any) -> tuple[int, int]:
+    """``"5/min"`` -> (5, 60): at most 5 events a 60-second window."""
+    m = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if not m or m.group(2) not in _PER or int(m.group(1)) < 1:
+        raise ValueError(f"{value!r} is not a rate; write a count and a period, like 5/min, 30/min or 3/h")
+    return int(m.group(1)), _PER[m.group(2)]

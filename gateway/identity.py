@@ -1,0 +1,21 @@
+"""Identity: who a verified token says the caller is. Built by verify, read by authorize and forward."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    sub: str
+    roles: frozenset[str]
+    jti: str
+    iss: str
+    exp: float
+    iat: float | None
+    claims: Mapping[str, Any]       # every verified claim, as the token carried it
+
+    def has_any_role(self, roles: frozenset[str]) -> bool:
+        return not roles.isdisjoint(self.roles)

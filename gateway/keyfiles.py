@@ -1,0 +1,73 @@
+"""Read PEM key files for the config and check that each key fits its algorithm.
+
+A key that is the wrong type or size for its ``alg`` is refused here, at load time: a key is
+only ever used with the one algorithm it was configured for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
+MIN_RSA_BITS = 2048
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """The loaded key: an HMAC secret, or an asymmetric private key and/or its public key."""
+
+    alg: str
+    secret: bytes | None = None
+    private: Any = None
+    public: Any = None
+
+    def __repr__(self) -> str:   # never show key material in a traceback or log
+        kind = "secret" if self.secret else ("private" if self.private else "public")
+        return f"KeyMaterial({self.alg}, {kind})"
+
+
+def load_key_material(alg: str, path: Path, *, private: bool) -> KeyMaterial:
+    """Load a PEM file for ``alg``. Raises ValueError with a message for the config's author."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read key file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        if private:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        what = "private" if private else "public"
+        raise ValueError(f"key file {str(path)!r} is not an unencrypted PEM {what} key ({exc})") from None
+    public = key.public_key() if private else key
+    check_key_fits(alg, public)
+    return KeyMaterial(alg, private=key if private else None, public=public)
+
+
+def check_key_fits(alg: str, public: Any) -> None:
+    """Refuse a key whose type or size does not match ``alg``."""
+    if alg[:2] in ("RS", "PS"):
+        if not isinstance(public, rsa.RSAPublicKey):
+            raise ValueError(f"{alg} needs an RSA key, got {_kind(public)}")
+        if public.key_size < MIN_RSA_BITS:
+            raise ValueError(f"{alg} needs an RSA key of at least {MIN_RSA_BITS} bits, got {public.key_size}")
+    elif alg in _CURVES:
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, _CURVES[alg]):
+            raise ValueError(f"{alg} needs an EC key on curve {_CURVES[alg].name}, got {_kind(public)}")
+    elif alg == "EdDSA":
+        if not isinstance(public, ed25519.Ed25519PublicKey):
+            raise ValueError(f"EdDSA needs an Ed25519 key, got {_kind(public)}")
+    else:
+        raise ValueError(f"{alg} does not take a key file")
+
+
+def _kind(key: Any) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"an EC key on {key.curve.name}"
+    return f"a {type(key).__name__.removeprefix('_').replace('PublicKey', '')} key"
