@@ -6,10 +6,11 @@ import re
 from typing import Any
 
 _UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", re.ASCII)
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
         "d": 86400, "day": 86400}
-_RATE = re.compile(r"\s*(\d+)\s*/\s*([a-z]+)\s*")
+MAX_DURATION_S = 3650 * 86400.0   # ten years; longer is a typo, and would overflow expiry arithmetic
+_RATE = re.compile(r"\s*(\d+)\s*/\s*([a-z]+)\s*", re.ASCII)
 
 
 def parse_duration_s(value: Any) -> float:
@@ -19,7 +20,10 @@ def parse_duration_s(value: Any) -> float:
     m = _DURATION.fullmatch(value)
     if not m:
         raise ValueError(f"{value!r} is not a duration; write a number and a unit (ms, s, m, h, d, w), like 15m")
-    return float(m.group(1)) * _UNITS_S[m.group(2)]
+    seconds = float(m.group(1)) * _UNITS_S[m.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{value!r} is longer than ten years (3650d), the longest duration allowed")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -32,6 +36,7 @@ def format_duration(seconds: float) -> str:
 def parse_rate(value: Any) -> tuple[int, int]:
     """``"5/min"`` -> (5, 60): at most 5 events a 60-second window."""
     m = _RATE.fullmatch(value) if isinstance(value, str) else None
-    if not m or m.group(2) not in _PER or int(m.group(1)) < 1:
+    count = int(m.group(1)) if m and len(m.group(1)) <= 7 else 0
+    if not m or m.group(2) not in _PER or not 1 <= count <= 1_000_000:
         raise ValueError(f"{value!r} is not a rate; write a count and a period, like 5/min, 30/min or 3/h")
     return int(m.group(1)), _PER[m.group(2)]

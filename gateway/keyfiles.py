@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 MIN_RSA_BITS = 2048
+MAX_KEY_FILE_BYTES = 1 << 20   # a PEM key is a few kB; this stops a path like /dev/zero from hanging the load
 
 
 @dataclass(frozen=True)
@@ -32,22 +35,46 @@ class KeyMaterial:
 
 
 def load_key_material(alg: str, path: Path, *, private: bool) -> KeyMaterial:
-    """Load a PEM file for ``alg``. Raises ValueError with a message for the config's author."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read key file {str(path)!r}: {exc.strerror or exc}") from None
+    """Load a PEM file for ``alg``. Raises ValueError with a message for the config's author.
+
+    A public key file may also be an X.509 certificate (PEM): its public key is used.
+    """
+    data = _read(path)
+    what = "private" if private else "public"
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"key file {str(path)!r} is not a PEM file (it should start with -----BEGIN ...)")
+    if private and b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
+        raise ValueError(f"key file {str(path)!r} holds a public key; give it as `public_key_file` "
+                         "(verify only), or give the private key here")
     try:
         if private:
             key = serialization.load_pem_private_key(data, password=None)
+        elif b"-----BEGIN CERTIFICATE-----" in data:
+            key = x509.load_pem_x509_certificate(data).public_key()
         else:
             key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        what = "private" if private else "public"
-        raise ValueError(f"key file {str(path)!r} is not an unencrypted PEM {what} key ({exc})") from None
+    except TypeError:   # cryptography: "Password was not given but private key is encrypted"
+        raise ValueError(f"key file {str(path)!r} is encrypted; tokengate needs an unencrypted PEM key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        misplaced = not private and b"PRIVATE KEY-----" in data
+        hint = " (it holds a private key: use `private_key_file`)" if misplaced else ""
+        raise ValueError(f"key file {str(path)!r} does not hold a {what} key tokengate can read{hint}") from None
     public = key.public_key() if private else key
     check_key_fits(alg, public)
     return KeyMaterial(alg, private=key if private else None, public=public)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read key file {str(path)!r}: {exc.strerror or exc.__class__.__name__}") from None
+    except ValueError:   # e.g. a NUL byte in the path
+        raise ValueError(f"cannot read key file {str(path)!r}: not a valid file name") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ValueError(f"key file {str(path)!r} is far too big to be a PEM key")
+    return data
 
 
 def check_key_fits(alg: str, public: Any) -> None:

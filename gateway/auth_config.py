@@ -1,0 +1,133 @@
+"""The ``auth`` section: the gateway's own endpoints, where accounts live, cookies, rates and mail.
+
+Import these names from ``gateway.config``.
+"""
+
+from __future__ import annotations
+
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+
+from .config_fields import HttpUrl, Invalid, Model, Rate, http_url
+
+
+class UsersFileConfig(Model):
+    file: Path
+
+
+class CredentialsUrlConfig(Model):
+    credentials_url: HttpUrl
+
+
+def _users_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "<credentials_url>" if "credentials_url" in value else "<file>"
+    return "<store>"
+
+
+# Tags are in <> so that they can never be mistaken for a key of the YAML file in error locations.
+UsersConfig = Annotated[Union[Annotated[Literal["store"], Tag("<store>")],
+                              Annotated[UsersFileConfig, Tag("<file>")],
+                              Annotated[CredentialsUrlConfig, Tag("<credentials_url>")]],
+                        Discriminator(_users_kind)]
+
+
+class CookieConfig(Model):
+    name: str = Field("refresh_token", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    secure: bool = True
+    samesite: Literal["Strict", "Lax", "None"] = "Strict"
+    path: str = Field("/auth", pattern=r"^/[^\s;,]*$")
+
+    @field_validator("samesite", mode="before")
+    @classmethod
+    def _samesite_case(cls, value: Any) -> Any:
+        return value.capitalize() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _none_needs_secure(self) -> CookieConfig:
+        if self.samesite == "None" and not self.secure:
+            raise Invalid((("secure",), "SameSite=None cookies must also be Secure (browsers drop them "
+                                        "otherwise)"))
+        return self
+
+
+class RateLimitsConfig(Model):
+    login: Rate = (5, 60)
+    refresh: Rate = (30, 60)
+    forgot_password: Rate = (3, 3600)
+
+
+class MailConfig(Model):
+    smtp_url: str = "smtp://127.0.0.1:1025"
+    from_: str = Field("no-reply@example.test", alias="from")
+    reset_url: str = "http://127.0.0.1:8080/reset?token={token}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_as_written(cls, data: Any, info: ValidationInfo) -> Any:
+        # `from_` is the Python name; a config file says `from` (the file is validated with a context).
+        if info.context is not None and isinstance(data, dict) and "from_" in data:
+            raise Invalid((("from_",), "unknown key; did you mean `from`?"))
+        return data
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_scheme(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port   # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("smtp_url is not a valid URL (check the host and port)") from None
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("smtp_url must look like smtp://host:port or smtps://host:port")
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if "@" not in parseaddr(value)[1]:
+            raise ValueError("`from` must be an e-mail address, like no-reply@example.com")
+        return value
+
+    @field_validator("reset_url")
+    @classmethod
+    def _has_token(cls, value: str) -> str:
+        http_url(value)
+        if "{token}" not in value:
+            raise ValueError("reset_url must contain {token}, where the reset token goes")
+        return value
+
+
+class AuthConfig(Model):
+    prefix: str = "/auth"
+    users: UsersConfig = "store"
+    signup: bool = True
+    refresh_cookie: CookieConfig = CookieConfig()
+    access_cookie: bool = False
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    mail: MailConfig = MailConfig()
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        segments = value.split("/")
+        if segments[0] or len(segments) < 2 or not all(segments[1:]) or any(
+                s in (".", "..") or not set(s) <= _UNRESERVED for s in segments[1:]):
+            raise ValueError("prefix is a path like /auth: starts with /, no trailing /, letters, digits "
+                             "and -._~ only")
+        return value
+
+    @model_validator(mode="after")
+    def _cookie_reaches_endpoints(self) -> AuthConfig:
+        path = self.refresh_cookie.path.rstrip("/")
+        if path and self.prefix != path and not self.prefix.startswith(path + "/"):
+            raise Invalid((("refresh_cookie", "path"), f"the refresh cookie path must cover {self.prefix} "
+                                                       "or browsers will not send it to /refresh"))
+        return self
+
+
+_UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
