@@ -1,14 +1,187 @@
-"""Step 1: method + normalised path -> Rule. (placeholder: being written)"""
+"""Step 1: method + normalised path -> Rule, or NoRoute (404). Routes are compiled once into a trie.
+
+A request visits only trie nodes whose pattern prefix matches its path, so the cost depends on the
+path depth and the shape of the patterns, never on how many routes the file holds.
+"""
+
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import RouteConfig
+from .errors import BadPath, NoRoute
+from .paths import normalise, quote_segment
+
+WILDCARD = "*"
 
 
 class RuleConflict(Exception):
+    """Two routes that cannot both be kept: ``first`` < ``second`` index the routes list."""
+
     def __init__(self, first: int, second: int, reason: str) -> None:
         self.first, self.second, self.reason = first, second, reason
         super().__init__(reason)
 
 
-class RuleSet:
+@dataclass(frozen=True, slots=True)
+class Rule:
+    index: int
+    path: str                        # the pattern, as configured
+    methods: frozenset[str] | None   # None: every method
+    upstream: str
+    public: bool
+    roles: frozenset[str] | None     # None: any authenticated caller
+    label: str
+
     @classmethod
-    def compile(cls, routes):  # type: ignore[no-untyped-def]
-        return cls()
+    def from_route(cls, index: int, route: RouteConfig) -> Rule:
+        return cls(index=index, path=route.path, upstream=route.upstream, public=route.public,
+                   methods=frozenset(route.methods) if route.methods is not None else None,
+                   roles=frozenset(route.roles) if route.roles is not None else None, label=route.label)
+
+    def describe(self) -> str:
+        named = "" if self.label.endswith(f" {self.path}") else f" ({self.label})"   # label is the name if set
+        return f"routes[{self.index}] `{self.path}`{named}"
+
+    def needs(self) -> str:
+        if self.public:
+            return "it is public, no token is needed"
+        if self.roles is None:
+            return "it needs a valid token, any authenticated caller passes"
+        return f"it needs a valid token with one of the roles: {', '.join(sorted(self.roles))}"
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    rule: Rule | None
+    reason: str      # one sentence, for people: which route matched and what it needs, or why none did
+    path: str        # the normalised path the decision was made on (as given when it was refused)
+
+
+class _Node:
+    """One pattern prefix. ``by_method``/``any_method`` hold the routes whose pattern ends here."""
+
+    __slots__ = ("children", "wildcard", "by_method", "any_method")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.wildcard: _Node | None = None
+        self.by_method: dict[str, Rule] = {}
+        self.any_method: Rule | None = None
+
+    @property
+    def is_end(self) -> bool:
+        return self.any_method is not None or bool(self.by_method)
+
+    def child(self, segment: str) -> _Node:
+        if segment == WILDCARD:
+            if self.wildcard is None:
+                self.wildcard = _Node()
+            return self.wildcard
+        return self.children.setdefault(segment, _Node())
+
+    def add(self, rule: Rule) -> None:
+        """Attach ``rule`` (pattern ends here); raises RuleConflict if it overlaps a route already here."""
+        if rule.methods is None:
+            if self.any_method is not None:
+                raise RuleConflict(self.any_method.index, rule.index,
+                                   f"duplicate route: another route has the same path `{rule.path}` and "
+                                   "both allow every method; give them distinct `methods` or merge them")
+            self.any_method = rule
+            return
+        clashes = sorted(m for m in rule.methods if m in self.by_method)
+        if clashes:
+            first = min(self.by_method[m].index for m in clashes)
+            raise RuleConflict(first, rule.index,
+                               f"ambiguous route: another route has the same path `{rule.path}` and also "
+                               f"lists {', '.join(clashes)}; each method may appear in one of them only")
+        for method in rule.methods:
+            self.by_method[method] = rule
+
+    def select(self, method: str) -> Rule | None:
+        """The route of this exact pattern for ``method``: one that lists it, else one for every method."""
+        rule = self.by_method.get(method)
+        return rule if rule is not None else self.any_method
+
+    def rules(self) -> list[Rule]:
+        found = {r.index: r for r in self.by_method.values()}
+        if self.any_method is not None:
+            found[self.any_method.index] = self.any_method
+        return [found[i] for i in sorted(found)]
+
+
+def _segments(path: str) -> list[str]:
+    # Empty segments are dropped: a trailing slash stays under its route and `*` never matches "".
+    return [s for s in path.split("/") if s]
+
+
+class RuleSet:
+    """The compiled routes. ``match`` is the per-request call; ``explain`` serves `tokengate explain`."""
+
+    def __init__(self, root: _Node, count: int) -> None:
+        self._root = root
+        self._count = count
+
+    @classmethod
+    def compile(cls, routes: Sequence[RouteConfig]) -> RuleSet:
+        """Build the trie. Raises RuleConflict for a duplicate or an ambiguous pair of routes."""
+        root = _Node()
+        for index, route in enumerate(routes):
+            node = root
+            for segment in _segments(route.path):
+                node = node.child(segment if segment == WILDCARD else quote_segment(segment))
+            node.add(Rule.from_route(index, route))
+        return cls(root, len(routes))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def match(self, method: str, path: str) -> Rule:
+        """The rule for a normalised path. Raises NoRoute when the most specific pattern has no
+        route for ``method`` (a less specific pattern never picks up the method) or none matches."""
+        node = self._walk(self._root, _segments(path), 0)
+        rule = node.select(method) if node is not None else None
+        if rule is None:
+            raise NoRoute()
+        return rule
+
+    def _walk(self, node: _Node, segments: list[str], depth: int) -> _Node | None:
+        """The most specific pattern matching ``segments`` below ``node``: at each position a literal
+        segment beats `*`, and `*` beats a pattern that has already ended (depth-first, in that order)."""
+        if depth < len(segments):
+            child = node.children.get(segments[depth])
+            if child is not None:
+                found = self._walk(child, segments, depth + 1)
+                if found is not None:
+                    return found
+            if node.wildcard is not None:
+                found = self._walk(node.wildcard, segments, depth + 1)
+                if found is not None:
+                    return found
+        return node if node.is_end else None
+
+    def explain(self, method: str, path: str) -> Explanation:
+        """Why ``method path`` gets the rule it gets, or none. ``path`` is normalised first."""
+        try:
+            clean = normalise(path)
+        except BadPath as exc:
+            return Explanation(None, f"the path is refused with 400: {exc.description}", path)
+        node = self._walk(self._root, _segments(clean), 0)
+        if node is None:
+            return Explanation(None, f"no route covers {clean}, so it gets 404", clean)
+        rule = node.select(method)
+        if rule is None:
+            first = node.rules()[0]
+            allowed = ", ".join(_allowed_methods(node))
+            return Explanation(None, f"the most specific route for this path, {first.describe()}, allows "
+                                     f"{allowed}, not {method}, so it gets 404", clean)
+        return Explanation(rule, f"{rule.describe()} matches {method} {clean} and forwards to upstream "
+                                 f"`{rule.upstream}`; {rule.needs()}", clean)
+
+
+def _allowed_methods(node: _Node) -> list[str]:
+    methods: list[str] = []
+    for rule in node.rules():
+        methods.extend(m for m in sorted(rule.methods or ()) if m not in methods)
+    return methods
