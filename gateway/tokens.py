@@ -1,0 +1,109 @@
+"""Minting: access tokens and the short-lived upstream assertion, signed with tokens.signer.
+
+Headers are encoded once at start; per token only the claims are serialised and signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .config import IdentityConfig, TokensConfig
+from .errors import GatewayError
+from .identity import Identity
+from .keys import SigningKey
+
+ACCESS_TOKEN_TYP = "at+jwt"                      # RFC 9068; verify accepts it (and "JWT")
+ASSERTION_TYP = "tokengate-assertion+jwt"        # verify refuses it: an assertion is never an access token
+ASSERTION_TTL_S = 60.0
+REGISTERED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "jti"})
+
+
+class NoSigningKey(GatewayError):
+    code, description = "no_signing_key", "this gateway has no key able to sign tokens"
+
+
+class Minter:
+    """Issues tokens for tokens.issuer. Built once; a verify-only config (``tokens.signer`` None)
+    builds fine, and every mint raises NoSigningKey."""
+
+    def __init__(self, tokens: TokensConfig, identity: IdentityConfig,
+                 *, clock: Callable[[], float] = time.time) -> None:
+        signer = tokens.signer
+        self._key = SigningKey.from_config(signer) if signer is not None else None
+        self._issuer = tokens.issuer
+        self._audience: str | list[str] = tokens.audience[0] if len(tokens.audience) == 1 else list(tokens.audience)
+        self._access_ttl_s = tokens.access_ttl
+        self._roles_claim = identity.roles_claim
+        self._reserved = REGISTERED_CLAIMS | {identity.roles_claim}
+        self._clock = clock
+        self._access_header = self._encode_header(ACCESS_TOKEN_TYP)
+        self._assertion_header = self._encode_header(ASSERTION_TYP)
+
+    @property
+    def can_sign(self) -> bool:
+        return self._key is not None
+
+    def mint_access_token(self, sub: str, roles: Sequence[str] = (), ttl_s: float | None = None,
+                          extra_claims: Mapping[str, Any] | None = None) -> str:
+        """A signed access token. Raises ValueError for a bad argument or an extra claim that
+        would override a registered one, NoSigningKey when no key can sign."""
+        ttl_s = self._access_ttl_s if ttl_s is None else ttl_s
+        _check_subject(sub, ttl_s)
+        extra = dict(extra_claims or {})
+        overridden = self._reserved.intersection(extra)
+        if overridden:
+            raise ValueError(f"extra claims may not set {', '.join(sorted(overridden))}")
+        now = self._clock()
+        claims = {**extra, "iss": self._issuer, "aud": self._audience, "sub": sub, "iat": int(now),
+                  "nbf": int(now), "exp": int(now + ttl_s), "jti": uuid.uuid4().hex,
+                  self._roles_claim: _role_list(roles)}
+        return self._sign(self._access_header, claims)
+
+    def mint_assertion(self, identity: Identity, audience: str, ttl_s: float = ASSERTION_TTL_S) -> str:
+        """A short-lived JWT telling upstream ``audience`` who the caller is (identity header
+        `identity.assertion_header`). Raises NoSigningKey when no key can sign."""
+        _check_subject(identity.sub, ttl_s)
+        now = self._clock()
+        claims: dict[str, Any] = {"iss": self._issuer, "aud": audience, "sub": identity.sub,
+                                  "roles": sorted(identity.roles), "jti": uuid.uuid4().hex,
+                                  "iat": int(now), "exp": int(now + ttl_s)}
+        email = identity.claims.get("email")
+        if isinstance(email, str):
+            claims["email"] = email
+        return self._sign(self._assertion_header, claims)
+
+    def _encode_header(self, typ: str) -> str | None:
+        if self._key is None:
+            return None
+        header = {"alg": self._key.alg, "kid": self._key.kid, "typ": typ}
+        return _b64encode(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
+    def _sign(self, header_b64: str | None, claims: dict[str, Any]) -> str:
+        if self._key is None or header_b64 is None:
+            raise NoSigningKey()
+        payload = json.dumps(claims, separators=(",", ":"), allow_nan=False).encode()
+        signing_input = f"{header_b64}.{_b64encode(payload)}"
+        signature = self._key.sign(signing_input.encode("ascii"))
+        return f"{signing_input}.{_b64encode(signature)}"
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _check_subject(sub: Any, ttl_s: float) -> None:
+    if not isinstance(sub, str) or not sub:
+        raise ValueError("sub must be a non-empty string")
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+
+
+def _role_list(roles: Sequence[str]) -> list[str]:
+    if isinstance(roles, str) or not all(isinstance(role, str) and role for role in roles):
+        raise ValueError("roles must be a sequence of non-empty strings")
+    return list(dict.fromkeys(roles))

@@ -1,0 +1,223 @@
+"""Step 3: bearer token (str) -> Identity, or InvalidToken / ExpiredToken / DependencyDown.
+
+Header policy and claim checks here; key choice in keys.py; signatures by PyJWT's algorithm objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from .config import IdentityConfig, TokensConfig, TrustedIssuerConfig
+from .errors import ExpiredToken, InvalidToken
+from .identity import Identity
+from .keys import JwksCache, KeyRing, VerificationKey
+
+MAX_TOKEN_CHARS = 16 * 1024
+# RFC 8725 3.11 explicit typing: only access tokens pass (`typ` is optional; "application/" may prefix it).
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
+_NUMBER_TYPES = (int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerPolicy:
+    """What a token from one issuer must satisfy. ``trusted``: its keys come from a JwksCache."""
+
+    issuer: str
+    audience: frozenset[str]
+    roles_claim: str
+    algorithms: frozenset[str]
+    trusted: bool = False
+
+
+class Verifier:
+    """Verifies access tokens; build it once from config (everything it can prepare, it does here).
+
+    ``keyring``: our prepared keys, when the caller already built them (they also serve the JWKS
+    endpoint); else built from ``tokens``. ``jwks`` serves the keys of ``tokens.trusted_issuers``;
+    when it is None and trusted issuers are configured, the Verifier makes one with its own
+    ClientSession, closed by ``close()``.
+    """
+
+    def __init__(self, tokens: TokensConfig, identity: IdentityConfig, jwks: JwksCache | None = None,
+                 *, keyring: KeyRing | None = None) -> None:
+        self.keys = keyring if keyring is not None else KeyRing.from_config(tokens)
+        self._leeway_s = tokens.leeway
+        own = IssuerPolicy(tokens.issuer, frozenset(tokens.audience), identity.roles_claim, self.keys.algorithms)
+        self._policies = {own.issuer: own}
+        for trusted in tokens.trusted_issuers:
+            self._policies[trusted.issuer] = _trusted_policy(trusted, tokens, identity)
+        if jwks is None and tokens.trusted_issuers:
+            jwks = JwksCache(tokens.trusted_issuers)
+        self.jwks = jwks
+
+    async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.close()
+
+    async def verify(self, token: str) -> Identity:
+        """The token's Identity. Raises ExpiredToken, InvalidToken (with the reason as its
+        description, never any part of the token), or DependencyDown (trusted issuer's JWKS down)."""
+        header_b64, payload_b64, signature_b64 = _split(token)
+        alg, kid = _check_header(_decode_json(header_b64, "header"))
+        claims = _decode_json(payload_b64, "payload")
+        policy = self._policy_for(claims)
+        if alg not in policy.algorithms:
+            raise InvalidToken("the token's algorithm is not allowed")
+        key = await self._select_key(policy, kid, alg)
+        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+        _check_signature(key, signing_input, _decode_signature(signature_b64))
+        return self._identity(claims, policy, time.time())
+
+    def _policy_for(self, claims: dict[str, Any]) -> IssuerPolicy:
+        # Routing on the unverified `iss` is safe: each issuer's tokens are checked only with its own keys.
+        issuer = claims.get("iss")
+        policy = self._policies.get(issuer) if isinstance(issuer, str) else None
+        if policy is None:
+            raise InvalidToken("the token's issuer is not accepted")
+        return policy
+
+    async def _select_key(self, policy: IssuerPolicy, kid: str | None, alg: str) -> VerificationKey:
+        if not policy.trusted:
+            return self.keys.select(kid, alg)
+        assert self.jwks is not None
+        return await self.jwks.select(policy.issuer, kid, alg)
+
+    def _identity(self, claims: dict[str, Any], policy: IssuerPolicy, now: float) -> Identity:
+        exp = _time_claim(claims, "exp")
+        if exp is None:
+            raise InvalidToken("the token has no expiry (exp)")
+        if exp <= now - self._leeway_s:
+            raise ExpiredToken("the access token expired")
+        nbf, iat = _time_claim(claims, "nbf"), _time_claim(claims, "iat")
+        if nbf is not None and nbf > now + self._leeway_s:
+            raise InvalidToken("the token is not yet valid (nbf)")
+        if iat is not None and iat > now + self._leeway_s:
+            raise InvalidToken("the token is not yet valid (issued in the future)")
+        _check_audience(claims.get("aud"), policy.audience)
+        return Identity(sub=_string_claim(claims, "sub"), roles=_roles(claims.get(policy.roles_claim)),
+                        jti=_string_claim(claims, "jti"), iss=policy.issuer, exp=exp, iat=iat, claims=claims)
+
+
+def _trusted_policy(cfg: TrustedIssuerConfig, tokens: TokensConfig, identity: IdentityConfig) -> IssuerPolicy:
+    # A trusted issuer without its own audience must still name ours: never accept any audience.
+    audience = frozenset(cfg.audience or tokens.audience)
+    return IssuerPolicy(cfg.issuer, audience, cfg.roles_claim or identity.roles_claim,
+                        frozenset(cfg.algorithms), trusted=True)
+
+
+def _split(token: Any) -> tuple[str, str, str]:
+    if not isinstance(token, str):
+        raise InvalidToken("the token is malformed (not a string)")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidToken("the token is malformed (too long)")
+    match = _COMPACT.fullmatch(token)
+    if match is None:
+        raise InvalidToken("the token is malformed (not a compact JWS)")
+    return match.group(1), match.group(2), match.group(3)
+
+
+def _b64decode(segment: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidToken("the token is malformed (bad base64url)") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)   # RFC 8259 has no NaN or Infinity
+
+
+def _decode_json(segment: str, part: str) -> dict[str, Any]:
+    raw = _b64decode(segment)
+    try:
+        value = _JSON.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise InvalidToken(f"the token is malformed ({part} is not JSON)") from exc
+    if not isinstance(value, dict):
+        raise InvalidToken(f"the token is malformed ({part} is not a JSON object)")
+    return value
+
+
+def _decode_signature(segment: str) -> bytes:
+    signature = _b64decode(segment)
+    # Unused trailing bits would make several strings carry one signature: accept only the canonical one.
+    if base64.urlsafe_b64encode(signature).rstrip(b"=") != segment.encode("ascii"):
+        raise InvalidToken("the token is malformed (non-canonical signature encoding)")
+    return signature
+
+
+def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:
+    """(alg, kid). `jku`, `x5u`, `x5c` and `jwk` are never read: keys come only from config."""
+    if "crit" in header:   # RFC 7515 4.1.11: we understand no extension, so any crit is fatal
+        raise InvalidToken("the token has critical header extensions (crit) this gateway does not support")
+    alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+    if not isinstance(alg, str):
+        raise InvalidToken("the token is malformed (no algorithm in its header)")
+    if kid is not None and not isinstance(kid, str):
+        raise InvalidToken("the token is malformed (kid is not a string)")
+    if typ is not None and (not isinstance(typ, str)
+                            or typ.lower().removeprefix("application/") not in ACCESS_TOKEN_TYPES):
+        raise InvalidToken("the token's type (typ) is not an access token")
+    return alg, kid
+
+
+def _check_signature(key: VerificationKey, signing_input: bytes, signature: bytes) -> None:
+    try:
+        valid = key.verify(signing_input, signature)
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise InvalidToken("the token's signature is invalid") from exc
+    if not valid:
+        raise InvalidToken("the token's signature is invalid")
+
+
+def _time_claim(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate (RFC 7519 2): a JSON number, not a bool or a string; None when absent."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if type(value) not in _NUMBER_TYPES or (type(value) is float and not math.isfinite(value)):
+        raise InvalidToken(f"the token is malformed ({name} is not a number)")
+    return value
+
+
+def _string_claim(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if value is None:
+        raise InvalidToken(f"the token has no {name} claim")
+    if not isinstance(value, str) or not value:
+        raise InvalidToken(f"the token is malformed ({name} is not a non-empty string)")
+    return value
+
+
+def _check_audience(aud: Any, accepted: frozenset[str]) -> None:
+    if aud is None:
+        raise InvalidToken("the token has no audience (aud)")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+        raise InvalidToken("the token is malformed (aud is not a string or a list of strings)")
+    if accepted.isdisjoint(audiences):
+        raise InvalidToken("the token's audience is not accepted here")
+
+
+def _roles(value: Any) -> frozenset[str]:
+    """Roles: a JSON list of strings, or one space-separated string (as OAuth `scope`); absent = none."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list) and all(isinstance(role, str) for role in value):
+        return frozenset(value)
+    raise InvalidToken("the token is malformed (roles is not a list of strings)")
