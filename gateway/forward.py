@@ -1,0 +1,260 @@
+"""Step 6: stream a request to its upstream and the answer back (WebSocket upgrades: websocket.py).
+
+In: the request, its normalised path, the upstream's name and the identity headers to set.
+Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+from yarl import URL
+
+from .config import GatewayConfig, IdentityConfig, UpstreamConfig
+from .errors import BadPath, UpstreamFailed, UpstreamTimeout
+from .websocket import is_websocket_upgrade, proxy_websocket
+
+log = logging.getLogger("tokengate.forward")
+
+REQUEST_ID = "X-Request-Id"
+X_FORWARDED_FOR = "X-Forwarded-For"
+X_FORWARDED_PROTO = "X-Forwarded-Proto"
+X_FORWARDED_HOST = "X-Forwarded-Host"
+FORWARDED = "Forwarded"
+CONNECTION = "Connection"
+HOST = "Host"
+# RFC 9110 7.6.1 plus the legacy ones every proxy drops; all lower-case for set lookups.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+                        "upgrade", "proxy-authenticate", "proxy-authorization"})
+FORWARDING = frozenset(h.lower() for h in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED))
+# Host: the upstream gets its own (aiohttp sets it from the URL). Expect: the gateway answered it already.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect"}
+# Added by aiohttp's client unless skipped; a proxy must not invent them.
+_CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    """What the gateway drops from every client request, for trusted and other peers; built once."""
+
+    trusted_drop: frozenset[str]
+    untrusted_drop: frozenset[str]   # + X-Forwarded-*, Forwarded: only a trusted proxy may say who the client is
+
+    @classmethod
+    def from_config(cls, identity: IdentityConfig) -> HeaderPolicy:
+        drop = _NOT_FORWARDED | identity.header_names
+        if identity.strip_authorization:
+            drop |= {"authorization"}
+        return cls(frozenset(drop), frozenset(drop | FORWARDING))
+
+
+class Peer(NamedTuple):
+    """The hop a request came from: its address, the scheme it used, whether it may set X-Forwarded-*."""
+
+    address: str | None
+    scheme: str
+    trusted: bool
+
+
+def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
+    """The header names the ``Connection`` headers list (lower-cased): hop-by-hop for this hop only."""
+    if CONNECTION not in headers:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in headers.getall(CONNECTION) for t in v.split(",") if t.strip())
+
+
+def pick_request_id(values: list[str]) -> str:
+    """The client's request id when it sent exactly one sane one, else a fresh uuid4."""
+    if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
+        return values[0]
+    return str(uuid.uuid4())
+
+
+def filter_request_headers(headers: MultiMapping[str], policy: HeaderPolicy, peer: Peer,
+                           identity_headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The headers the upstream receives: the client's, cleaned, then the gateway's own on top."""
+    drop = policy.trusted_drop if peer.trusted else policy.untrusted_drop
+    if named := connection_tokens(headers):
+        drop = drop | named
+    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    # The gateway's own headers go in after the removal, so no Connection header can take them out.
+    _set_forwarding(out, peer, headers.get(HOST))
+    out[REQUEST_ID] = pick_request_id(out.getall(REQUEST_ID, []))
+    for name, value in identity_headers.items():
+        out[name] = value   # replaces: identity is never what the client said
+    return out
+
+
+def _set_forwarding(out: CIMultiDict[str], peer: Peer, client_host: str | None) -> None:
+    chain = out.popall(X_FORWARDED_FOR, [])
+    if peer.address:
+        chain.append(peer.address)
+    if chain:
+        out[X_FORWARDED_FOR] = ", ".join(chain)
+    if X_FORWARDED_PROTO not in out:
+        out[X_FORWARDED_PROTO] = peer.scheme
+    if X_FORWARDED_HOST not in out and client_host:
+        out[X_FORWARDED_HOST] = client_host
+
+
+def filter_response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop ones (repeated ones such as Set-Cookie kept)."""
+    named = connection_tokens(headers)
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def is_trusted(address: str | None, networks: Sequence[Network]) -> bool:
+    """Is this peer address inside one of the trusted proxy networks?"""
+    if not address or not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped   # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return any(ip in net for net in networks)
+
+
+class Target(NamedTuple):
+    """An upstream's origin (scheme://host:port) and base path (no trailing slash)."""
+
+    origin: str
+    base_path: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"))
+
+    def url_for(self, path: str, query: str) -> URL:
+        # The path is already normalised: send it as is, never re-quoted.
+        if not path.startswith("/") or not path.isascii() or not path.isprintable() or _has_delimiter(path):
+            raise BadPath()
+        return URL(f"{self.origin}{self.base_path}{path}{'?' if query else ''}{query}", encoded=True)
+
+
+def _has_delimiter(path: str) -> bool:
+    return " " in path or "?" in path or "#" in path
+
+
+def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
+    # No total: a stream may last as long as it keeps sending. sock_read starts once the request
+    # body is sent and restarts on every read, so it bounds both the wait for the answer's
+    # headers and each silence inside the body. connect also bounds the wait for a pool slot.
+    return aiohttp.ClientTimeout(total=None, connect=max(up.timeout, up.connect_timeout),
+                                 sock_connect=up.connect_timeout, sock_read=up.timeout)
+
+
+class Forwarder:
+    """One pooled client session per upstream; ``forward`` proxies one request."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self._cfg = cfg
+        self._policy = HeaderPolicy.from_config(cfg.identity)
+        self._trusted = tuple(cfg.listen.trusted_proxies)
+        self._targets = {name: Target.from_url(up.url) for name, up in cfg.upstreams.items()}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._closed = False
+
+    async def start(self) -> None:
+        """Open every upstream's session now (optional: ``forward`` opens them on first use)."""
+        for name in self._cfg.upstreams:
+            self._session(name)
+
+    async def close(self) -> None:
+        self._closed = True
+        sessions, self._sessions = self._sessions, {}
+        await asyncio.gather(*(s.close() for s in sessions.values()))
+
+    def _session(self, name: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(name)
+        if session is None:
+            if self._closed:
+                raise RuntimeError("the Forwarder is closed")
+            up = self._cfg.upstreams[name]
+            # Needs the running loop, hence not in __init__.
+            session = self._sessions[name] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=up.max_connections), timeout=_timeout(up),
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=_CLIENT_AUTO_HEADERS, trust_env=False)
+        return session
+
+    async def forward(self, request: web.Request, path: str, upstream: str,
+                      identity_headers: Mapping[str, str]) -> web.StreamResponse:
+        """Proxy ``request`` to ``upstream`` at ``path`` (+ the original query).
+
+        Raises UpstreamFailed (502) or UpstreamTimeout (504) before the answer starts; after
+        that, a failing upstream only cuts the stream short.
+        """
+        session = self._session(upstream)
+        url = self._targets[upstream].url_for(path, request.rel_url.raw_query_string)
+        peer = self._peer_of(request)
+        headers = filter_request_headers(request.headers, self._policy, peer, identity_headers)
+        if is_websocket_upgrade(request):
+            return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]})
+        resp = await _send(session, request, url, headers)
+        return await _relay(request, resp, headers[REQUEST_ID])
+
+    def _peer_of(self, request: web.Request) -> Peer:
+        address = request.remote or None
+        return Peer(address, request.scheme, is_trusted(address, self._trusted))
+
+
+async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
+                headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
+    body = request.content if request.body_exists else None   # streamed, never read whole
+    echo = {REQUEST_ID: headers[REQUEST_ID]}
+    try:
+        return await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
+    except asyncio.TimeoutError as exc:   # first: aiohttp's timeout errors are ClientErrors too
+        raise UpstreamTimeout(headers=echo) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(headers=echo) from exc
+
+
+async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str) -> web.StreamResponse:
+    complete = False
+    try:
+        out = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                 headers=filter_response_headers(resp.headers))
+        out.headers[REQUEST_ID] = request_id
+        complete = await _copy_body(request, resp, out)
+        return out
+    finally:
+        # Release keeps the connection for reuse; anything unfinished (an error, the client gone,
+        # this task cancelled) closes it so the upstream sees the request end.
+        if complete:
+            resp.release()
+        else:
+            resp.close()
+
+
+async def _copy_body(request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> bool:
+    try:
+        await out.prepare(request)
+        async for chunk in resp.content.iter_any():   # each chunk as it arrives: SSE stays live
+            await out.write(chunk)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+        # The status line is gone already; cutting the connection is the only honest signal left
+        # (a clean end would pass a truncated body off as complete).
+        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
+        if request.transport is not None:
+            request.transport.close()
+        return False
+    return True

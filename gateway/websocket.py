@@ -1,0 +1,104 @@
+"""Step 6 for WebSocket upgrades: open the upstream socket first, then answer the client's upgrade
+and pump text, binary and close frames both ways until either side closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
+
+log = logging.getLogger("tokengate.forward")
+
+# The handshake belongs to each leg: aiohttp builds its own towards the upstream.
+WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+                          "sec-websocket-protocol", "sec-websocket-accept"})
+# Close codes that describe a dead connection and may not be sent in a close frame (RFC 6455 7.4.1).
+_UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
+_CLOSE_TIMEOUT_S = 5.0
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").strip().lower() == "websocket"
+
+
+def requested_protocols(request: web.BaseRequest) -> list[str]:
+    """The subprotocols the client offers, in its order."""
+    values = request.headers.getall("Sec-WebSocket-Protocol", [])
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+async def proxy_websocket(request: web.Request, session: aiohttp.ClientSession, url: URL,
+                          headers: CIMultiDict[str], echo_headers: dict[str, str]) -> web.WebSocketResponse:
+    """Proxy one WebSocket session; ``echo_headers`` go on the client's 101 answer (and on errors).
+
+    Raises BadRequest for a malformed upgrade, UpstreamFailed/UpstreamTimeout if the upstream refuses.
+    """
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        raise BadRequest("a malformed WebSocket upgrade", headers=echo_headers)
+    upstream = await _connect(session, url, headers, requested_protocols(request), echo_headers)
+    client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else ())
+    client.headers.update(echo_headers)
+    try:
+        await client.prepare(request)
+        await _pump_both(client, upstream)
+    except ConnectionError:
+        pass   # the client left during the handshake: nothing to answer
+    finally:
+        await upstream.close()
+    return client
+
+
+async def _connect(session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str],
+                   protocols: list[str], echo: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+    leg_headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in WS_HANDSHAKE)
+    try:
+        return await session.ws_connect(url, headers=leg_headers, protocols=protocols,
+                                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT_S))
+    except asyncio.TimeoutError as exc:
+        raise UpstreamTimeout(headers=echo) from exc
+    except aiohttp.ClientError as exc:   # refused, or answered without switching protocols
+        raise UpstreamFailed(headers=echo) from exc
+
+
+async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    tasks = [asyncio.create_task(_pump(client, upstream)), asyncio.create_task(_pump(upstream, client))]
+    try:
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, Exception):   # the 101 is sent: nothing to answer, only to end
+                log.info("websocket pump failed", extra={"error": type(result).__name__})
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:   # let both finish before the caller closes the sockets
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+    """Copy messages from src to dst; when src closes, close dst with the same code and reason."""
+    reason = b""
+    try:
+        while True:
+            msg = await src.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                reason = (msg.extra or "").encode()
+                break
+            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+    except ConnectionError:
+        pass   # dst went away; its own pump closes the other side
+    code = src.close_code or 1000
+    await dst.close(code=_UNSENDABLE.get(code, code), message=reason)

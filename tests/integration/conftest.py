@@ -1,0 +1,79 @@
+"""Integration fixtures: the real echo upstream and a small gateway app around Forwarder, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer, unused_port
+
+from gateway.echo import ECHO, EchoState, build_echo_app
+from gateway.errors import error_middleware
+from gateway.forward import Forwarder
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
+IDENTITY = web.AppKey("identity", dict)
+DEFAULT_IDENTITY = {"X-User-Id": "alice"}
+
+MakeProxy = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def echo_upstream(aiohttp_server: Any) -> TestServer:
+    """The echo app of gateway.echo, served on a free loopback port."""
+    return await aiohttp_server(build_echo_app())
+
+
+@pytest.fixture
+def echo_state(echo_upstream: TestServer) -> EchoState:
+    return echo_upstream.app[ECHO]
+
+
+@pytest.fixture
+def dead_upstream_url() -> str:
+    """A loopback URL where nothing listens."""
+    return f"http://127.0.0.1:{unused_port()}"
+
+
+async def _catch_all(request: web.Request) -> web.StreamResponse:
+    path = request.raw_path.partition("?")[0]   # tests send paths that are already normal
+    return await request.app[FORWARDER].forward(request, path, "accounts", request.app[IDENTITY])
+
+
+def build_proxy_app(forwarder: Forwarder, identity: Mapping[str, str]) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[FORWARDER] = forwarder
+    app[IDENTITY] = dict(identity)
+
+    async def close_forwarder(app: web.Application) -> None:
+        await forwarder.close()   # sessions open on first use, as in the real app
+
+    app.on_cleanup.append(close_forwarder)
+    app.router.add_route("*", "/{tail:.*}", _catch_all)
+    return app
+
+
+@pytest.fixture
+def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_client: Any) -> MakeProxy:
+    """make_proxy(url, identity_headers=..., upstream={...}, **config sections) -> a client of a proxy app.
+
+    The app forwards every request to the upstream "accounts" at ``url`` with ``identity_headers``.
+    """
+
+    async def make(url: str, *, identity_headers: Mapping[str, str] = DEFAULT_IDENTITY,
+                   upstream: Mapping[str, Any] | None = None, **sections: Any) -> TestClient:
+        upstreams = {"accounts": {"url": url, **(upstream or {})}}
+        cfg = await asyncio.to_thread(make_config, upstreams=upstreams, **sections)   # writes and reads a file
+        server = await aiohttp_server(build_proxy_app(Forwarder(cfg), identity_headers))
+        return await aiohttp_client(server)
+
+    return make
+
+
+@pytest.fixture
+async def proxy(make_proxy: MakeProxy, echo_upstream: TestServer) -> TestClient:
+    """A client of the default proxy app (Forwarder to "accounts" = the echo upstream)."""
+    return await make_proxy(str(echo_upstream.make_url("")))
