@@ -63,6 +63,10 @@ class Forbidden(GatewayError):
     status, error, code, description = 403, "insufficient_scope", "forbidden", "a required role is missing"
 
 
+class MethodRefused(GatewayError):
+    status, error, code, description = 405, "invalid_request", "method_refused", "this method is never proxied"
+
+
 class NoRoute(GatewayError):
     status, error, code, description = 404, "not_found", "no_route", "no route matches this request"
 

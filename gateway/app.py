@@ -1,0 +1,36 @@
+"""build_app(config): the gateway's routes, middleware and the lifetime of what they share."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .config import GatewayConfig
+from .errors import error_middleware
+from .pipeline import GATEWAY, Gateway, handle
+
+CONFIG = web.AppKey("config", GatewayConfig)
+JWKS_PATH = "/.well-known/jwks.json"
+MAX_HEADER_BYTES = 16384
+
+
+async def _gateway_context(app: web.Application) -> AsyncIterator[None]:
+    gw = Gateway.build(app[CONFIG])
+    app[GATEWAY] = gw
+    yield
+    await gw.close()
+
+
+async def _jwks(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[GATEWAY].jwks_body, content_type="application/jwk-set+json",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
+def build_app(cfg: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": MAX_HEADER_BYTES})
+    app[CONFIG] = cfg
+    app.cleanup_ctx.append(_gateway_context)
+    app.router.add_get(JWKS_PATH, _jwks)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

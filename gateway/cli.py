@@ -1,0 +1,222 @@
+"""The ``tokengate`` command: serve | check-config | mint | explain | keys generate | jwks.
+
+Bad input of any kind ends with a clear message on stderr and a non-zero status, never a
+traceback (set TOKENGATE_DEBUG=1 to see one for an unexpected error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, GatewayConfig, load_config
+from .durations import parse_duration_s
+from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
+
+EXIT_BAD_INPUT = 2
+EXIT_NO_MATCH = 1
+_KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what to change."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        _err(f"{len(exc.problems)} problem(s) in the config:\n{exc}")
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        if os.environ.get("TOKENGATE_DEBUG"):
+            traceback.print_exc()
+        _err(f"unexpected error ({type(exc).__name__}): {exc}. Set TOKENGATE_DEBUG=1 for details.")
+        return 1
+
+
+def _err(message: str) -> None:
+    print(f"tokengate: {message}", file=sys.stderr)
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    path = args.config or os.environ.get("TOKENGATE_CONFIG")
+    if not path:
+        raise UsageError("no config file: pass --config PATH or set TOKENGATE_CONFIG")
+    return load_config(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokengate", description="Async JWT edge gateway and reverse proxy.")
+    p.add_argument("--version", action="version", version=f"tokengate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
+        cp = sub.add_parser(name, help=help_, description=help_)
+        if config:
+            cp.add_argument("--config", metavar="PATH", help="config file (default: $TOKENGATE_CONFIG)")
+        cp.set_defaults(func=func)
+        return cp
+
+    s = command("serve", _serve, "run the gateway")
+    s.add_argument("--host")
+    s.add_argument("--port", type=_port)
+    s.add_argument("--workers", type=_workers)
+    command("check-config", _check_config, "validate a config file and summarise it")
+    m = command("mint", _mint, "mint an access token signed with the config's signing key")
+    m.add_argument("--sub", required=True)
+    m.add_argument("--role", action="append", default=[], dest="roles")
+    m.add_argument("--ttl", help="lifetime like 15m (default: tokens.access_ttl)")
+    m.add_argument("--claim", action="append", default=[], metavar="K=V",
+                   help="extra claim; V is read as JSON when it parses, else as a string")
+    e = command("explain", _explain, "show which route a request matches and what it needs")
+    e.add_argument("method")
+    e.add_argument("urlpath")
+    command("jwks", _jwks, "print the public JWKS")
+    keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_command", required=True)
+    g = keys.add_parser("generate", help="generate a signing key")
+    g.add_argument("--alg", required=True, choices=GENERATABLE)
+    g.add_argument("--out", required=True, type=Path)
+    g.add_argument("--kid", type=_kid)
+    g.set_defaults(func=_keys_generate)
+    return p
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a worker count (1-256)")
+    return int(text)
+
+
+def _kid(text: str) -> str:
+    if not _KID.match(text):
+        raise argparse.ArgumentTypeError("a kid is 1-64 characters of letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import Bind, ListenFailed, run
+
+    cfg = _config(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    main = Bind(args.host or cfg.listen.host, cfg.listen.port if args.port is None else args.port)
+    admin = Bind(cfg.admin.host, cfg.admin.port)
+    try:
+        return run(cfg, main, admin, args.workers or cfg.listen.workers)
+    except ListenFailed as exc:
+        _err(str(exc))
+        return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    signer = cfg.tokens.signer
+    print(f"{cfg.source}: OK: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "
+          f"{len(cfg.tokens.keys)} keys (signing: {signer.kid if signer else 'none'}), "
+          f"{len(cfg.tokens.trusted_issuers)} trusted issuers, store {cfg.store.safe_url}")
+    return 0
+
+
+def _mint(args: argparse.Namespace) -> int:
+    from .tokens import Minter
+
+    cfg = _config(args)
+    if cfg.tokens.signer is None:
+        raise UsageError("the config has no key that can sign (only public keys); add a secret or private key")
+    try:
+        ttl_s = parse_duration_s(args.ttl) if args.ttl else None
+    except ValueError as exc:
+        raise UsageError(f"--ttl: {exc}") from None
+    claims = dict(_claim(c) for c in args.claim)
+    try:
+        token = Minter(cfg.tokens, cfg.identity).mint_access_token(args.sub, args.roles, ttl_s=ttl_s,
+                                                                   extra_claims=claims)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(token)
+    return 0
+
+
+def _claim(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--claim takes K=V, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .errors import BadPath
+    from .paths import normalise
+    from .rules import RuleSet
+
+    cfg = _config(args)
+    raw = args.urlpath.partition("?")[0]
+    try:
+        path = normalise(raw)
+    except BadPath as exc:
+        print(f"path:     {raw}\nrefused:  400 {exc.description}")
+        return EXIT_NO_MATCH
+    found = RuleSet.compile(cfg.routes).explain(args.method.upper(), path)
+    print(f"path:     {path}")
+    if found.rule is None:
+        print(f"no route: 404 ({found.reason})")
+        return EXIT_NO_MATCH
+    rule = found.rule
+    base = cfg.upstreams[rule.upstream].url.rstrip("/")
+    print(f"route:    routes[{rule.index}] {rule.label}")
+    print(f"upstream: {rule.upstream} -> {base}{path}")
+    print(f"needs:    {_needs(rule)}")
+    return 0
+
+
+def _needs(rule: Any) -> str:
+    if rule.public:
+        return "nothing (public route; no token needed)"
+    if rule.roles is None:
+        return "a valid token (any role)"
+    return f"a valid token with one of the roles: {', '.join(sorted(rule.roles))}"
+
+
+def _jwks(args: argparse.Namespace) -> int:
+    from .keys import KeyRing
+
+    print(json.dumps(KeyRing.from_config(_config(args).tokens).public_jwks(), indent=2))
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    kid = args.kid or default_kid(args.alg)
+    try:
+        files, snippet = generate_key(args.alg, args.out, kid)
+    except KeyExists as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write to {args.out}: {exc.strerror or exc}") from None
+    print(f"wrote {', '.join(str(f) for f in files)}")
+    print("add to tokens.keys:")
+    print(snippet)
+    return 0

@@ -1,0 +1,85 @@
+"""Start the real ``tokengate`` process on free loopback ports and stop it by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+STARTUP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+async def wait_until_ready(gw: GatewayProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if gw.proc.poll() is not None:
+                raise AssertionError(f"tokengate exited with {gw.proc.returncode}:\n{gw.log()}")
+            try:
+                async with session.get(f"{gw.admin_url}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"tokengate was not ready within {timeout_s}s:\n{gw.log()}")
+
+
+def spawn_gateway(config: dict[str, Any], workdir: Path, *args: str,
+                  env: dict[str, str] | None = None, port: int | None = None) -> GatewayProcess:
+    """Write ``config`` (ports filled in) and start ``python -m gateway serve`` on it."""
+    port, admin_port = port or free_port(), free_port()
+    config = {**config, "listen": {**config.get("listen", {}), "host": "127.0.0.1", "port": port},
+              "admin": {"host": "127.0.0.1", "port": admin_port}}
+    path = workdir / f"gateway-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_path = workdir / f"gateway-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    return GatewayProcess(proc, port, admin_port, log_path)

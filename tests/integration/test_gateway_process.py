@@ -1,0 +1,319 @@
+"""The real ``tokengate serve`` process over real sockets, in front of a real recording upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import AUDIENCE, ISSUER, base_config, bearer
+from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway, wait_until_ready
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Recorder:
+    """A real upstream: records every request it gets; /slow waits until the test releases it."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    slow_started: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    server: TestServer | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append({"method": request.method, "path": request.raw_path,
+                              "headers": list(request.headers.items()), "body": body})
+        if request.path.endswith("/slow"):
+            self.slow_started.set()
+            await asyncio.wait_for(self.release.wait(), 20)
+        return web.json_response({"ok": True, "path": request.raw_path})
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def last_headers(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, value in self.received[-1]["headers"]:
+            out.setdefault(name.lower(), []).append(value)
+        return out
+
+
+@pytest.fixture
+async def recorder(aiohttp_server: Callable[..., Any]) -> Recorder:
+    rec = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    rec.server = await aiohttp_server(app)
+    return rec
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    started: list[GatewayProcess] = []
+
+    async def start(config: dict[str, Any], *args: str) -> GatewayProcess:
+        gw = spawn_gateway(config, tmp_path, *args)
+        started.append(gw)
+        await wait_until_ready(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+def gateway_config(keys_dir: Path, upstream_url: str, **extra: Any) -> dict[str, Any]:
+    cfg = base_config(keys_dir)
+    cfg["upstreams"] = {"accounts": {"url": upstream_url, "timeout": "5s"},
+                        "orders": {"url": upstream_url, "timeout": "5s"}}
+    cfg["identity"] = {"claims_header": "X-Auth-Claims", "assertion_header": "X-Auth-Assertion"}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture
+async def gateway(start_gateway: Callable[..., Any], recorder: Recorder, keys_dir: Path) -> GatewayProcess:
+    return await start_gateway(gateway_config(keys_dir, recorder.url))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session
+
+
+async def raw_request(port: int, head: str) -> tuple[int, bytes]:
+    """Send ``head`` byte for byte (no client library normalising the path); return status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode("latin-1"))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+def raw_get(path: str, *headers: str) -> str:
+    lines = [f"GET {path} HTTP/1.1", "Host: gw.test", "Connection: close", *headers]
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+async def test_valid_token_is_forwarded_with_identity_headers(gateway, recorder, http, mint):
+    token = mint(sub="alice", roles=["user"], email="alice@example.test")
+    async with http.get(f"{gateway.url}/api/orders/7?x=1", headers=bearer(token)) as resp:
+        assert resp.status == 200
+    seen = recorder.last_headers()
+    assert recorder.received[-1]["path"] == "/api/orders/7?x=1"
+    assert seen["x-user-id"] == ["alice"]
+    assert seen["x-user-roles"] == ["user"]
+    assert seen["x-user-email"] == ["alice@example.test"]
+    assert "authorization" not in seen
+    claims = json.loads(base64.urlsafe_b64decode(seen["x-auth-claims"][0] + "=="))
+    assert claims["sub"] == "alice"
+
+
+async def test_assertion_header_verifies_with_the_gateway_jwks(gateway, recorder, http, mint):
+    async with http.get(f"{gateway.url}/api/orders", headers=bearer(mint(roles=["user"]))) as resp:
+        assert resp.status == 200
+    async with http.get(f"{gateway.url}/.well-known/jwks.json") as resp:
+        assert resp.status == 200
+        assert "max-age" in resp.headers["Cache-Control"]
+        jwks = jwt.PyJWKSet.from_dict(await resp.json())
+    assertion = recorder.last_headers()["x-auth-assertion"][0]
+    header = jwt.get_unverified_header(assertion)
+    # The demo-like config signs with HS256, whose secret is never published: verify with it directly.
+    assert header["kid"] == "main"
+    assert all(k.key_type != "oct" for k in jwks.keys)
+    claims = jwt.decode(assertion, "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz", algorithms=["HS256"],
+                        audience="orders", issuer=ISSUER)
+    assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] <= 60
+
+
+async def test_client_cannot_choose_its_identity_even_on_public_routes(gateway, recorder, http, mint):
+    spoof = {"X-User-Id": "admin", "x-user-roles": "admin", "X-AUTH-CLAIMS": "e30"}
+    async with http.get(f"{gateway.url}/api/public/x", headers=spoof) as resp:
+        assert resp.status == 200
+    seen = recorder.last_headers()
+    assert "x-user-id" not in seen and "x-user-roles" not in seen and "x-auth-claims" not in seen
+    status, _ = await raw_request(gateway.port, raw_get(
+        "/api/orders", f"Authorization: Bearer {mint(sub='alice')}", "X-User-Id: admin", "x-user-id: root"))
+    assert status == 200
+    assert recorder.last_headers()["x-user-id"] == ["alice"]
+
+
+@pytest.mark.parametrize("headers, challenge", [
+    ({}, 'Bearer realm="tokengate"'),
+    ({"Authorization": "Basic YWxpY2U6c2VjcmV0"}, 'Bearer realm="tokengate"'),
+])
+async def test_missing_token_gets_401_with_bare_challenge(gateway, recorder, http, headers, challenge):
+    async with http.get(f"{gateway.url}/api/orders", headers=headers) as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == challenge
+        assert (await resp.json())["error"] == "invalid_token"
+    assert recorder.received == []
+
+
+async def test_expired_token_gets_401_that_says_expired_and_never_echoes_it(gateway, recorder, http, mint):
+    token = mint(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200, nbf=None)
+    async with http.get(f"{gateway.url}/api/orders", headers=bearer(token)) as resp:
+        body = await resp.text()
+        assert resp.status == 401
+        assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+        assert "expired" in json.loads(body)["error_description"]
+        assert (await resp.json())["code"] == "token_expired"
+    for part in token.split("."):
+        assert part not in body and part not in resp.headers["WWW-Authenticate"]
+        assert part not in gateway.log()
+    assert recorder.received == []
+
+
+async def test_missing_role_gets_403_insufficient_scope(gateway, recorder, http, mint):
+    async with http.get(f"{gateway.url}/api/admin/stats", headers=bearer(mint(roles=["user"]))) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"] == "insufficient_scope"
+    assert recorder.received == []
+
+
+async def test_unmatched_path_gets_404_and_is_never_forwarded(gateway, recorder, http, mint):
+    async with http.get(f"{gateway.url}/api/administrator", headers=bearer(mint(roles=["admin"]))) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "no_route"
+    assert recorder.received == []
+
+
+@pytest.mark.parametrize("path", ["/api/public/../admin/x", "/api/public/%2e%2E/admin/x",
+                                  "/api/public/.%2e/admin/x", "//api//public/./..//admin/x"])
+async def test_dot_segments_resolve_before_matching(gateway, recorder, path):
+    status, _ = await raw_request(gateway.port, raw_get(path))
+    assert status == 401          # it is /api/admin/x, which needs a token: not the public route
+    assert recorder.received == []
+
+
+@pytest.mark.parametrize("path", ["/api/public/..;/admin", "/api/admin;x=1", "/api/public%2F..%2Fadmin",
+                                  "/api/public/%5c../admin", "/../api/public", "/api/public/%00"])
+async def test_refused_path_forms_get_400_and_are_never_forwarded(gateway, recorder, path):
+    status, body = await raw_request(gateway.port, raw_get(path))
+    assert status == 400
+    assert json.loads(body)["code"] == "bad_path"
+    assert recorder.received == []
+
+
+async def test_normalised_path_is_the_one_forwarded(gateway, recorder):
+    status, _ = await raw_request(gateway.port, raw_get("/api/public/a/./b/../%7Ec//d?q=%2e"))
+    assert status == 200
+    assert recorder.received[-1]["path"] == "/api/public/a/~c/d?q=%2e"
+
+
+async def test_two_authorization_headers_are_refused(gateway, recorder, mint):
+    token = mint()
+    status, _ = await raw_request(gateway.port, raw_get(
+        "/api/orders", f"Authorization: Bearer {token}", f"Authorization: Bearer {token}"))
+    assert status in (400, 401)
+    assert recorder.received == []
+
+
+async def test_upstream_down_gets_502(start_gateway, keys_dir, http, mint):
+    gw = await start_gateway(gateway_config(keys_dir, f"http://127.0.0.1:{free_port()}"))
+    async with http.get(f"{gw.url}/api/public/x") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["code"] == "upstream_unavailable"
+
+
+async def test_sigterm_drains_requests_in_flight_then_exits_0(gateway, recorder, http, mint):
+    request = asyncio.ensure_future(http.get(f"{gateway.url}/api/public/slow"))
+    await asyncio.wait_for(recorder.slow_started.wait(), 10)
+    gateway.proc.send_signal(signal.SIGTERM)
+    await _until_refused(gateway.port)        # no new connections once draining
+    recorder.release.set()
+    async with await request as resp:
+        assert resp.status == 200
+    assert await asyncio.get_running_loop().run_in_executor(None, gateway.proc.wait, 15) == 0
+
+
+async def _until_refused(port: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await asyncio.sleep(0.02)
+    raise AssertionError("the gateway still accepts connections after SIGTERM")
+
+
+async def test_workers_share_one_port(start_gateway, recorder, keys_dir, http):
+    gw = await start_gateway(gateway_config(keys_dir, recorder.url), "--workers", "2")
+    pids: set[int] = set()
+    deadline = time.monotonic() + 15
+    while len(pids) < 2 and time.monotonic() < deadline:
+        async with aiohttp.ClientSession() as fresh:     # new connection each time: the kernel spreads them
+            async with fresh.get(f"{gw.admin_url}/healthz") as resp:
+                pids.add((await resp.json())["pid"])
+            async with fresh.get(f"{gw.url}/api/public/x") as resp:
+                assert resp.status == 200
+    assert len(pids) == 2
+    assert gw.proc.pid not in pids
+    assert gw.stop() == 0
+
+
+async def test_port_in_use_is_a_clear_error(gateway, recorder, keys_dir, tmp_path):
+    second = spawn_gateway(gateway_config(keys_dir, recorder.url), tmp_path, port=gateway.port)
+    status = await asyncio.get_running_loop().run_in_executor(None, second.proc.wait, 20)
+    assert status == 1
+    assert "cannot listen" in second.log()
+    assert "Traceback" not in second.log()
+
+
+@pytest.fixture
+async def echo_gateway(start_gateway, echo_upstream, keys_dir) -> GatewayProcess:
+    cfg = gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/"))
+    cfg["routes"] = [*cfg["routes"], {"path": "/_echo", "upstream": "accounts", "roles": ["user"]}]
+    return await start_gateway(cfg)
+
+
+async def test_websocket_on_a_protected_route_needs_a_token_and_then_proxies_both_ways(echo_gateway, http, mint):
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(f"{echo_gateway.url}/_echo/ws")
+    assert refused.value.status == 401
+    async with http.ws_connect(f"{echo_gateway.url}/_echo/ws", headers=bearer(mint(roles=["user"]))) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=10)).data == "hello"
+        await ws.send_bytes(b"\x00\x01")
+        assert (await ws.receive(timeout=10)).data == b"\x00\x01"
+
+
+async def test_sse_streams_through_the_gateway_event_by_event(echo_gateway, echo_state, http, mint):
+    url = f"{echo_gateway.url}/_echo/sse?n=3&hold=1"
+    async with http.get(url, headers=bearer(mint(roles=["user"]))) as resp:
+        assert resp.status == 200
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)   # the last event is still held back
+        assert first.startswith(b"data:") or b"data:" in first
+        echo_state.release.set()
+        rest = await asyncio.wait_for(resp.content.read(), 10)
+    assert rest.count(b"data:") == 2
+
+
+async def test_trace_is_never_proxied(echo_gateway, http, mint):
+    async with http.request("TRACE", f"{echo_gateway.url}/api/public/x") as resp:
+        assert resp.status == 405
+        assert (await resp.json())["code"] == "method_refused"
