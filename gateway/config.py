@@ -178,6 +178,11 @@ class GatewayConfig(Model):
                 and (self.admin.host == self.listen.host or {self.admin.host, self.listen.host} & set(wildcard))):
             found.append((("admin", "port"), f"port {self.admin.port} is also listen.port; the admin port "
                                              "must be a different one"))
+        if self.identity.assertion_header and self.tokens.assertion_signer is None:
+            found.append((("identity", "assertion_header"),
+                          "the assertion is verified by upstreams with the public JWKS, so it needs an "
+                          "asymmetric key that can sign: add an RS256, ES256 or EdDSA key with a "
+                          "private_key_file to tokens.keys"))
         raise_found(found)
         return self
 

@@ -33,16 +33,19 @@ class Minter:
 
     def __init__(self, tokens: TokensConfig, identity: IdentityConfig,
                  *, clock: Callable[[], float] = time.time) -> None:
-        signer = tokens.signer
+        signer, asserter = tokens.signer, tokens.assertion_signer
         self._key = SigningKey.from_config(signer) if signer is not None else None
+        # Assertions need a key upstreams can check with the JWKS; HMAC is the last resort (tests,
+        # direct use): load_config refuses an assertion_header without an asymmetric key.
+        self._assertion_key = SigningKey.from_config(asserter) if asserter is not None else self._key
         self._issuer = tokens.issuer
         self._audience: str | list[str] = tokens.audience[0] if len(tokens.audience) == 1 else list(tokens.audience)
         self._access_ttl_s = tokens.access_ttl
         self._roles_claim = identity.roles_claim
         self._reserved = REGISTERED_CLAIMS | {identity.roles_claim}
         self._clock = clock
-        self._access_header = self._encode_header(ACCESS_TOKEN_TYP)
-        self._assertion_header = self._encode_header(ASSERTION_TYP)
+        self._access_header = _encode_header(self._key, ACCESS_TOKEN_TYP)
+        self._assertion_header = _encode_header(self._assertion_key, ASSERTION_TYP)
 
     @property
     def can_sign(self) -> bool:
@@ -62,7 +65,7 @@ class Minter:
         claims = {**extra, "iss": self._issuer, "aud": self._audience, "sub": sub, "iat": int(now),
                   "nbf": int(now), "exp": int(now + ttl_s), "jti": uuid.uuid4().hex,
                   self._roles_claim: _role_list(roles)}
-        return self._sign(self._access_header, claims)
+        return _sign(self._key, self._access_header, claims)
 
     def mint_assertion(self, identity: Identity, audience: str, ttl_s: float = ASSERTION_TTL_S) -> str:
         """A short-lived JWT telling upstream ``audience`` who the caller is (identity header
@@ -75,21 +78,22 @@ class Minter:
         email = identity.claims.get("email")
         if isinstance(email, str):
             claims["email"] = email
-        return self._sign(self._assertion_header, claims)
+        return _sign(self._assertion_key, self._assertion_header, claims)
 
-    def _encode_header(self, typ: str) -> str | None:
-        if self._key is None:
-            return None
-        header = {"alg": self._key.alg, "kid": self._key.kid, "typ": typ}
-        return _b64encode(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
 
-    def _sign(self, header_b64: str | None, claims: dict[str, Any]) -> str:
-        if self._key is None or header_b64 is None:
-            raise NoSigningKey()
-        payload = json.dumps(claims, separators=(",", ":"), allow_nan=False).encode()
-        signing_input = f"{header_b64}.{_b64encode(payload)}"
-        signature = self._key.sign(signing_input.encode("ascii"))
-        return f"{signing_input}.{_b64encode(signature)}"
+def _encode_header(key: SigningKey | None, typ: str) -> str | None:
+    if key is None:
+        return None
+    header = {"alg": key.alg, "kid": key.kid, "typ": typ}
+    return _b64encode(json.dumps(header, separators=(",", ":"), sort_keys=True).encode())
+
+
+def _sign(key: SigningKey | None, header_b64: str | None, claims: dict[str, Any]) -> str:
+    if key is None or header_b64 is None:
+        raise NoSigningKey()
+    payload = json.dumps(claims, separators=(",", ":"), allow_nan=False).encode()
+    signing_input = f"{header_b64}.{_b64encode(payload)}"
+    return f"{signing_input}.{_b64encode(key.sign(signing_input.encode('ascii')))}"
 
 
 def _b64encode(data: bytes) -> str:

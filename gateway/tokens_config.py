@@ -168,3 +168,12 @@ class TokensConfig(Model):
         if self.signing_key is not None:
             return next(k for k in self.keys if k.kid == self.signing_key)
         return next((k for k in self.keys if k.can_sign), None)
+
+    @property
+    def assertion_signer(self) -> KeyConfig | None:
+        """The key upstream assertions are signed with: upstreams verify them with the public JWKS,
+        so it is the signer when that is asymmetric, else the first asymmetric key that can sign."""
+        signer = self.signer
+        if signer is not None and not signer.alg.startswith("HS"):
+            return signer
+        return next((k for k in self.keys if k.can_sign and not k.alg.startswith("HS")), None)

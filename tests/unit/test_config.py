@@ -418,3 +418,14 @@ def test_every_problem_is_a_problem_with_a_key_string(write_config: Callable[...
     assert len(problems) == 7
     assert all(isinstance(p, Problem) and isinstance(p.line, int) for p in problems)
     assert [p.line for p in problems] == sorted(p.line for p in problems)   # type: ignore[type-var]
+
+
+def test_assertion_header_needs_an_asymmetric_signing_key(write_config):
+    from tests.conftest import HS_SECRET
+
+    only_hmac = {"keys": [{"kid": "main", "alg": "HS256", "secret": HS_SECRET}], "signing_key": "main"}
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_config(tokens=only_hmac, identity={"assertion_header": "X-Auth-Assertion"}))
+    assert [p.key for p in exc.value.problems] == ["identity.assertion_header"]
+    cfg = load_config(write_config(identity={"assertion_header": "X-Auth-Assertion"}))
+    assert cfg.tokens.assertion_signer.kid == "rsa1"

@@ -32,6 +32,12 @@ def decode(token: str, audience: str = AUDIENCE, **options: Any) -> dict[str, An
     return jwt.decode(token, HS_SECRET, algorithms=["HS256"], audience=audience, issuer=ISSUER, **options)
 
 
+def decode_assertion(token: str, private_keys: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """Assertions are signed with the asymmetric key (rsa1 in base_config): verify with its public half."""
+    return jwt.decode(token, private_keys["rsa"].public_key(), algorithms=["RS256"], audience="accounts",
+                      issuer=ISSUER, **options)
+
+
 def alice(**claims: Any) -> Identity:
     return Identity(sub="alice", roles=frozenset({"user", "admin"}), jti="j1", iss=ISSUER, exp=NOW + 60,
                     iat=NOW, claims={"sub": "alice", **claims})
@@ -119,24 +125,24 @@ def test_verify_only_config_cannot_mint(make_config: Callable[..., Any], keys_di
 
 # --- assertions -----------------------------------------------------------------------------------
 
-def test_assertion_tells_the_upstream_who_the_caller_is(config: Any) -> None:
+def test_assertion_tells_the_upstream_who_the_caller_is(config: Any, private_keys: dict[str, Any]) -> None:
     token = Minter(config.tokens, config.identity, clock=lambda: NOW).mint_assertion(alice(email="a@x.test"),
                                                                                      "accounts")
-    claims = decode(token, audience="accounts", options={"verify_exp": False, "verify_iat": False})
+    claims = decode_assertion(token, private_keys, options={"verify_exp": False, "verify_iat": False})
     assert claims["aud"] == "accounts" and claims["iss"] == ISSUER and claims["sub"] == "alice"
     assert claims["roles"] == ["admin", "user"] and claims["email"] == "a@x.test"
     assert (claims["iat"], claims["exp"]) == (int(NOW), int(NOW + 60))
     assert isinstance(claims["jti"], str) and claims["jti"] != "j1"
 
 
-def test_assertion_header_has_its_own_type(minter: Minter) -> None:
+def test_assertion_is_signed_with_an_asymmetric_key_and_has_its_own_type(minter: Minter) -> None:
     header = jwt.get_unverified_header(minter.mint_assertion(alice(), "accounts"))
-    assert header == {"alg": "HS256", "kid": "main", "typ": ASSERTION_TYP}
+    assert header == {"alg": "RS256", "kid": "rsa1", "typ": ASSERTION_TYP}
 
 
-def test_assertion_leaves_out_a_missing_or_odd_email(minter: Minter) -> None:
+def test_assertion_leaves_out_a_missing_or_odd_email(minter: Minter, private_keys: dict[str, Any]) -> None:
     for identity in (alice(), alice(email=["a@x.test"])):
-        assert "email" not in decode(minter.mint_assertion(identity, "accounts"), audience="accounts")
+        assert "email" not in decode_assertion(minter.mint_assertion(identity, "accounts"), private_keys)
 
 
 async def test_assertion_is_refused_as_an_access_token(config: Any, minter: Minter) -> None:
