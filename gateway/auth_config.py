@@ -8,11 +8,10 @@ from __future__ import annotations
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from .config_fields import HttpUrl, Invalid, Model, Rate, http_url
+from .config_fields import HttpUrl, Invalid, Model, Rate, http_url, split_url
 
 
 class UsersFileConfig(Model):
@@ -77,13 +76,7 @@ class MailConfig(Model):
     @field_validator("smtp_url")
     @classmethod
     def _smtp_scheme(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            parts.port   # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("smtp_url is not a valid URL (check the host and port)") from None
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ValueError("smtp_url must look like smtp://host:port or smtps://host:port")
+        split_url(value, ("smtp", "smtps"), "smtp://host:port or smtps://host:port")
         return value
 
     @field_validator("from_")

@@ -11,7 +11,7 @@ import re
 import types
 from collections.abc import Sequence
 from typing import Annotated, Any, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -47,15 +47,22 @@ def _str_list(value: Any) -> Any:
 StrList = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], BeforeValidator(_str_list)]
 
 
-def http_url(value: str) -> str:
-    """An absolute http:// or https:// URL with a host."""
+def split_url(value: str, schemes: tuple[str, ...], shape: str) -> SplitResult:
+    """``value`` split, when it is an absolute URL with a host, a valid port and one of ``schemes``;
+    else ValueError saying it must look like ``shape``."""
     try:
         parts = urlsplit(value)
         parts.port   # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ValueError("this is not a valid URL (check the host and port)") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("this must be an http:// or https:// URL with a host")
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"this must look like {shape}")
+    return parts
+
+
+def http_url(value: str) -> str:
+    """An absolute http:// or https:// URL with a host."""
+    split_url(value, ("http", "https"), "http://host[:port]/... or https://...")
     return value
 
 

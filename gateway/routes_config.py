@@ -9,11 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from .config_fields import TOKEN_CHARS, Duration, Invalid, KeyPath, Model
+from .config_fields import TOKEN_CHARS, Duration, Invalid, KeyPath, Model, split_url
 
 
 class UpstreamConfig(Model):
@@ -25,13 +24,7 @@ class UpstreamConfig(Model):
     @field_validator("url")
     @classmethod
     def _http_base_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            parts.port   # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("this is not a valid URL (check the host and port)") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("an upstream url is http://host[:port][/base] or https://...")
+        parts = split_url(value, ("http", "https"), "http://host[:port][/base] or https://...")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("an upstream url takes no query, fragment or credentials")
         return value
