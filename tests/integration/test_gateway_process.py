@@ -31,6 +31,7 @@ class Recorder:
     received: list[dict[str, Any]] = field(default_factory=list)
     slow_started: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     server: TestServer | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -39,7 +40,11 @@ class Recorder:
                               "headers": list(request.headers.items()), "body": body})
         if request.path.endswith("/slow"):
             self.slow_started.set()
-            await asyncio.wait_for(self.release.wait(), 20)
+            try:
+                await asyncio.wait_for(self.release.wait(), 20)
+            except asyncio.CancelledError:
+                self.cancelled.set()   # the gateway dropped our connection
+                raise
         return web.json_response({"ok": True, "path": request.raw_path})
 
     @property
@@ -78,10 +83,10 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         gw.stop()
 
 
-def gateway_config(keys_dir: Path, upstream_url: str, **extra: Any) -> dict[str, Any]:
+def gateway_config(keys_dir: Path, upstream_url: str, timeout: str = "5s", **extra: Any) -> dict[str, Any]:
     cfg = base_config(keys_dir)
-    cfg["upstreams"] = {"accounts": {"url": upstream_url, "timeout": "5s"},
-                        "orders": {"url": upstream_url, "timeout": "5s"}}
+    cfg["upstreams"] = {"accounts": {"url": upstream_url, "timeout": timeout},
+                        "orders": {"url": upstream_url, "timeout": timeout}}
     cfg["identity"] = {"claims_header": "X-Auth-Claims", "assertion_header": "X-Auth-Assertion"}
     cfg.update(extra)
     return cfg
@@ -244,6 +249,17 @@ async def test_sigterm_drains_requests_in_flight_then_exits_0(gateway, recorder,
     async with await request as resp:
         assert resp.status == 200
     assert await asyncio.get_running_loop().run_in_executor(None, gateway.proc.wait, 15) == 0
+
+
+async def test_client_hanging_up_cancels_the_upstream_call(start_gateway, recorder, keys_dir):
+    # The upstream timeout is far beyond the wait below: only the hang-up can end the upstream call.
+    gateway = await start_gateway(gateway_config(keys_dir, recorder.url, timeout="120s"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(raw_get("/api/public/slow").encode())
+    await writer.drain()
+    await asyncio.wait_for(recorder.slow_started.wait(), 10)
+    writer.close()
+    await asyncio.wait_for(recorder.cancelled.wait(), 10)
 
 
 async def _until_refused(port: int, timeout_s: float = 10) -> None:
