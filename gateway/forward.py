@@ -23,6 +23,8 @@ from yarl import URL
 
 from .config import GatewayConfig, IdentityConfig, UpstreamConfig
 from .errors import BadPath, UpstreamFailed, UpstreamTimeout
+from .identity import Identity
+from .lifetime import ConnectionWatcher, Lifetime
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 log = logging.getLogger("tokengate.forward")
@@ -171,6 +173,7 @@ class Forwarder:
         self._targets = {name: Target.from_url(up.url) for name, up in cfg.upstreams.items()}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._closed = False
+        self.watcher = ConnectionWatcher(leeway_s=cfg.tokens.leeway)
 
     async def start(self) -> None:
         """Open every upstream's session now (optional: ``forward`` opens them on first use)."""
@@ -196,20 +199,23 @@ class Forwarder:
         return session
 
     async def forward(self, request: web.Request, path: str, upstream: str,
-                      identity_headers: Mapping[str, str]) -> web.StreamResponse:
+                      identity_headers: Mapping[str, str], identity: Identity | None = None) -> web.StreamResponse:
         """Proxy ``request`` to ``upstream`` at ``path`` (+ the original query).
 
         Raises UpstreamFailed (502) or UpstreamTimeout (504) before the answer starts; after
-        that, a failing upstream only cuts the stream short.
+        that, a failing upstream only cuts the stream short. A WebSocket or streamed answer
+        opened with ``identity`` ends when that token expires or is revoked.
         """
         session = self._session(upstream)
         url = self._targets[upstream].url_for(path, request.rel_url.raw_query_string)
         peer = self._peer_of(request)
         headers = filter_request_headers(request.headers, self._policy, peer, identity_headers)
+        lifetime = Lifetime(self.watcher, identity)
         if is_websocket_upgrade(request):
-            return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]})
+            return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]},
+                                         lifetime)
         resp = await _send(session, request, url, headers)
-        return await _relay(request, resp, headers[REQUEST_ID])
+        return await _relay(request, resp, headers[REQUEST_ID], lifetime)
 
     def _peer_of(self, request: web.Request) -> Peer:
         address = request.remote or None
@@ -228,13 +234,18 @@ async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
         raise UpstreamFailed(headers=echo) from exc
 
 
-async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str) -> web.StreamResponse:
+async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
+                 lifetime: Lifetime) -> web.StreamResponse:
     complete = False
     try:
         out = web.StreamResponse(status=resp.status, reason=resp.reason,
                                  headers=filter_response_headers(resp.headers))
         out.headers[REQUEST_ID] = request_id
-        complete = await _copy_body(request, resp, out)
+        if resp.content_length is None:   # a stream (chunked, SSE): it may outlive the token
+            with lifetime.cancel_on_end():
+                complete = await _copy_body(request, resp, out)
+        else:
+            complete = await _copy_body(request, resp, out)
         return out
     finally:
         # Release keeps the connection for reuse; anything unfinished (an error, the client gone,

@@ -62,10 +62,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         raise MethodRefused(headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"})
     path = normalise(request.raw_path.partition("?")[0])      # BadPath -> 400
     rule = gw.rules.match(request.method, path)                # NoRoute -> 404
-    headers = gw.passport.anonymous
+    headers, identity = gw.passport.anonymous, None
     if not rule.public:
         token = extract_bearer(request.headers)                # MissingToken, BadRequest -> 401, 400
         identity = await gw.verifier.verify(token)             # InvalidToken -> 401
         authorize(rule, identity)                              # Forbidden -> 403
         headers = gw.passport.headers_for(identity, rule.upstream)
-    return await gw.forwarder.forward(request, path, rule.upstream, headers)   # UpstreamFailed -> 502/504
+    return await gw.forwarder.forward(request, path, rule.upstream, headers, identity)   # UpstreamFailed -> 502/504

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
+from .lifetime import Lifetime
 
 log = logging.getLogger("tokengate.forward")
 
@@ -23,6 +24,8 @@ WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-web
 # Close codes that describe a dead connection and may not be sent in a close frame (RFC 6455 7.4.1).
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
 _CLOSE_TIMEOUT_S = 5.0
+POLICY_VIOLATION = 1008   # RFC 6455 7.4.1: the close code when the token expires or is revoked
+GOING_AWAY = 1001
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
@@ -36,8 +39,10 @@ def requested_protocols(request: web.BaseRequest) -> list[str]:
 
 
 async def proxy_websocket(request: web.Request, session: aiohttp.ClientSession, url: URL,
-                          headers: CIMultiDict[str], echo_headers: dict[str, str]) -> web.WebSocketResponse:
+                          headers: CIMultiDict[str], echo_headers: dict[str, str],
+                          lifetime: Lifetime) -> web.WebSocketResponse:
     """Proxy one WebSocket session; ``echo_headers`` go on the client's 101 answer (and on errors).
+    When the token expires or is revoked, the client gets close code 1008 and the upstream 1001.
 
     Raises BadRequest for a malformed upgrade, UpstreamFailed/UpstreamTimeout if the upstream refuses.
     """
@@ -48,7 +53,9 @@ async def proxy_websocket(request: web.Request, session: aiohttp.ClientSession, 
     client.headers.update(echo_headers)
     try:
         await client.prepare(request)
-        await _pump_both(client, upstream)
+        ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        with lifetime.on_end(lambda reason: ended.done() or ended.set_result(reason)):
+            await _pump_both(client, upstream, ended)
     except ConnectionError:
         pass   # the client left during the handshake: nothing to answer
     finally:
@@ -68,10 +75,18 @@ async def _connect(session: aiohttp.ClientSession, url: URL, headers: CIMultiDic
         raise UpstreamFailed(headers=echo) from exc
 
 
-async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse,
+                     ended: asyncio.Future[str]) -> None:
     tasks = [asyncio.create_task(_pump(client, upstream)), asyncio.create_task(_pump(upstream, client))]
+    pumps = asyncio.gather(*tasks, return_exceptions=True)
     try:
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
+        await asyncio.wait([pumps, ended], return_when=asyncio.FIRST_COMPLETED)
+        if ended.done() and not pumps.done():
+            reason = f"token {ended.result()}".encode()
+            await asyncio.gather(client.close(code=POLICY_VIOLATION, message=reason),
+                                 upstream.close(code=GOING_AWAY), return_exceptions=True)
+            return
+        for result in pumps.result():
             if isinstance(result, Exception):   # the 101 is sent: nothing to answer, only to end
                 log.info("websocket pump failed", extra={"error": type(result).__name__})
     finally:

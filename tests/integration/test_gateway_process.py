@@ -330,3 +330,32 @@ async def test_trace_is_never_proxied(echo_gateway, http, mint):
     async with http.request("TRACE", f"{echo_gateway.url}/api/public/x") as resp:
         assert resp.status == 405
         assert (await resp.json())["code"] == "method_refused"
+
+
+@pytest.fixture
+async def strict_echo_gateway(start_gateway, echo_upstream, keys_dir) -> GatewayProcess:
+    """Like echo_gateway, with no leeway: a token dies exactly at its exp."""
+    cfg = gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/"))
+    cfg["tokens"]["leeway"] = "0s"
+    cfg["routes"] = [*cfg["routes"], {"path": "/_echo", "upstream": "accounts", "roles": ["user"]}]
+    return await start_gateway(cfg)
+
+
+async def test_websocket_is_closed_with_1008_when_its_token_expires(strict_echo_gateway, http, mint):
+    token = mint(roles=["user"], exp=int(time.time()) + 2)
+    async with http.ws_connect(f"{strict_echo_gateway.url}/_echo/ws", headers=bearer(token)) as ws:
+        await ws.send_str("still alive")
+        assert (await ws.receive(timeout=5)).data == "still alive"
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1008
+
+
+async def test_streamed_answer_is_cut_when_its_token_expires(strict_echo_gateway, echo_state, http, mint):
+    token = mint(roles=["user"], exp=int(time.time()) + 2)
+    async with http.get(f"{strict_echo_gateway.url}/_echo/sse?n=3&hold=1", headers=bearer(token)) as resp:
+        assert resp.status == 200
+        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+        with pytest.raises(aiohttp.ClientPayloadError):   # cut, not ended cleanly
+            await asyncio.wait_for(resp.content.read(), 10)
+    assert not echo_state.release.is_set()

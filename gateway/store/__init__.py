@@ -1,0 +1,1 @@
+"""The store: one interface (base.Store), two backends (memory://, redis://...)."""

@@ -1,0 +1,174 @@
+"""The store: the one interface for all shared state (revocations, refresh tokens, users, rate limits).
+
+Two backends implement it: memory.py (embedded, one process) and redis.py (standalone,
+Sentinel, Cluster). Both pass the same test suite (tests/store/). The key layout is written
+down here, in one place; every key carries a hash tag (the part in braces) so that each
+operation touches a single Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# ---- key layout (Redis) ------------------------------------------------------------------------
+# deny:jti:{<iss>|<jti>}         "1", TTL = the token's remaining life            (revoked access token)
+# deny:sub:{<iss>|<sub>}         epoch seconds (float as text); tokens of <sub> with iat below are dead;
+#                                TTL = the longest life a token issued before it can still have
+# deny:index:{deny}              sorted set "<kind>|<iss>|<id>" scored by expiry: lets a mirror load
+#                                every live revocation in one pass (kind: jti or sub)
+# refresh:{<family>}:<hash>      hash: sub, family, exp, state (live|rotated), next (hash of successor)
+# family:{<family>}              hash: sub, exp, dead ("1" once killed); TTL = refresh_ttl
+# families:{<iss>|<sub>}         set of family ids of a subject (logout-all, password reset)
+# user:{<username>}              hash: the UserRecord fields                      (auth.users: store)
+# users:{users}                  set of usernames
+# rate:{<bucket>}                counter, TTL = window
+# channel tokengate:revocations  pub/sub: one message per revocation, so every mirror learns it at once
+DENY_JTI = "deny:jti:"
+DENY_SUB = "deny:sub:"
+DENY_INDEX = "deny:index:{deny}"
+REFRESH = "refresh:"
+FAMILY = "family:"
+FAMILIES = "families:"
+USER = "user:"
+USERS = "users:{users}"
+RATE = "rate:"
+REVOCATIONS_CHANNEL = "tokengate:revocations"
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or did not answer in time. ``url`` never holds a password."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"store {url} is unavailable: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revocation: of a token id (``kind="jti"``) or of a subject's earlier tokens (``"sub"``).
+
+    ``value``: for a jti, the token's exp (the entry's expiry); for a sub, the watermark (tokens
+    with iat below it are dead). ``expires_at``: when the entry may be forgotten (epoch seconds).
+    """
+
+    kind: Literal["jti", "sub"]
+    iss: str
+    id: str
+    value: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    token_hash: str
+    family: str
+    sub: str
+    exp: float
+    data: Mapping[str, Any] = field(default_factory=dict)   # what the next access token needs (roles ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """The outcome of presenting a refresh token.
+
+    ``ok``: it was live and is now rotated to the new hash. ``reused``: it had been rotated
+    already (or its family is dead): the whole family is now dead. ``unknown``: no such live
+    token (expired, never issued). ``grace``: it was rotated less than ``grace_s`` ago; nothing
+    changes, and ``sealed_reply`` is what the winning call stored with the rotation (the new pair,
+    encrypted with a key only the old token's holder can derive), to be handed out again.
+    ``record``: the presented token's record (ok, grace, reused).
+    """
+
+    outcome: Literal["ok", "reused", "unknown", "grace"]
+    record: RefreshRecord | None = None
+    sealed_reply: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    username: str
+    password_hash: str
+    roles: tuple[str, ...] = ()
+    email: str | None = None
+    disabled: bool = False
+    created_at: float = 0.0
+
+
+class Store(abc.ABC):
+    """Every method raises StoreUnavailable when the backend cannot be reached."""
+
+    safe_url: str
+
+    # -- lifetime
+    @abc.abstractmethod
+    async def ping(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- revocation
+    @abc.abstractmethod
+    async def revoke(self, revocation: Revocation) -> None:
+        """Record it (a sub watermark only ever moves forward) and publish it to every subscriber."""
+
+    @abc.abstractmethod
+    async def live_revocations(self, now: float) -> list[Revocation]:
+        """Every revocation not yet expired: what a mirror loads at start and after a reconnect."""
+
+    @abc.abstractmethod
+    def revocation_events(self) -> AsyncIterator[Revocation]:
+        """Revocations as they are published, from now on. The iterator raises StoreUnavailable
+        when the subscription breaks; the caller reloads live_revocations and subscribes again."""
+
+    # -- refresh tokens
+    @abc.abstractmethod
+    async def add_refresh(self, record: RefreshRecord, iss: str) -> None:
+        """Store a new live refresh token (a new family when its family is new)."""
+
+    @abc.abstractmethod
+    async def rotate_refresh(self, token_hash: str, successor: RefreshRecord, now: float,
+                             grace_s: float = 0.0, sealed_reply: bytes = b"") -> Rotation:
+        """Atomically: a live ``token_hash`` becomes rotated (remembering ``sealed_reply`` for
+        ``grace_s``) and ``successor`` (same family) becomes live -> ok. Already rotated less than
+        grace_s ago -> grace (nothing changes). Already rotated otherwise, or family dead -> the
+        family is killed, its newest token too -> reused. Missing/expired -> unknown.
+        Of N concurrent calls with one live token, exactly one gets ok."""
+
+    @abc.abstractmethod
+    async def kill_family(self, family: str) -> str | None:
+        """Every token of that family dies. Returns the family's subject, None if unknown."""
+
+    @abc.abstractmethod
+    async def kill_families_of(self, iss: str, sub: str) -> int:
+        """Every refresh family of that subject dies; returns how many."""
+
+    @abc.abstractmethod
+    async def find_refresh(self, token_hash: str) -> RefreshRecord | None:
+        """The live record for this hash (None when missing, rotated, expired or its family dead)."""
+
+    # -- users (auth.users: store)
+    @abc.abstractmethod
+    async def get_user(self, username: str) -> UserRecord | None: ...
+
+    @abc.abstractmethod
+    async def add_user(self, user: UserRecord) -> bool:
+        """False when the username is taken (atomic: two signups for one name, one wins)."""
+
+    @abc.abstractmethod
+    async def put_user(self, user: UserRecord) -> None:
+        """Replace an existing user's record."""
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[UserRecord]: ...
+
+    # -- rate limits
+    @abc.abstractmethod
+    async def hit(self, bucket: str, limit: int, window_s: int, now: float) -> float:
+        """Count one event in ``bucket``'s current window. Returns 0 when allowed, else the seconds
+        until the window lets events through again (for Retry-After)."""
