@@ -1,4 +1,4 @@
-"""The ``tokengate`` command: serve | check-config | mint | explain | keys generate | jwks.
+"""The ``tokengate`` command: serve | check-config | mint | explain | keys generate | jwks | users | revoke.
 
 Bad input of any kind ends with a clear message on stderr and a non-zero status, never a
 traceback (set TOKENGATE_DEBUG=1 to see one for an unexpected error).
@@ -24,6 +24,7 @@ from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_MATCH = 1
+EXIT_FAILED = 1
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -54,7 +55,17 @@ def _err(message: str) -> None:
     print(f"tokengate: {message}", file=sys.stderr)
 
 
-def _config(args: argparse.Namespace) -> GatewayConfig:
+def fail(message: str) -> int:
+    """Report a failure that is not bad input (not found, store down ...): exit status 1."""
+    _err(message)
+    return EXIT_FAILED
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $TOKENGATE_CONFIG)")
+
+
+def config_from(args: argparse.Namespace) -> GatewayConfig:
     path = args.config or os.environ.get("TOKENGATE_CONFIG")
     if not path:
         raise UsageError("no config file: pass --config PATH or set TOKENGATE_CONFIG")
@@ -62,6 +73,9 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .cli_revoke import add_revoke_parser   # these build on this module, so import late
+    from .cli_users import add_users_parser
+
     p = argparse.ArgumentParser(prog="tokengate", description="Async JWT edge gateway and reverse proxy.")
     p.add_argument("--version", action="version", version=f"tokengate {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -69,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
         cp = sub.add_parser(name, help=help_, description=help_)
         if config:
-            cp.add_argument("--config", metavar="PATH", help="config file (default: $TOKENGATE_CONFIG)")
+            add_config_option(cp)
         cp.set_defaults(func=func)
         return cp
 
@@ -88,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("method")
     e.add_argument("urlpath")
     command("jwks", _jwks, "print the public JWKS")
+    add_users_parser(sub)
+    add_revoke_parser(sub)
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_command", required=True)
     g = keys.add_parser("generate", help="generate a signing key")
     g.add_argument("--alg", required=True, choices=GENERATABLE)
@@ -118,7 +134,7 @@ def _kid(text: str) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from .server import Bind, ListenFailed, run
 
-    cfg = _config(args)
+    cfg = config_from(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     main = Bind(args.host or cfg.listen.host, cfg.listen.port if args.port is None else args.port)
     admin = Bind(cfg.admin.host, cfg.admin.port)
@@ -130,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = config_from(args)
     signer = cfg.tokens.signer
     print(f"{cfg.source}: OK: {len(cfg.routes)} routes, {len(cfg.upstreams)} upstreams, "
           f"{len(cfg.tokens.keys)} keys (signing: {signer.kid if signer else 'none'}), "
@@ -141,7 +157,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _mint(args: argparse.Namespace) -> int:
     from .tokens import Minter
 
-    cfg = _config(args)
+    cfg = config_from(args)
     if cfg.tokens.signer is None:
         raise UsageError("the config has no key that can sign (only public keys); add a secret or private key")
     try:
@@ -173,7 +189,7 @@ def _explain(args: argparse.Namespace) -> int:
     from .paths import normalise
     from .rules import RuleSet
 
-    cfg = _config(args)
+    cfg = config_from(args)
     raw = args.urlpath.partition("?")[0]
     try:
         path = normalise(raw)
@@ -204,7 +220,7 @@ def _needs(rule: Any) -> str:
 def _jwks(args: argparse.Namespace) -> int:
     from .keys import KeyRing
 
-    print(json.dumps(KeyRing.from_config(_config(args).tokens).public_jwks(), indent=2))
+    print(json.dumps(KeyRing.from_config(config_from(args).tokens).public_jwks(), indent=2))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Shared test helpers: test keys, configs written to disk, and tokens minted with PyJWT directly.
+"""Shared test helpers: test keys, configs written to disk, tokens minted with PyJWT directly, and
+real redis-servers.
+
+Redis: a redis-server of our own on a free loopback port for the session, or the one ``REDIS_URL``
+names (never stopped by us; its database is FLUSHed before tests that use it, so point it at one you
+can lose, like redis://127.0.0.1:6379/15). Fault tests start throwaway servers of their own.
 
 Tokens here are built with PyJWT itself (not with the gateway's minting code) so that the
 verifier is checked against an independent producer.
@@ -6,9 +11,10 @@ verifier is checked against an independent producer.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from redis.asyncio import Redis
+
 from gateway.config import GatewayConfig, load_config
+from tests.redisproc import RedisProc, start_redis
 
 ISSUER = "https://auth.example.test"
 AUDIENCE = "api"
@@ -150,3 +159,35 @@ def mint(private_keys: dict[str, Any]) -> Callable[..., str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis: REDIS_URL when set (left running), else our own redis-server."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    proc = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield proc.url
+    finally:
+        proc.stop()
+
+
+async def flush(url: str) -> None:
+    async with Redis.from_url(url) as client:
+        await client.flushdb()
+
+
+@pytest.fixture
+def spawn_redis(tmp_path: Path) -> Iterator[Callable[..., RedisProc]]:
+    """spawn_redis(*args) -> a throwaway redis-server of this test's own (fault tests kill it)."""
+    procs: list[RedisProc] = []
+
+    def spawn(*extra_args: str) -> RedisProc:
+        procs.append(start_redis(tmp_path, *extra_args))
+        return procs[-1]
+
+    yield spawn
+    for proc in procs:
+        proc.stop()

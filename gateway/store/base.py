@@ -3,7 +3,7 @@
 Two backends implement it: memory.py (embedded, one process) and redis.py (standalone,
 Sentinel, Cluster). Both pass the same test suite (tests/store/). The key layout is written
 down here, in one place; every key carries a hash tag (the part in braces) so that each
-operation touches a single Redis Cluster slot.
+atomic step touches a single Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -14,22 +14,33 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # ---- key layout (Redis) ------------------------------------------------------------------------
+# The part in braces is the hash tag: keys that one atomic step (a Lua script) touches share it.
 # deny:jti:{<iss>|<jti>}         "1", TTL = the token's remaining life            (revoked access token)
 # deny:sub:{<iss>|<sub>}         epoch seconds (float as text); tokens of <sub> with iat below are dead;
 #                                TTL = the longest life a token issued before it can still have
-# deny:index:{deny}              sorted set "<kind>|<iss>|<id>" scored by expiry: lets a mirror load
-#                                every live revocation in one pass (kind: jti or sub)
-# refresh:{<family>}:<hash>      hash: sub, family, exp, state (live|rotated), next (hash of successor)
-# family:{<family>}              hash: sub, exp, dead ("1" once killed); TTL = refresh_ttl
+# deny:index:{deny}              sorted set of '["<kind>","<iss>","<id>"]' (JSON) scored by expiry: lets a
+#                                mirror load every live revocation in one pass (kind: jti or sub)
+# deny:values:{deny}             hash: the same members -> Revocation.value (jti: exp; sub: watermark)
+# refresh:{<family>}:<hash>      hash: sub, exp, data (JSON), state (live|rotated), rotated_at, next
+#                                (hash of the successor), sealed (the winner's sealed_reply); TTL = exp
+# refresh:family-of:{<hash>}     the family id of a refresh token (lookup by hash alone); TTL = exp
+# family:{<family>}              hash: sub, iss, head (newest token), dead ("1" once killed);
+#                                TTL = the latest exp of its tokens
 # families:{<iss>|<sub>}         set of family ids of a subject (logout-all, password reset)
-# user:{<username>}              hash: the UserRecord fields                      (auth.users: store)
+# user:{<username>}              hash: the UserRecord fields, roles as JSON     (auth.users: store)
 # users:{users}                  set of usernames
-# rate:{<bucket>}                counter, TTL = window
-# channel tokengate:revocations  pub/sub: one message per revocation, so every mirror learns it at once
+# rate:{<bucket>}                counter, TTL = window (the window opens with the bucket's first event)
+# channel tokengate:revocations  pub/sub: one JSON message per revocation, so every mirror learns it at once
+# Operations over several slots take steps in an order that is safe when cut short: revoke writes the
+# entry, then the index, then publishes; add_refresh the family-of pointer, then token and family, then
+# families:; add_user claims user:{..} atomically, then adds the name to users:{users} (again on every
+# add/put, so a missed SADD heals).
 DENY_JTI = "deny:jti:"
 DENY_SUB = "deny:sub:"
 DENY_INDEX = "deny:index:{deny}"
+DENY_VALUES = "deny:values:{deny}"
 REFRESH = "refresh:"
+REFRESH_FAMILY_OF = "refresh:family-of:"
 FAMILY = "family:"
 FAMILIES = "families:"
 USER = "user:"
@@ -59,6 +70,46 @@ class Revocation:
     id: str
     value: float
     expires_at: float
+
+
+class RevocationFeed(AsyncIterator[Revocation]):
+    """A subscription to published revocations: ``async for revocation in feed``.
+
+    To miss nothing, a mirror waits for ``ready()`` before it loads ``live_revocations``::
+
+        async with store.revocation_events() as feed:     # __aenter__ waits for ready()
+            apply(await store.live_revocations(time.time()))
+            async for revocation in feed:
+                apply(revocation)
+
+    ``__anext__`` raises StoreUnavailable when the subscription breaks (the feed is then closed):
+    reload and subscribe again. After ``aclose()`` (or the store's ``close()``) iteration stops.
+    """
+
+    def __aiter__(self) -> RevocationFeed:
+        return self
+
+    async def __aenter__(self) -> RevocationFeed:
+        try:
+            await self.ready()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def __anext__(self) -> Revocation: ...
+
+    @abc.abstractmethod
+    async def ready(self) -> None:
+        """Wait until subscribed: every revocation published after this returns is delivered."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """End the subscription and release its connection (idempotent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +149,10 @@ class UserRecord:
 
 
 class Store(abc.ABC):
-    """Every method raises StoreUnavailable when the backend cannot be reached."""
+    """Every method raises StoreUnavailable when the backend cannot be reached (never a redis error).
+
+    Expiry is by wall-clock epoch seconds: the ``now`` arguments where given, else the store's clock.
+    """
 
     safe_url: str
 
@@ -107,21 +161,24 @@ class Store(abc.ABC):
     async def ping(self) -> None: ...
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release connections and end open feeds; later calls raise StoreUnavailable."""
 
     # -- revocation
     @abc.abstractmethod
     async def revoke(self, revocation: Revocation) -> None:
-        """Record it (a sub watermark only ever moves forward) and publish it to every subscriber."""
+        """Record it (a sub watermark only ever moves forward) and publish it to every subscriber.
+        One whose ``expires_at`` has passed already is ignored."""
 
     @abc.abstractmethod
     async def live_revocations(self, now: float) -> list[Revocation]:
         """Every revocation not yet expired: what a mirror loads at start and after a reconnect."""
 
     @abc.abstractmethod
-    def revocation_events(self) -> AsyncIterator[Revocation]:
-        """Revocations as they are published, from now on. The iterator raises StoreUnavailable
-        when the subscription breaks; the caller reloads live_revocations and subscribes again."""
+    def revocation_events(self) -> RevocationFeed:
+        """Revocations as they are published, from the feed's ``ready()`` on (see RevocationFeed).
+        The iterator raises StoreUnavailable when the subscription breaks; the caller reloads
+        live_revocations and subscribes again."""
 
     # -- refresh tokens
     @abc.abstractmethod
@@ -134,8 +191,11 @@ class Store(abc.ABC):
         """Atomically: a live ``token_hash`` becomes rotated (remembering ``sealed_reply`` for
         ``grace_s``) and ``successor`` (same family) becomes live -> ok. Already rotated less than
         grace_s ago -> grace (nothing changes). Already rotated otherwise, or family dead -> the
-        family is killed, its newest token too -> reused. Missing/expired -> unknown.
-        Of N concurrent calls with one live token, exactly one gets ok."""
+        family is killed, its newest token too -> reused. Missing/expired (``exp <= now``) -> unknown.
+        Of N concurrent calls with one live token, exactly one gets ok.
+        The token is found by its hash alone: the successor is filed under the presented token's
+        family (``Rotation.record.family``), whatever ``successor.family`` says, and is only stored
+        on ok."""
 
     @abc.abstractmethod
     async def kill_family(self, family: str) -> str | None:
@@ -159,7 +219,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put_user(self, user: UserRecord) -> None:
-        """Replace an existing user's record."""
+        """Replace the user's record as a whole (creates it when missing)."""
 
     @abc.abstractmethod
     async def delete_user(self, username: str) -> bool: ...

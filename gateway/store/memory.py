@@ -1,0 +1,231 @@
+"""MemoryStore: the embedded store (memory://) for one process, the quick start and unit tests.
+
+No method awaits in the middle of a change, so each one is atomic on the event loop. Expiry follows
+``clock`` (``time.time`` unless a test injects another); pub/sub runs over in-process queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import time
+
+from .base import (RefreshRecord, Revocation, RevocationFeed, Rotation, Store, StoreUnavailable,
+                   UserRecord)
+
+SWEEP_EVERY_S = 60.0   # how often expired entries are dropped (each lookup checks expiry anyway)
+
+
+@dataclass
+class _Token:
+    record: RefreshRecord
+    state: str = "live"          # live | rotated
+    rotated_at: float = 0.0
+    sealed: bytes = b""
+
+
+@dataclass
+class _Family:
+    sub: str
+    iss: str
+    exp: float
+    head: str = ""
+    dead: bool = False
+
+
+@dataclass
+class _Window:
+    count: int
+    ends_at: float
+
+
+@dataclass
+class _State:
+    revocations: dict[tuple[str, str, str], Revocation] = field(default_factory=dict)
+    tokens: dict[str, _Token] = field(default_factory=dict)
+    families: dict[str, _Family] = field(default_factory=dict)
+    families_of: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    windows: dict[str, _Window] = field(default_factory=dict)
+
+
+class MemoryFeed(RevocationFeed):
+    """Subscribed from creation on: revoke() puts every revocation into each open feed's queue."""
+
+    def __init__(self, feeds: set[MemoryFeed]) -> None:
+        self._feeds = feeds
+        self._queue: asyncio.Queue[Revocation | None] = asyncio.Queue()
+        feeds.add(self)
+
+    def put(self, revocation: Revocation | None) -> None:
+        self._queue.put_nowait(revocation)
+
+    async def ready(self) -> None:
+        return None
+
+    async def __anext__(self) -> Revocation:
+        if self not in self._feeds and self._queue.empty():
+            raise StopAsyncIteration
+        revocation = await self._queue.get()
+        if revocation is None:   # closed
+            raise StopAsyncIteration
+        return revocation
+
+    async def aclose(self) -> None:
+        if self in self._feeds:
+            self._feeds.discard(self)
+            self.put(None)
+
+
+class MemoryStore(Store):
+    def __init__(self, clock: Callable[[], float] = time) -> None:
+        self.safe_url = "memory://"
+        self._clock = clock
+        self._s = _State()
+        self._feeds: set[MemoryFeed] = set()
+        self._closed = False
+        self._swept_at = clock()
+
+    def _open(self) -> _State:
+        """The state, after dropping what expired (at most once a minute); raises once closed."""
+        if self._closed:
+            raise StoreUnavailable(self.safe_url, "the store is closed")
+        now = self._clock()
+        if now - self._swept_at >= SWEEP_EVERY_S:
+            self._swept_at = now
+            self._sweep(now)
+        return self._s
+
+    def _sweep(self, now: float) -> None:
+        s = self._s
+        s.revocations = {k: r for k, r in s.revocations.items() if r.expires_at > now}
+        s.tokens = {h: t for h, t in s.tokens.items() if t.record.exp > now}
+        s.families = {f: fam for f, fam in s.families.items() if fam.exp > now}
+        for key, fams in list(s.families_of.items()):
+            fams.intersection_update(s.families)
+            if not fams:
+                del s.families_of[key]
+        s.windows = {b: w for b, w in s.windows.items() if w.ends_at > now}
+
+    # -- lifetime
+    async def ping(self) -> None:
+        self._open()
+
+    async def close(self) -> None:
+        self._closed = True
+        for feed in list(self._feeds):
+            await feed.aclose()
+
+    # -- revocation
+    async def revoke(self, revocation: Revocation) -> None:
+        s = self._open()
+        if revocation.expires_at <= self._clock():
+            return
+        key = (revocation.kind, revocation.iss, revocation.id)
+        old = s.revocations.get(key)
+        if old is not None and old.expires_at > self._clock():   # a watermark only moves forward
+            revocation = dataclasses.replace(revocation, value=max(old.value, revocation.value),
+                                             expires_at=max(old.expires_at, revocation.expires_at))
+        s.revocations[key] = revocation
+        for feed in self._feeds:
+            feed.put(revocation)
+
+    async def live_revocations(self, now: float) -> list[Revocation]:
+        s = self._open()
+        s.revocations = {k: r for k, r in s.revocations.items() if r.expires_at > now}
+        return list(s.revocations.values())
+
+    def revocation_events(self) -> MemoryFeed:
+        self._open()
+        return MemoryFeed(self._feeds)
+
+    # -- refresh tokens
+    async def add_refresh(self, record: RefreshRecord, iss: str) -> None:
+        s = self._open()
+        family = self._live_family(record.family)
+        if family is None:
+            family = s.families[record.family] = _Family(record.sub, iss, record.exp)
+        family.exp, family.head = max(family.exp, record.exp), record.token_hash
+        s.tokens[record.token_hash] = _Token(record)
+        s.families_of.setdefault((iss, record.sub), set()).add(record.family)
+
+    async def rotate_refresh(self, token_hash: str, successor: RefreshRecord, now: float,
+                             grace_s: float = 0.0, sealed_reply: bytes = b"") -> Rotation:
+        s = self._open()
+        token = s.tokens.get(token_hash)
+        family = self._live_family(token.record.family) if token else None
+        if token is None or family is None or token.record.exp <= now:
+            return Rotation("unknown")
+        record = token.record
+        if token.state == "live" and not family.dead:
+            token.state, token.rotated_at, token.sealed = "rotated", now, sealed_reply
+            successor = dataclasses.replace(successor, family=record.family)
+            s.tokens[successor.token_hash] = _Token(successor)
+            family.exp, family.head = max(family.exp, successor.exp), successor.token_hash
+            return Rotation("ok", record)
+        if not family.dead and now - token.rotated_at < grace_s:
+            return Rotation("grace", record, token.sealed)
+        family.dead = True
+        return Rotation("reused", record)
+
+    async def kill_family(self, family: str) -> str | None:
+        self._open()
+        found = self._live_family(family)
+        if found is None:
+            return None
+        found.dead = True
+        return found.sub
+
+    async def kill_families_of(self, iss: str, sub: str) -> int:
+        s = self._open()
+        killed = 0
+        for name in s.families_of.pop((iss, sub), set()):
+            family = self._live_family(name)
+            if family is not None and not family.dead:
+                family.dead = True
+                killed += 1
+        return killed
+
+    async def find_refresh(self, token_hash: str) -> RefreshRecord | None:
+        s = self._open()
+        token = s.tokens.get(token_hash)
+        if token is None or token.state != "live" or token.record.exp <= self._clock():
+            return None
+        family = self._live_family(token.record.family)
+        return token.record if family is not None and not family.dead else None
+
+    def _live_family(self, name: str) -> _Family | None:
+        family = self._s.families.get(name)
+        return family if family is not None and family.exp > self._clock() else None
+
+    # -- users
+    async def get_user(self, username: str) -> UserRecord | None:
+        return self._open().users.get(username)
+
+    async def add_user(self, user: UserRecord) -> bool:
+        users = self._open().users
+        if user.username in users:
+            return False
+        users[user.username] = user
+        return True
+
+    async def put_user(self, user: UserRecord) -> None:
+        self._open().users[user.username] = user
+
+    async def delete_user(self, username: str) -> bool:
+        return self._open().users.pop(username, None) is not None
+
+    async def list_users(self) -> list[UserRecord]:
+        users = self._open().users
+        return [users[name] for name in sorted(users)]
+
+    # -- rate limits
+    async def hit(self, bucket: str, limit: int, window_s: int, now: float) -> float:
+        windows = self._open().windows
+        window = windows.get(bucket)
+        if window is None or window.ends_at <= now:
+            window = windows[bucket] = _Window(0, now + window_s)
+        window.count += 1
+        return window.ends_at - now if window.count > limit else 0.0

@@ -1,0 +1,251 @@
+"""RedisStore: the shared store on Redis (standalone, Sentinel or Cluster; see base.py for the keys).
+
+Every redis error that means "unreachable" becomes StoreUnavailable here, at the boundary: no other
+module sees a redis exception. Multi-key atomic steps are Lua scripts on keys sharing a hash tag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis import exceptions as rx
+
+from . import redis_scripts
+from .base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, FAMILIES, FAMILY, RATE, REFRESH,
+                   REFRESH_FAMILY_OF, REVOCATIONS_CHANNEL, USER, USERS, RefreshRecord, Revocation, Rotation, Store,
+                   StoreUnavailable, UserRecord)
+from .redis_feed import RedisFeed, encode_revocation
+
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
+                rx.TryAgainError, rx.ReadOnlyError, rx.OutOfMemoryError, rx.NoPermissionError, OSError)
+_UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "LOADING")   # plain ResponseErrors that mean "not now"
+MAX_REASON_CHARS = 200   # some errors carry a client's whole repr
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Does this redis (or socket) error mean the store cannot answer, rather than a bug?"""
+    return isinstance(exc, _UNAVAILABLE) or (
+        isinstance(exc, rx.ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES))
+
+
+def _tagged(prefix: str, *parts: str) -> str:
+    return prefix + "{" + "|".join(parts) + "}"
+
+
+def _refresh_key(family: str, token_hash: str) -> str:
+    return f"{REFRESH}{{{family}}}:{token_hash}"
+
+
+def _ms(t: float) -> int:
+    """Epoch seconds -> epoch milliseconds for PXAT, rounded up: an entry never dies early."""
+    return math.ceil(t * 1000)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore(Store):
+    """``client`` runs commands; ``subscriber`` (never retrying) carries the revocation feeds."""
+
+    def __init__(self, client: Any, subscriber: Any, safe_url: str, *, secrets: Iterable[str] = (),
+                 on_close: Iterable[Callable[[], Awaitable[Any]]] = (), feed_ping_s: float = 5.0) -> None:
+        self.safe_url = safe_url
+        self._c, self._subscriber = client, subscriber
+        self._secrets = tuple(s for s in secrets if s)
+        self._on_close = (client.aclose, subscriber.aclose, *on_close)
+        self.feed_ping_s = feed_ping_s   # a feed quiet this long PINGs; no answer in as long again breaks it
+        self._feeds: set[RedisFeed] = set()
+        self._closed = False
+        self._scripts = {name: client.register_script(getattr(redis_scripts, name.upper()))
+                         for name in ("watermark", "index", "live", "add_refresh", "rotate", "find_refresh",
+                                      "kill_family", "add_member", "add_user", "put_user", "hit")}
+
+    def translate(self, exc: BaseException) -> StoreUnavailable | None:
+        """StoreUnavailable for an error that means "unreachable" (without any password), else None."""
+        if not is_unavailable(exc):
+            return None
+        reason = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
+        return StoreUnavailable(self.safe_url, reason[:MAX_REASON_CHARS])
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        if self._closed:
+            raise StoreUnavailable(self.safe_url, "the store is closed")
+        try:
+            yield
+        except Exception as exc:
+            translated = self.translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def _run(self, script: str, keys: list[str], *args: Any) -> Any:
+        return await self._scripts[script](keys=keys, args=args)
+
+    # -- lifetime
+    async def ping(self) -> None:
+        async with self._guard():
+            await self._c.ping()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for feed in list(self._feeds):
+            await feed.aclose()
+        for close in self._on_close:
+            await close()
+
+    # -- revocation
+    async def revoke(self, revocation: Revocation) -> None:
+        now = time.time()
+        if revocation.expires_at <= now:
+            return
+        r, member = revocation, json.dumps([revocation.kind, revocation.iss, revocation.id], separators=(",", ":"))
+        async with self._guard():
+            if r.kind == "jti":
+                await self._c.set(_tagged(DENY_JTI, r.iss, r.id), b"1", pxat=_ms(r.expires_at))
+            else:
+                await self._run("watermark", [_tagged(DENY_SUB, r.iss, r.id)], repr(r.value), _ms(r.expires_at))
+            # The index has the last word (a later watermark may be in force): publish what it holds.
+            value, expires_at = await self._run("index", [DENY_INDEX, DENY_VALUES], member, repr(r.expires_at),
+                                                repr(r.value), repr(now))
+            r = dataclasses.replace(r, value=float(value), expires_at=float(expires_at))
+            await self._c.publish(REVOCATIONS_CHANNEL, encode_revocation(r))
+
+    async def live_revocations(self, now: float) -> list[Revocation]:
+        async with self._guard():
+            flat = await self._run("live", [DENY_INDEX, DENY_VALUES], repr(now))
+        found = []
+        for member, expires_at, value in zip(flat[::3], flat[1::3], flat[2::3]):
+            kind, iss, id_ = json.loads(member)
+            found.append(Revocation(kind, iss, id_, float(value), float(expires_at)))
+        return found
+
+    def revocation_events(self) -> RedisFeed:
+        if self._closed:
+            raise StoreUnavailable(self.safe_url, "the store is closed")
+        return RedisFeed(self._subscriber, self.safe_url, self.translate, self._feeds, self.feed_ping_s)
+
+    # -- refresh tokens
+    async def add_refresh(self, record: RefreshRecord, iss: str) -> None:
+        if not record.family:
+            raise ValueError("a refresh token needs a family id")   # an empty hash tag would split the slots
+        fam, exp_ms = record.family, _ms(record.exp)
+        async with self._guard():
+            await self._c.set(_tagged(REFRESH_FAMILY_OF, record.token_hash), fam, pxat=exp_ms)
+            await self._run("add_refresh", [_refresh_key(fam, record.token_hash), _tagged(FAMILY, fam)],
+                            record.sub, repr(record.exp), exp_ms, json.dumps(dict(record.data)), iss,
+                            record.token_hash)
+            await self._run("add_member", [_tagged(FAMILIES, iss, record.sub)], fam, exp_ms)
+
+    async def rotate_refresh(self, token_hash: str, successor: RefreshRecord, now: float,
+                             grace_s: float = 0.0, sealed_reply: bytes = b"") -> Rotation:
+        async with self._guard():
+            found = await self._c.get(_tagged(REFRESH_FAMILY_OF, token_hash))
+            if found is None:
+                return Rotation("unknown")
+            fam = _text(found)
+            succ = dataclasses.replace(successor, family=fam)
+            pointer = _tagged(REFRESH_FAMILY_OF, succ.token_hash)
+            # The successor's pointer goes first: once ok is returned, the new token must be findable.
+            await self._c.set(pointer, fam, pxat=_ms(succ.exp))
+            reply = await self._run(
+                "rotate", [_refresh_key(fam, token_hash), _refresh_key(fam, succ.token_hash), _tagged(FAMILY, fam)],
+                repr(now), repr(grace_s), sealed_reply, succ.token_hash, succ.sub, repr(succ.exp),
+                _ms(succ.exp), json.dumps(dict(succ.data)))
+            outcome = _text(reply[0])
+            if outcome != "ok":
+                await self._c.delete(pointer)
+        if outcome == "unknown":
+            return Rotation("unknown")
+        record = RefreshRecord(token_hash, fam, _text(reply[1]), float(reply[2]), json.loads(reply[3]))
+        return Rotation(outcome, record, bytes(reply[4]) if outcome == "grace" else b"")
+
+    async def kill_family(self, family: str) -> str | None:
+        async with self._guard():
+            reply = await self._run("kill_family", [_tagged(FAMILY, family)])
+        return None if reply is None else _text(reply[0])
+
+    async def kill_families_of(self, iss: str, sub: str) -> int:
+        key, killed = _tagged(FAMILIES, iss, sub), 0
+        async with self._guard():
+            families = [_text(f) for f in await self._c.smembers(key)]
+            for family in families:
+                reply = await self._run("kill_family", [_tagged(FAMILY, family)])
+                killed += reply is not None and reply[1] == b"1"
+            if families:
+                await self._c.srem(key, *families)
+        return killed
+
+    async def find_refresh(self, token_hash: str) -> RefreshRecord | None:
+        async with self._guard():
+            found = await self._c.get(_tagged(REFRESH_FAMILY_OF, token_hash))
+            if found is None:
+                return None
+            fam = _text(found)
+            reply = await self._run("find_refresh", [_refresh_key(fam, token_hash), _tagged(FAMILY, fam)])
+        if reply is None:
+            return None
+        return RefreshRecord(token_hash, fam, _text(reply[0]), float(reply[1]), json.loads(reply[2]))
+
+    # -- users
+    async def get_user(self, username: str) -> UserRecord | None:
+        async with self._guard():
+            fields = await self._c.hgetall(_tagged(USER, username))
+        return decode_user(fields) if fields else None
+
+    async def add_user(self, user: UserRecord) -> bool:
+        async with self._guard():
+            created = await self._run("add_user", [_tagged(USER, user.username)], *encode_user(user))
+            await self._c.sadd(USERS, user.username)   # also when taken: heals a set that missed the name
+        return bool(created)
+
+    async def put_user(self, user: UserRecord) -> None:
+        async with self._guard():
+            await self._run("put_user", [_tagged(USER, user.username)], *encode_user(user))
+            await self._c.sadd(USERS, user.username)
+
+    async def delete_user(self, username: str) -> bool:
+        async with self._guard():
+            deleted = await self._c.delete(_tagged(USER, username))
+            await self._c.srem(USERS, username)
+        return bool(deleted)
+
+    async def list_users(self) -> list[UserRecord]:
+        async with self._guard():
+            names = sorted(_text(n) for n in await self._c.smembers(USERS))
+            async with self._c.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(_tagged(USER, name))
+                found = await pipe.execute()
+        return [decode_user(fields) for fields in found if fields]   # a name whose hash is gone is skipped
+
+    # -- rate limits
+    async def hit(self, bucket: str, limit: int, window_s: int, now: float) -> float:
+        async with self._guard():
+            wait_ms = await self._run("hit", [_tagged(RATE, bucket)], limit, int(window_s))
+        return int(wait_ms) / 1000
+
+
+
+def encode_user(user: UserRecord) -> list[str]:
+    fields = ["username", user.username, "password_hash", user.password_hash, "roles", json.dumps(list(user.roles)),
+              "disabled", "1" if user.disabled else "0", "created_at", repr(user.created_at)]
+    return fields + (["email", user.email] if user.email is not None else [])
+
+
+def decode_user(fields: dict[bytes, bytes]) -> UserRecord:
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    return UserRecord(username=f["username"], password_hash=f["password_hash"], roles=tuple(json.loads(f["roles"])),
+                      email=f.get("email"), disabled=f.get("disabled") == "1",
+                      created_at=float(f.get("created_at", "0")))

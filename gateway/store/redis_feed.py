@@ -1,0 +1,110 @@
+"""RedisFeed: the Redis store's revocation feed, one pub/sub subscription on a connection of its own.
+
+That connection never reconnects by itself: a break (or a silent link that misses its PING) ends the
+feed with StoreUnavailable, so that the mirror reloads what it may have missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .base import REVOCATIONS_CHANNEL, Revocation, RevocationFeed, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+PING_MESSAGE = b"tokengate-feed"
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+
+def encode_revocation(r: Revocation) -> bytes:
+    """The pub/sub message: compact JSON."""
+    return json.dumps({"kind": r.kind, "iss": r.iss, "id": r.id, "value": r.value, "expires_at": r.expires_at},
+                      separators=(",", ":")).encode()
+
+
+def decode_revocation(data: bytes) -> Revocation | None:
+    try:
+        m = json.loads(data)
+        if m["kind"] not in ("jti", "sub"):
+            raise ValueError(m["kind"])
+        return Revocation(m["kind"], str(m["iss"]), str(m["id"]), float(m["value"]), float(m["expires_at"]))
+    except (ValueError, TypeError, KeyError):
+        log.warning("ignored a malformed revocation message on %s", REVOCATIONS_CHANNEL)
+        return None
+
+
+class RedisFeed(RevocationFeed):
+    """``translate(exc)`` turns a redis error into StoreUnavailable (None when it is a bug)."""
+
+    def __init__(self, subscriber: Any, safe_url: str, translate: Callable[[BaseException], StoreUnavailable | None],
+                 feeds: set[RedisFeed], ping_interval_s: float) -> None:
+        self._subscriber, self._url, self._translate = subscriber, safe_url, translate
+        self._feeds, self._ping_interval_s = feeds, ping_interval_s
+        self._pubsub: Any = None
+        self._closed = False
+        feeds.add(self)
+
+    async def ready(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(self._url, "the revocation feed is closed")
+        if self._pubsub is not None:
+            return
+        self._pubsub = pubsub = self._subscriber.pubsub()
+        try:
+            await pubsub.subscribe(REVOCATIONS_CHANNEL)
+            await self._confirmed(pubsub)
+        except Exception as exc:
+            if (translated := await self._broken(exc)) is None:
+                raise
+            raise translated from exc
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait for the server's subscribe reply: from then on it sends us every message."""
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            message = await pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "subscribe":
+                return
+        raise TimeoutError("no reply to SUBSCRIBE")
+
+    async def __anext__(self) -> Revocation:
+        if self._closed:
+            raise StopAsyncIteration
+        await self.ready()
+        pubsub, pinged = self._pubsub, False
+        while True:
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._ping_interval_s)
+                if message is None and pinged:
+                    raise TimeoutError("no answer to PING on the subscription")
+                if message is None:   # quiet for a while: make sure the link is still there
+                    await pubsub.ping(PING_MESSAGE)
+                    pinged = True
+                    continue
+            except Exception as exc:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                if (translated := await self._broken(exc)) is None:
+                    raise
+                raise translated from exc
+            pinged = False
+            if message["type"] == "message" and (revocation := decode_revocation(message["data"])):
+                return revocation
+
+    async def _broken(self, exc: Exception) -> StoreUnavailable | None:
+        """Close the feed; StoreUnavailable for ``exc``, or None when it is a bug (re-raised as it is)."""
+        await self.aclose()
+        return self._translate(exc)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._feeds.discard(self)
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            await pubsub.aclose()
