@@ -1,12 +1,38 @@
-"""The admin port: /healthz (process up) and /readyz (config and keys loaded, serving)."""
+"""The admin port: /healthz (process up), /readyz (config, keys, store, revocation mirror),
+POST /admin/revoke (the same as `tokengate revoke`). It binds to 127.0.0.1 by default.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 
 from aiohttp import web
 
-READY = web.AppKey("ready", dict)
+from .errors import GatewayError, InvalidToken, error_middleware
+from .pipeline import GATEWAY
+from .revocation import NothingToRevoke, apply_revocation, build_revocation
+from .store.base import StoreUnavailable
+
+
+@dataclass
+class Serving:
+    """What the admin port knows of the gateway it watches."""
+
+    main: web.Application
+    accepting: bool = False
+
+
+SERVING = web.AppKey("serving", Serving)
+
+
+class BadRevokeRequest(GatewayError):
+    status, error, code = 400, "invalid_request", "bad_revoke_request"
+
+
+class StoreDown(GatewayError):
+    status, error, code = 503, "temporarily_unavailable", "store_unavailable"
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -14,15 +40,44 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    state = request.app[READY]
-    ok = state.get("serving", False)
-    return web.json_response({"ready": ok, "checks": {"config": True, "keys": True, "serving": ok}},
-                             status=200 if ok else 503)
+    serving = request.app[SERVING]
+    gw = serving.main.get(GATEWAY)
+    # store: reachable and the revocation mirror loaded (DESIGN: not ready until the store connects)
+    checks = {"config": True, "keys": gw is not None, "accepting": serving.accepting,
+              "store": gw is not None and gw.ready}
+    ok = all(checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-def build_admin_app() -> web.Application:
-    app = web.Application()
-    app[READY] = {"serving": False}
+async def _revoke(request: web.Request) -> web.Response:
+    gw = request.app[SERVING].main[GATEWAY]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRevokeRequest("the body must be JSON: {\"jti\": ...}, {\"sub\": ...} or {\"token\": ...}") from None
+    if not isinstance(body, dict) or set(body) - {"jti", "sub", "token", "iss"}:
+        raise BadRevokeRequest("send exactly one of jti, sub or token (and optionally iss)")
+    try:
+        revocation = await build_revocation(gw.config, jti=body.get("jti"), sub=body.get("sub"),
+                                            token=body.get("token"), iss=body.get("iss"))
+        outcome = await apply_revocation(gw.store, revocation, record=gw.denylist.revoke)
+    except (ValueError, NothingToRevoke) as exc:
+        raise BadRevokeRequest(str(exc)) from None
+    except InvalidToken as exc:
+        raise BadRevokeRequest(f"that token is not one this gateway accepts: {exc.description}") from None
+    except StoreUnavailable:
+        raise StoreDown("the store is unavailable; nothing was revoked") from None
+    r = outcome.revocation
+    return web.Response(text=json.dumps({"revoked": {"kind": r.kind, "iss": r.iss, "id": r.id},
+                                         "expires_at": r.expires_at,
+                                         "families_killed": outcome.families_killed}),
+                        content_type="application/json")
+
+
+def build_admin_app(main: web.Application) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[SERVING] = Serving(main)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_post("/admin/revoke", _revoke)
     return app

@@ -16,7 +16,7 @@ MAX_HEADER_BYTES = 16384
 
 
 async def _gateway_context(app: web.Application) -> AsyncIterator[None]:
-    gw = Gateway.build(app[CONFIG])
+    gw = await Gateway.open(app[CONFIG])
     app[GATEWAY] = gw
     yield
     await gw.close()

@@ -13,19 +13,25 @@ from aiohttp import web
 
 from .authorize import authorize
 from .config import GatewayConfig
+from .denylist import Denylist
 from .errors import MethodRefused
 from .extract import extract_bearer
 from .forward import Forwarder
 from .keys import KeyRing
 from .passport import Passport
+from .passwords import PasswordHasher
 from .paths import normalise
 from .rules import RuleSet
+from .store import open_store
+from .store.base import Store
+from .tokens import Minter
+from .users import UserDirectory, build_directory
 from .verify import Verifier
 
 
 @dataclass
 class Gateway:
-    """Everything a request needs, built once from the config."""
+    """Everything a request needs, built once from the config (``await Gateway.open(cfg)``)."""
 
     config: GatewayConfig
     rules: RuleSet
@@ -33,22 +39,40 @@ class Gateway:
     passport: Passport
     forwarder: Forwarder
     jwks_body: bytes
+    store: Store
+    denylist: Denylist
+    minter: Minter
+    hasher: PasswordHasher
+    users: UserDirectory
 
     @classmethod
-    def build(cls, cfg: GatewayConfig) -> Gateway:
+    async def open(cls, cfg: GatewayConfig) -> Gateway:
+        """Never fails for a store that is down: the denylist keeps trying (and on_error decides)."""
         keyring = KeyRing.from_config(cfg.tokens)
-        return cls(
-            config=cfg,
-            rules=RuleSet.compile(cfg.routes),
-            verifier=Verifier(cfg.tokens, cfg.identity, keyring=keyring),
-            passport=Passport.from_config(cfg),
-            forwarder=Forwarder(cfg),
-            jwks_body=json.dumps(keyring.public_jwks()).encode(),
-        )
+        store = await open_store(cfg.store)
+        hasher = PasswordHasher()
+        forwarder = Forwarder(cfg)
+        denylist = Denylist(store, fail_open=cfg.store.on_error == "allow")
+        denylist.add_listener(forwarder.watcher.revoke)   # revoked tokens' WebSockets and streams end too
+        gw = cls(config=cfg, rules=RuleSet.compile(cfg.routes), verifier=Verifier(cfg.tokens, cfg.identity,
+                 keyring=keyring), passport=Passport.from_config(cfg), forwarder=forwarder,
+                 jwks_body=json.dumps(keyring.public_jwks()).encode(), store=store, denylist=denylist,
+                 minter=Minter(cfg.tokens, cfg.identity), hasher=hasher,
+                 users=build_directory(cfg, store, hasher))
+        await denylist.start()
+        return gw
+
+    @property
+    def ready(self) -> bool:
+        return self.denylist.in_sync
 
     async def close(self) -> None:
+        await self.denylist.close()
         await self.forwarder.close()
         await self.verifier.close()
+        await self.users.close()
+        self.hasher.close()
+        await self.store.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -66,6 +90,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not rule.public:
         token = extract_bearer(request.headers)                # MissingToken, BadRequest -> 401, 400
         identity = await gw.verifier.verify(token)             # InvalidToken -> 401
+        gw.denylist.check(identity)                            # RevokedToken -> 401, DependencyDown -> 503
         authorize(rule, identity)                              # Forbidden -> 403
         headers = gw.passport.headers_for(identity, rule.upstream)
     return await gw.forwarder.forward(request, path, rule.upstream, headers, identity)   # UpstreamFailed -> 502/504

@@ -21,7 +21,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from .admin import READY, build_admin_app
+from .admin import SERVING, build_admin_app
 from .app import build_app
 from .config import GatewayConfig, load_config
 
@@ -42,21 +42,22 @@ class Bind:
 async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False,
                 extra_apps: Sequence[tuple[web.Application, Bind]] = ()) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return."""
-    admin_app = build_admin_app()
+    main_app = build_app(cfg)
+    admin_app = build_admin_app(main_app)
     runners: list[web.AppRunner] = []
     try:
-        for app, bind in [*extra_apps, (build_app(cfg), main), (admin_app, admin)]:
+        for app, bind in [*extra_apps, (main_app, main), (admin_app, admin)]:
             # handler_cancellation: a client that hangs up cancels its upstream call at once.
             runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                                    shutdown_timeout=cfg.listen.drain_timeout)
             await runner.setup()
             runners.append(runner)
             await _start_site(runner, bind, reuse_port)
-        admin_app[READY]["serving"] = True
+        admin_app[SERVING].accepting = True
         log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
                  main.host, main.port, admin.host, admin.port, os.getpid())
         await _wait_for_stop_signal()
-        admin_app[READY]["serving"] = False
+        admin_app[SERVING].accepting = False
         log.info("stopping: draining requests in flight (at most %gs)", cfg.listen.drain_timeout)
     finally:
         # Stop the gateway first (drains in-flight requests), the admin port last.

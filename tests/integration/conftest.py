@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
@@ -13,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from gateway.echo import ECHO, EchoState, build_echo_app
 from gateway.errors import error_middleware
 from gateway.forward import Forwarder
+from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 IDENTITY = web.AppKey("identity", dict)
@@ -77,3 +81,40 @@ def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_cli
 async def proxy(make_proxy: MakeProxy, echo_upstream: TestServer) -> TestClient:
     """A client of the default proxy app (Forwarder to "accounts" = the echo upstream)."""
     return await make_proxy(str(echo_upstream.make_url("")))
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """start_gateway(config_dict, *cli_args) -> a ready `tokengate serve` process (stopped at the end)."""
+    async with _gateways(tmp_path, "/readyz") as start:
+        yield start
+
+
+@pytest.fixture
+async def spawn_gateway_unready(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Like start_gateway, but waits only until the process is up (/healthz), ready or not."""
+    async with _gateways(tmp_path, "/healthz") as start:
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def _gateways(tmp_path: Path, probe: str) -> AsyncIterator[Callable[..., Any]]:
+    started: list[GatewayProcess] = []
+
+    async def start(config: dict[str, Any], *args: str) -> GatewayProcess:
+        gw = spawn_gateway(config, tmp_path, *args)
+        started.append(gw)
+        await wait_until_ready(gw, probe=probe)
+        return gw
+
+    try:
+        yield start
+    finally:
+        for gw in started:
+            await asyncio.to_thread(gw.stop)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session

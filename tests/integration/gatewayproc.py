@@ -54,14 +54,15 @@ class GatewayProcess:
         return self.proc.returncode
 
 
-async def wait_until_ready(gw: GatewayProcess, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+async def wait_until_ready(gw: GatewayProcess, timeout_s: float = STARTUP_TIMEOUT_S, probe: str = "/readyz") -> None:
+    """Poll the admin port until ``probe`` answers 200 (/healthz: up, even if not ready)."""
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if gw.proc.poll() is not None:
                 raise AssertionError(f"tokengate exited with {gw.proc.returncode}:\n{gw.log()}")
             try:
-                async with session.get(f"{gw.admin_url}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                async with session.get(f"{gw.admin_url}{probe}", timeout=aiohttp.ClientTimeout(total=1)) as r:
                     if r.status == 200:
                         return
             except (aiohttp.ClientError, asyncio.TimeoutError):

@@ -7,7 +7,7 @@ import base64
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import AUDIENCE, ISSUER, base_config, bearer
-from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway, wait_until_ready
+from tests.conftest import ISSUER, base_config, bearer
+from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -68,21 +68,6 @@ async def recorder(aiohttp_server: Callable[..., Any]) -> Recorder:
     return rec
 
 
-@pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[GatewayProcess] = []
-
-    async def start(config: dict[str, Any], *args: str) -> GatewayProcess:
-        gw = spawn_gateway(config, tmp_path, *args)
-        started.append(gw)
-        await wait_until_ready(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
-
-
 def gateway_config(keys_dir: Path, upstream_url: str, timeout: str = "5s", **extra: Any) -> dict[str, Any]:
     cfg = base_config(keys_dir)
     cfg["upstreams"] = {"accounts": {"url": upstream_url, "timeout": timeout},
@@ -95,12 +80,6 @@ def gateway_config(keys_dir: Path, upstream_url: str, timeout: str = "5s", **ext
 @pytest.fixture
 async def gateway(start_gateway: Callable[..., Any], recorder: Recorder, keys_dir: Path) -> GatewayProcess:
     return await start_gateway(gateway_config(keys_dir, recorder.url))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
 
 
 async def raw_request(port: int, head: str) -> tuple[int, bytes]:

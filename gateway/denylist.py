@@ -1,0 +1,122 @@
+"""Step 4: is this token revoked? Answered from a local mirror, never a store round trip.
+
+The mirror holds every live revocation (token ids and per-subject watermarks). It subscribes to
+the store's revocation events first, then loads everything live, so nothing falls in between;
+after a lost connection it does both again. Until it is in sync, ``store.on_error`` decides:
+deny (503) or allow on the last known state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from .errors import DependencyDown, RevokedToken
+from .identity import Identity
+from .store.base import Revocation, Store, StoreUnavailable
+
+log = logging.getLogger("tokengate.denylist")
+RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0
+PURGE_EVERY_S = 60.0
+RevocationListener = Callable[[Revocation], object]
+
+
+class Denylist:
+    """The local mirror of the store's revocations, kept in step by pub/sub."""
+
+    def __init__(self, store: Store, *, fail_open: bool = False, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._fail_open = fail_open
+        self._clock = clock
+        self._jti: dict[tuple[str, str], float] = {}    # (iss, jti) -> when the entry may be forgotten
+        self._sub: dict[tuple[str, str], tuple[float, float]] = {}   # (iss, sub) -> (watermark, expires_at)
+        self._listeners: list[RevocationListener] = []
+        self._task: asyncio.Task[None] | None = None
+        self.in_sync = False
+        self.last_sync_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._jti) + len(self._sub)
+
+    def add_listener(self, listener: RevocationListener) -> None:
+        """Called with every revocation the mirror learns (to end long-lived connections)."""
+        self._listeners.append(listener)
+
+    def check(self, identity: Identity) -> None:
+        """Raises RevokedToken, or DependencyDown while out of sync with ``on_error: deny``."""
+        if not self.in_sync and not self._fail_open:
+            raise DependencyDown("the revocation list is not available; try again shortly")
+        if (identity.iss, identity.jti) in self._jti:
+            raise RevokedToken("the access token was revoked")
+        mark = self._sub.get((identity.iss, identity.sub))
+        if mark is not None and (identity.iat is None or identity.iat < mark[0]):
+            raise RevokedToken("the access token was revoked (all sessions of this subject were ended)")
+
+    async def revoke(self, revocation: Revocation) -> None:
+        """Record it in the store (every instance learns it) and in this mirror at once."""
+        await self._store.revoke(revocation)
+        self._apply(revocation)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._follow(), name="denylist-mirror")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        delay_s = RETRY_MIN_S
+        while True:
+            try:
+                await self._sync_and_listen()
+            except StoreUnavailable as exc:
+                if self.in_sync:
+                    log.warning("revocation mirror lost the store (%s); resynchronising", exc.reason)
+                    delay_s = RETRY_MIN_S
+                self.in_sync = False
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, RETRY_MAX_S)
+
+    async def _sync_and_listen(self) -> None:
+        # Subscribed before loading: a revocation published meanwhile arrives on the feed too.
+        async with self._store.revocation_events() as feed:
+            now = self._clock()
+            self._replace(await self._store.live_revocations(now), now)
+            self.in_sync, self.last_sync_at = True, now
+            log.info("revocation mirror in sync: %d entries", len(self))
+            last_purge = now
+            async for revocation in feed:
+                self._apply(revocation)
+                if self._clock() - last_purge > PURGE_EVERY_S:
+                    last_purge = self._clock()
+                    self._purge(last_purge)
+        raise StoreUnavailable(self._store.safe_url, "the revocation feed ended")
+
+    def _replace(self, live: list[Revocation], now: float) -> None:
+        self._jti.clear()
+        self._sub.clear()
+        for revocation in live:
+            self._apply(revocation, notify=False)
+        self._purge(now)
+
+    def _apply(self, revocation: Revocation, notify: bool = True) -> None:
+        key = (revocation.iss, revocation.id)
+        if revocation.kind == "jti":
+            self._jti[key] = max(revocation.expires_at, self._jti.get(key, 0.0))
+        else:
+            old = self._sub.get(key)
+            if old is None or revocation.value >= old[0]:   # a watermark only moves forward
+                self._sub[key] = (revocation.value, max(revocation.expires_at, old[1] if old else 0.0))
+        if notify:
+            for listener in self._listeners:
+                listener(revocation)
+
+    def _purge(self, now: float) -> None:
+        self._jti = {k: t for k, t in self._jti.items() if t > now}
+        self._sub = {k: v for k, v in self._sub.items() if v[1] > now}
+
