@@ -7,13 +7,14 @@ then exit 0. With workers > 1 a supervisor restarts a worker that dies unexpecte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -24,6 +25,8 @@ from aiohttp import web
 from .admin import SERVING, build_admin_app
 from .app import build_app
 from .config import GatewayConfig, load_config
+from .pipeline import GATEWAY
+from .users import FileUsers, UsersFileError
 
 log = logging.getLogger("tokengate")
 RESTARTS_PER_MINUTE = 5
@@ -56,7 +59,7 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
         admin_app[SERVING].accepting = True
         log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
                  main.host, main.port, admin.host, admin.port, os.getpid())
-        await _wait_for_stop_signal()
+        await _wait_for_stop_signal(lambda: asyncio.ensure_future(reload_accounts(main_app)))
         admin_app[SERVING].accepting = False
         log.info("stopping: draining requests in flight (at most %gs)", cfg.listen.drain_timeout)
     finally:
@@ -72,19 +75,34 @@ async def _start_site(runner: web.AppRunner, bind: Bind, reuse_port: bool) -> No
         raise ListenFailed(f"cannot listen on {bind.host}:{bind.port}: {exc.strerror or exc}") from None
 
 
-async def _wait_for_stop_signal() -> None:
+async def _wait_for_stop_signal(on_hangup: Callable[[], object]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
+async def reload_accounts(app: web.Application) -> None:
+    """SIGHUP: re-read the users file (auth.users: {file: ...}); a broken file keeps the old accounts."""
+    gw = app.get(GATEWAY)
+    if gw is None or not isinstance(gw.users, FileUsers):
+        return
+    try:
+        count = await gw.users.reload()
+    except UsersFileError as exc:
+        log.error("SIGHUP: the users file was not reloaded, the old accounts stay: %s", exc)
+        return
+    log.info("SIGHUP: reloaded %d accounts from %s", count, gw.users.path)
+
+
 def run_one(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False) -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until serve() handles it: a reload must never kill us
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(cfg, main, admin, reuse_port=reuse_port))
 
@@ -127,6 +145,7 @@ class _Supervisor:
         self.drain_timeout_s = drain_timeout_s
         self.ctx = multiprocessing.get_context("spawn")
         self.stopping = False
+        self.hangups = 0
         self.restarts: list[float] = []
 
     def run(self, main: Bind, admin: Bind) -> int:
@@ -135,7 +154,7 @@ class _Supervisor:
         wake_r, wake_w = socket.socketpair()
         wake_w.setblocking(False)
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             procs = [self._spawn(main, admin) for _ in range(self.workers)]
             return self._supervise(procs, main, admin, wake_r)
@@ -147,18 +166,30 @@ class _Supervisor:
                 s.close()
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self.stopping = True
+        if signum == signal.SIGHUP:
+            self.hangups += 1      # passed on to every worker by the supervising loop
+        else:
+            self.stopping = True
 
     def _spawn(self, main: Bind, admin: Bind) -> multiprocessing.process.BaseProcess:
         proc = self.ctx.Process(target=_worker, args=(self.config_path, main, admin), daemon=False)
-        proc.start()
+        # An ignored SIGHUP survives exec: a reload sent while the worker still starts cannot kill it.
+        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            proc.start()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
         return proc
 
     def _supervise(self, procs: list, main: Bind, admin: Bind, wake: socket.socket) -> int:
+        wake.setblocking(False)
         while not self.stopping:
-            wait([p.sentinel for p in procs] + [wake], timeout=None)
+            if wake in wait([p.sentinel for p in procs] + [wake], timeout=None):
+                with contextlib.suppress(BlockingIOError):
+                    wake.recv(4096)   # the signal's wake-up bytes: drained, or wait() would spin
             if self.stopping:
                 break
+            self._pass_on_hangups(procs)
             for i, proc in enumerate(procs):
                 if proc.exitcode is None:
                     continue
@@ -169,6 +200,13 @@ class _Supervisor:
                 log.warning("worker pid %s exited with %s; starting a new one", proc.pid, proc.exitcode)
                 procs[i] = self._spawn(main, admin)
         return self._stop(procs)
+
+    def _pass_on_hangups(self, procs: list) -> None:
+        if self.hangups:
+            self.hangups = 0
+            for proc in procs:
+                if proc.exitcode is None and proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGHUP)
 
     def _may_restart(self) -> bool:
         now = time.monotonic()

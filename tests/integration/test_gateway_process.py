@@ -338,3 +338,28 @@ async def test_streamed_answer_is_cut_when_its_token_expires(strict_echo_gateway
         with pytest.raises(aiohttp.ClientPayloadError):   # cut, not ended cleanly
             await asyncio.wait_for(resp.content.read(), 10)
     assert not echo_state.release.is_set()
+
+
+async def _until_logged(gw: GatewayProcess, text: str, count: int = 1, limit_s: float = 10) -> None:
+    deadline = time.monotonic() + limit_s
+    while gw.log().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not logged {count} times:\n{gw.log()}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sighup_reloads_the_users_file_and_keeps_the_old_accounts_when_it_is_broken(
+        start_gateway, recorder, keys_dir, tmp_path, workers):
+    users = tmp_path / "users.yaml"
+    users.write_text("[]\n")
+    gw = await start_gateway(gateway_config(keys_dir, recorder.url, auth={"users": {"file": str(users)}}),
+                             "--workers", workers)
+    expected = int(workers)
+    await _until_logged(gw, "tokengate serving on", expected)
+    gw.proc.send_signal(signal.SIGHUP)
+    await _until_logged(gw, "SIGHUP: reloaded 0 accounts", expected)
+    users.write_text("- {username: x, password_hash: not-argon2}\n")
+    gw.proc.send_signal(signal.SIGHUP)
+    await _until_logged(gw, "the old accounts stay", expected)
+    assert gw.proc.poll() is None
+    assert gw.stop() == 0
