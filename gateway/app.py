@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from .auth_routes import add_auth_routes
 from .config import GatewayConfig
 from .errors import error_middleware
 from .pipeline import GATEWAY, Gateway, handle
@@ -32,5 +33,6 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     app[CONFIG] = cfg
     app.cleanup_ctx.append(_gateway_context)
     app.router.add_get(JWKS_PATH, _jwks)
+    add_auth_routes(app, cfg)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from .config_fields import HttpUrl, Invalid, Model, Rate, http_url, split_url
+from .config_fields import Duration, HttpUrl, Invalid, Model, Rate, http_url, split_url
 
 
 class UsersFileConfig(Model):
@@ -103,6 +103,15 @@ class AuthConfig(Model):
     access_cookie: bool = False
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     mail: MailConfig = MailConfig()
+    refresh_grace: Duration = 0.0   # a just-rotated refresh token may replay the same new pair this long
+
+    @field_validator("refresh_grace")
+    @classmethod
+    def _short_grace(cls, value: float) -> float:
+        if value > MAX_REFRESH_GRACE_S:
+            raise ValueError("refresh_grace above 60s would let a stolen refresh token be replayed for long; "
+                             "use at most 60s")
+        return value
 
     @field_validator("prefix")
     @classmethod
@@ -123,4 +132,5 @@ class AuthConfig(Model):
         return self
 
 
+MAX_REFRESH_GRACE_S = 60.0
 _UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")

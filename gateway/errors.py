@@ -94,7 +94,8 @@ def _quote(text: str) -> str:
 
 
 def challenge(exc: GatewayError) -> str:
-    if isinstance(exc, MissingToken) or type(exc) is Unauthenticated:
+    if isinstance(exc, MissingToken) or type(exc) is Unauthenticated or exc.error not in ("invalid_token",
+                                                                                          "insufficient_scope"):
         return f'Bearer realm="{REALM}"'   # RFC 6750 3.1: no error code when no credentials came
     if isinstance(exc, Forbidden):
         return f'Bearer realm="{REALM}", error="insufficient_scope", error_description="{_quote(exc.description)}"'

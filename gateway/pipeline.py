@@ -15,7 +15,7 @@ from .authorize import authorize
 from .config import GatewayConfig
 from .denylist import Denylist
 from .errors import MethodRefused
-from .extract import extract_bearer
+from .cookies import extract_access_token
 from .forward import Forwarder
 from .keys import KeyRing
 from .passport import Passport
@@ -88,7 +88,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     rule = gw.rules.match(request.method, path)                # NoRoute -> 404
     headers, identity = gw.passport.anonymous, None
     if not rule.public:
-        token = extract_bearer(request.headers)                # MissingToken, BadRequest -> 401, 400
+        token = extract_access_token(request, gw.config)       # MissingToken, BadRequest, CsrfFailed
         identity = await gw.verifier.verify(token)             # InvalidToken -> 401
         gw.denylist.check(identity)                            # RevokedToken -> 401, DependencyDown -> 503
         authorize(rule, identity)                              # Forbidden -> 403

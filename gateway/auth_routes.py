@@ -1,0 +1,231 @@
+"""The gateway's own endpoints under ``auth.prefix``: login, refresh, logout, logout-all, verify.
+
+JSON in, JSON out; failures are GatewayErrors (errors.py answers them). Token answers are never cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from .authorize import authorize
+from .config import GatewayConfig
+from .cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
+                      set_session_cookies)
+from .errors import BadRequest, GatewayError
+from .identity import Identity
+from .paths import normalise
+from .pipeline import GATEWAY, Gateway
+from .ratelimit import RateLimiter, client_address
+from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, Sessions, TokenPair
+from .users import MAX_PASSWORD_CHARS
+
+log = logging.getLogger("tokengate.auth")
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_USERNAME_CHARS = 255
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 5.1
+# Forward-auth: what the proxy asks about (Traefik/Envoy set X-Forwarded-*, nginx setups X-Original-*).
+FORWARDED_METHOD = ("X-Forwarded-Method", "X-Original-Method")
+FORWARDED_URI = ("X-Forwarded-Uri", "X-Original-URI")
+# What an HTML form on another site can send without a CORS preflight.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+
+
+class InvalidCredentials(InvalidGrant):
+    # One answer for a wrong password, an unknown user and a disabled account: no account enumeration.
+    code, description = "invalid_credentials", "the username or password is wrong"
+
+
+class BodyTooLarge(BadRequest):
+    status, code, description = 413, "body_too_large", f"the request body exceeds {MAX_BODY_BYTES} bytes"
+
+
+class JsonRequired(BadRequest):
+    code, description = "json_required", "send the body as JSON (Content-Type: application/json)"
+
+
+class MethodNotAllowed(GatewayError):
+    status, error, code, description = 405, "invalid_request", "method_not_allowed", "method not allowed here"
+
+
+def add_auth_routes(app: web.Application, cfg: GatewayConfig) -> None:
+    """Register the endpoints under ``cfg.auth.prefix``; call it before the catch-all proxy route.
+    Any other method on these paths gets 405, never the proxy."""
+    prefix = cfg.auth.prefix
+    for path, method, handler in ((f"{prefix}/login", "POST", login), (f"{prefix}/refresh", "POST", refresh),
+                                  (f"{prefix}/logout", "POST", logout),
+                                  (f"{prefix}/logout-all", "POST", logout_all)):
+        resource = app.router.add_resource(path)
+        resource.add_route(method, handler)
+        resource.add_route("*", _refuse(method))
+    # Every method: nginx's auth_request subrequest keeps the original request's method.
+    app.router.add_route("*", f"{prefix}/verify", verify)
+
+
+def _refuse(allowed: str) -> Any:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise MethodNotAllowed(headers={"Allow": allowed})
+    return refuse
+
+
+def sessions_of(gw: Gateway) -> Sessions:
+    return Sessions(gw.store, gw.minter, gw.users, gw.denylist, gw.config.tokens,
+                    grace_s=gw.config.auth.refresh_grace)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    """POST {"username", "password"} -> 200 token answer + cookies; 400, 401 invalid_grant, 429, 503."""
+    gw = request.app[GATEWAY]
+    cfg = gw.config
+    limiter = RateLimiter(gw.store)
+    await limiter.hit("login", "ip:" + client_address(request, cfg.listen.trusted_proxies), cfg.auth.rate_limits.login)
+    refuse_form_post(request)
+    body = await read_json_object(request)
+    username = string_field(body, "username", MAX_USERNAME_CHARS)
+    password = string_field(body, "password", MAX_PASSWORD_CHARS)
+    await limiter.hit("login", "user:" + username, cfg.auth.rate_limits.login)
+    user = await gw.users.authenticate(username, password)
+    if user is None:
+        raise InvalidCredentials()
+    pair = await sessions_of(gw).issue(user)
+    log.info("login", extra={"sub": user.sub})
+    return token_response(request, cfg, pair)
+
+
+async def refresh(request: web.Request) -> web.StreamResponse:
+    """POST with the refresh cookie or {"refresh_token"} (the body wins when both come) -> 200 as login."""
+    gw = request.app[GATEWAY]
+    cfg = gw.config
+    limiter = RateLimiter(gw.store)
+    await limiter.hit("refresh", "ip:" + client_address(request, cfg.listen.trusted_proxies),
+                      cfg.auth.rate_limits.refresh)
+    token = await presented_refresh_token(request, cfg)
+    if token is None:
+        raise BadRequest("no refresh token: send the refresh cookie or {\"refresh_token\": ...}")
+    pair = await sessions_of(gw).rotate(token)
+    return token_response(request, cfg, pair)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    """POST with the access token (+ refresh cookie/body) -> 204: its jti denied, its family dead."""
+    gw = request.app[GATEWAY]
+    identity = await caller(request, gw)
+    await sessions_of(gw).logout(identity, await presented_refresh_token(request, gw.config))
+    return _ended(gw.config)
+
+
+async def logout_all(request: web.Request) -> web.StreamResponse:
+    """POST with the access token -> 204: every token of its subject issued before now is dead."""
+    gw = request.app[GATEWAY]
+    identity = await caller(request, gw)
+    await sessions_of(gw).logout_all(identity)
+    return _ended(gw.config)
+
+
+async def verify(request: web.Request) -> web.StreamResponse:
+    """Forward-auth: may the request described by X-Forwarded-Method/-Uri pass? 200 + identity
+    headers; 400 (bad path), 401, 403, 404 (no route), 503."""
+    gw = request.app[GATEWAY]
+    method = (_one_of(request.headers, FORWARDED_METHOD) or request.method).upper()
+    uri = _one_of(request.headers, FORWARDED_URI) or "/"
+    path = normalise(uri.partition("?")[0].partition("#")[0])     # BadPath -> 400
+    rule = gw.rules.match(method, path)                             # NoRoute -> 404
+    if rule.public:
+        return web.Response(status=200, headers=NO_STORE)
+    identity = await caller(request, gw, method)                    # 401 / CSRF 403
+    authorize(rule, identity)                                       # Forbidden -> 403
+    return web.Response(status=200, headers={**NO_STORE, **gw.passport.headers_for(identity, rule.upstream)})
+
+
+async def caller(request: web.Request, gw: Gateway, method: str | None = None) -> Identity:
+    """The verified, unrevoked identity of the request's access token (bearer, or cookie in browser mode)."""
+    token = extract_access_token(request, gw.config, method)
+    identity = await gw.verifier.verify(token)
+    gw.denylist.check(identity)
+    return identity
+
+
+def token_response(request: web.Request, cfg: GatewayConfig, pair: TokenPair) -> web.Response:
+    now = time.time()
+    resp = web.json_response(pair.body(now), headers=NO_STORE)
+    set_session_cookies(resp, cfg.auth, pair, now, csrf_token_for(request) if cfg.auth.access_cookie else "")
+    return resp
+
+
+def _ended(cfg: GatewayConfig) -> web.Response:
+    resp = web.Response(status=204, headers=NO_STORE)
+    clear_session_cookies(resp, cfg.auth)
+    return resp
+
+
+async def presented_refresh_token(request: web.Request, cfg: GatewayConfig) -> str | None:
+    """``refresh_token`` from a JSON body, else the refresh cookie. An explicit body wins over the
+    cookie a browser sends on its own. Raises BadRequest for a malformed body or field."""
+    body = await read_json_object(request, optional=True)
+    if body.get("refresh_token") is not None:
+        return string_field(body, "refresh_token", MAX_REFRESH_TOKEN_CHARS)
+    return read_refresh_cookie(request, cfg.auth)
+
+
+def refuse_form_post(request: web.Request) -> None:
+    """JsonRequired for a body a cross-site form could have posted: no login CSRF (an attacker's
+    page logging the victim's browser into the attacker's account)."""
+    if request.headers.get("Content-Type") and request.content_type in FORM_TYPES:
+        raise JsonRequired()
+
+
+async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object. Raises BadRequest (not JSON, not an object, missing when not
+    ``optional``) or BodyTooLarge. Read once per request: later calls see an empty body."""
+    raw = await _read_body(request)
+    if not raw.strip():
+        if optional:
+            return {}
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:   # UnicodeDecodeError is a ValueError
+        raise BadRequest("the request body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return value
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BodyTooLarge()
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(8192):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge()
+    return bytes(body)
+
+
+def string_field(body: dict[str, Any], name: str, max_chars: int) -> str:
+    """A required non-empty string field of at most ``max_chars``; else BadRequest naming the field."""
+    value = body.get(name)
+    if value is None or value == "":
+        raise BadRequest(f"{name} is missing")
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    if len(value) > max_chars:
+        raise BadRequest(f"{name} is longer than {max_chars} characters")
+    return value
+
+
+def _one_of(headers: CIMultiDictProxy[str], names: tuple[str, ...]) -> str | None:
+    """The value of the first of ``names`` present; BadRequest when it came more than once."""
+    for name in names:
+        values = headers.getall(name, [])
+        if len(values) > 1:
+            raise BadRequest(f"more than one {name} header")
+        if values:
+            return values[0].strip()
+    return None

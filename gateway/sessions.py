@@ -1,0 +1,274 @@
+"""Sessions: issue, rotate and end refresh-token families; login, refresh and logout build on these.
+
+A refresh token is an opaque random string; the store keeps only its SHA-256 hash, with its family,
+subject, expiry and what the next access token needs (roles, email). Access tokens carry the family
+id as the private claim ``sid``, so logout can end the session without the refresh token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .config import TokensConfig
+from .denylist import Denylist
+from .errors import DependencyDown, RevokedToken, Unauthenticated
+from .identity import Identity
+from .store.base import RefreshRecord, Revocation, Rotation, Store, StoreUnavailable
+from .tokens import Minter
+from .users import AuthenticatedUser, UserDirectory
+
+log = logging.getLogger("tokengate.sessions")
+
+SESSION_CLAIM = "sid"             # the refresh family of the session that minted an access token
+REFRESH_TOKEN_BYTES = 32          # 256 bits
+FAMILY_ID_BYTES = 16
+MAX_REFRESH_TOKEN_CHARS = 512
+_SEAL_INFO = b"tokengate/refresh-grace-reply/v1"
+_NONCE_BYTES = 12
+_WATERMARK_TRIES = 2
+
+
+class InvalidGrant(Unauthenticated):
+    error, code, description = "invalid_grant", "invalid_grant", "the grant is invalid"
+
+
+class InvalidRefreshToken(InvalidGrant):
+    code, description = "invalid_refresh_token", "the refresh token is invalid, expired or revoked"
+
+
+class RefreshTokenReused(InvalidRefreshToken):
+    code = "refresh_token_reused"
+    description = "the refresh token was used already; its session has been revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """What login and refresh hand out. Times are epoch seconds."""
+
+    access_token: str
+    access_exp: float
+    refresh_token: str
+    refresh_exp: float
+    family: str
+
+    def body(self, now: float) -> dict[str, Any]:
+        """The JSON answer of RFC 6749 5.1."""
+        return {"access_token": self.access_token, "token_type": "Bearer",
+                "expires_in": max(0, round(self.access_exp - now)), "refresh_token": self.refresh_token}
+
+    def to_json(self) -> bytes:
+        return json.dumps([self.access_token, self.access_exp, self.refresh_token, self.refresh_exp,
+                           self.family]).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TokenPair:
+        access_token, access_exp, refresh_token, refresh_exp, family = json.loads(raw)
+        return cls(access_token, float(access_exp), refresh_token, float(refresh_exp), family)
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def hash_refresh_token(token: str) -> str:
+    """SHA-256, hex: a refresh token has 256 random bits, so no salt or slow hash is needed."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _sealing_key(token: str) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(
+        token.encode("utf-8", "surrogatepass"))
+    return AESGCM(key)
+
+
+def seal(token: str, pair: TokenPair) -> bytes:
+    """``pair`` encrypted (AES-GCM) under a key derived (HKDF-SHA256) from the refresh token it
+    replaces: only whoever presents that token again can read it; the store never can."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return nonce + _sealing_key(token).encrypt(nonce, pair.to_json(), _SEAL_INFO)
+
+
+def unseal(token: str, sealed: bytes) -> TokenPair:
+    """The pair ``seal(token, ...)`` made. ValueError when ``sealed`` was not sealed with ``token``."""
+    if len(sealed) <= _NONCE_BYTES:
+        raise ValueError("nothing was sealed")
+    try:
+        plain = _sealing_key(token).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _SEAL_INFO)
+    except InvalidTag as exc:
+        raise ValueError("the sealed reply does not open with this token") from exc
+    return TokenPair.from_json(plain)
+
+
+@contextlib.contextmanager
+def _store_reachable() -> Iterator[None]:
+    try:
+        yield
+    except StoreUnavailable as exc:   # the message names the store; HTTP clients get no URL
+        raise DependencyDown("the session store is unavailable") from exc
+
+
+class Sessions:
+    """Refresh-token families in the store, access tokens from the Minter.
+
+    Every method raises DependencyDown (503) when the store or the accounts cannot be reached.
+    """
+
+    def __init__(self, store: Store, minter: Minter, users: UserDirectory, denylist: Denylist,
+                 tokens: TokensConfig, *, grace_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+        self._store, self._minter, self._users, self._denylist = store, minter, users, denylist
+        self._issuer = tokens.issuer
+        self._access_ttl_s, self._refresh_ttl_s, self._leeway_s = tokens.access_ttl, tokens.refresh_ttl, tokens.leeway
+        self._grace_s = grace_s
+        self._clock = clock
+
+    async def issue(self, user: AuthenticatedUser) -> TokenPair:
+        """A new session (a new family) for an authenticated user."""
+        pair = await self._mint_pair(user.sub, user.roles, user.email, secrets.token_urlsafe(FAMILY_ID_BYTES))
+        with _store_reachable():
+            await self._store.add_refresh(self._record(pair, user.sub, user.roles, user.email), self._issuer)
+        return pair
+
+    async def rotate(self, token: str) -> TokenPair:
+        """The next pair for a live refresh token, which dies. Raises InvalidRefreshToken (unknown,
+        expired, account gone or disabled), RefreshTokenReused (rotated before: the family dies).
+        Within ``grace_s`` of its rotation a token gets the very pair its rotation produced."""
+        token_hash = hash_refresh_token(token)
+        with _store_reachable():
+            record = await self._store.find_refresh(token_hash)
+        if record is None:
+            return await self._replay(token, token_hash)
+        roles, email = await self._account(record)
+        pair = await self._mint_pair(record.sub, roles, email, record.family)
+        sealed = seal(token, pair) if self._grace_s > 0 else b""
+        with _store_reachable():
+            rotation = await self._store.rotate_refresh(token_hash, self._record(pair, record.sub, roles, email),
+                                                        self._clock(), self._grace_s, sealed)
+        if rotation.outcome == "ok":
+            return pair
+        return await self._settle(token, rotation)   # another call rotated it since we looked
+
+    async def logout(self, identity: Identity, refresh_token: str | None) -> None:
+        """End the session of this access token: its family (from its ``sid`` claim, or the refresh
+        token when it belongs to the same subject) dies, then its jti is denied until it expires."""
+        families = set()
+        sid = identity.claims.get(SESSION_CLAIM)
+        if identity.iss == self._issuer and isinstance(sid, str) and sid:
+            families.add(sid)
+        with _store_reachable():
+            if refresh_token:
+                record = await self._store.find_refresh(hash_refresh_token(refresh_token))
+                if record is not None and record.sub == identity.sub:
+                    families.add(record.family)
+            for family in families:
+                await self._store.kill_family(family)
+            # Denied until exp + leeway: the verifier accepts a token that long.
+            await self._denylist.revoke(Revocation("jti", identity.iss, identity.jti, value=identity.exp,
+                                                   expires_at=identity.exp + self._leeway_s))
+
+    async def logout_all(self, identity: Identity) -> int:
+        """Every family of the subject dies, and every access token it was issued before now.
+        Returns how many families died."""
+        now = self._clock()
+        longest_s = max(self._access_ttl_s, self._refresh_ttl_s) + self._leeway_s
+        with _store_reachable():
+            killed = await self._store.kill_families_of(identity.iss, identity.sub)
+            await self._denylist.revoke(Revocation("sub", identity.iss, identity.sub, value=now,
+                                                   expires_at=now + longest_s))
+        return killed
+
+    async def _replay(self, token: str, token_hash: str) -> TokenPair:
+        # Not live: was it rotated moments ago (grace), before that (reuse), or never issued (unknown)?
+        # The probe successor is stored only on "ok", which a token that is not live cannot give.
+        now = self._clock()
+        probe = RefreshRecord(hash_refresh_token(new_refresh_token()), "", "", now + 1.0)
+        with _store_reachable():
+            rotation = await self._store.rotate_refresh(token_hash, probe, now, self._grace_s)
+        if rotation.outcome == "ok" and rotation.record is not None:   # never a branch nobody holds
+            await self._kill(rotation.record.family)
+            raise InvalidRefreshToken()
+        return await self._settle(token, rotation)
+
+    async def _settle(self, token: str, rotation: Rotation) -> TokenPair:
+        if rotation.outcome == "grace" and rotation.record is not None:
+            try:
+                return unseal(token, rotation.sealed_reply)
+            except ValueError:   # no reply to repeat (an instance without grace rotated it): end it
+                await self._kill(rotation.record.family)
+                raise RefreshTokenReused() from None
+        if rotation.outcome in ("reused", "grace"):
+            log.warning("refresh token reused; session revoked",
+                        extra={"sub": rotation.record.sub if rotation.record else None})
+            raise RefreshTokenReused()
+        raise InvalidRefreshToken()
+
+    async def _account(self, record: RefreshRecord) -> tuple[tuple[str, ...], str | None]:
+        """Roles and email for the next access token: the account's own when the directory can be
+        read (a role change or a disabled account takes effect at the next refresh), else the record's."""
+        if not self._users.editable:
+            return _roles_of(record.data), _email_of(record.data)
+        account = await self._users.get(record.sub)
+        if account is None or account.disabled:
+            await self._kill(record.family)
+            raise InvalidRefreshToken("the account of this session no longer exists or is disabled")
+        return account.roles, account.email
+
+    async def _kill(self, family: str) -> None:
+        with _store_reachable():
+            await self._store.kill_family(family)
+
+    async def _mint_pair(self, sub: str, roles: tuple[str, ...], email: str | None, family: str) -> TokenPair:
+        await self._clear_watermark(sub)
+        now = self._clock()
+        claims: dict[str, Any] = {SESSION_CLAIM: family, **({"email": email} if email else {})}
+        access_token = self._minter.mint_access_token(sub, roles, extra_claims=claims)
+        return TokenPair(access_token, now + self._access_ttl_s, new_refresh_token(), now + self._refresh_ttl_s,
+                         family)
+
+    async def _clear_watermark(self, sub: str) -> None:
+        """Wait (at most a second) until a token minted now is not below a logout-all watermark.
+
+        A token's iat is whole seconds; the watermark is not. A login in the same second as a
+        logout-all would mint a token that is dead from birth.
+        """
+        for _ in range(_WATERMARK_TRIES):
+            now = self._clock()
+            probe = Identity(sub, frozenset(), "", self._issuer, math.inf, float(int(now)), {})
+            try:
+                self._denylist.check(probe)
+                return
+            except RevokedToken:
+                await asyncio.sleep(math.floor(now) + 1.0 - now + 0.01)
+            except DependencyDown:   # the mirror is out of sync: the store calls will tell
+                return
+
+    def _record(self, pair: TokenPair, sub: str, roles: tuple[str, ...], email: str | None) -> RefreshRecord:
+        data = {"roles": list(roles), **({"email": email} if email else {})}
+        return RefreshRecord(hash_refresh_token(pair.refresh_token), pair.family, sub, pair.refresh_exp, data)
+
+
+def _roles_of(data: Mapping[str, Any]) -> tuple[str, ...]:
+    roles = data.get("roles")
+    if not isinstance(roles, list):
+        return ()
+    return tuple(role for role in roles if isinstance(role, str) and role)
+
+
+def _email_of(data: Mapping[str, Any]) -> str | None:
+    email = data.get("email")
+    return email if isinstance(email, str) and email else None
