@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace, action: Action) -> int:
     try:
         if getattr(args, "username", None) is not None:
             check_username(args.username)
-        return asyncio.run(_with_directory(cfg, args, action))
+        status = asyncio.run(_with_directory(cfg, args, action))
     except OutOfReach as exc:
         return fail(str(exc))
     except OSError as exc:
@@ -78,6 +78,30 @@ def _run(args: argparse.Namespace, action: Action) -> int:
         raise UsageError(str(exc)) from None
     except (StoreUnavailable, DependencyDown):
         return fail(f"the store {cfg.store.safe_url} cannot be reached; no account was read or changed")
+    if status == 0 and action in (_disable, _delete, _set_password):
+        return asyncio.run(_end_sessions(cfg, args.username))
+    return status
+
+
+async def _end_sessions(cfg: GatewayConfig, username: str) -> int:
+    """A disabled or deleted account, or a changed password, ends the user's sessions everywhere."""
+    if cfg.store.url.startswith("memory://"):
+        print(f"note: {username}'s tokens stay valid until they expire: the store is memory://, which only "
+              "the serving process can reach (POST /admin/revoke on its admin port ends them)")
+        return 0
+    from .revocation import apply_revocation, build_revocation
+    from .store import open_store
+
+    store = await open_store(cfg.store)
+    try:
+        outcome = await apply_revocation(store, await build_revocation(cfg, sub=username))
+    except StoreUnavailable:
+        return fail(f"the account was changed, but the store {cfg.store.safe_url} cannot be reached to end "
+                    f"{username}'s sessions; run `tokengate revoke --sub {username}` once it is back")
+    finally:
+        await store.close()
+    print(outcome.describe())
+    return 0
 
 
 async def _with_directory(cfg: GatewayConfig, args: argparse.Namespace, action: Action) -> int:

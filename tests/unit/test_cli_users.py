@@ -229,8 +229,23 @@ def test_store_accounts_are_edited_through_a_real_redis(run, stdin, write_config
     assert run("users", "add", "--config", config, "alice", "--role", "admin")[0] == 0
     stdin("another password\n")
     assert run("users", "add", "--config", config, "alice")[0] == 1
-    assert run("users", "disable", "--config", config, "alice")[0] == 0
+    status, out, _ = run("users", "disable", "--config", config, "alice")
+    assert status == 0 and "revoked every token of subject alice" in out
+    assert asyncio.run(_subject_revoked(redis_url, "alice"))   # disabling ends the sessions everywhere
     status, out, _ = run("users", "list", "--config", config)
     assert status == 0 and out.splitlines()[1].split() == ["alice", "admin", "-", "yes"]
     assert run("users", "delete", "--config", config, "alice")[0] == 0
     assert run("users", "delete", "--config", config, "alice")[0] == 1
+
+
+async def _subject_revoked(redis_url: str, sub: str) -> bool:
+    import time
+
+    from gateway.config import StoreConfig
+    from gateway.store import open_store
+
+    store = await open_store(StoreConfig(url=redis_url))
+    try:
+        return any(r.kind == "sub" and r.id == sub for r in await store.live_revocations(time.time()))
+    finally:
+        await store.close()
