@@ -82,6 +82,9 @@ async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebS
     try:
         await asyncio.wait([pumps, ended], return_when=asyncio.FIRST_COMPLETED)
         if ended.done() and not pumps.done():
+            # Stop both pumps first: a pump still reading (or closing on its own) would race the
+            # close frames below, and the client could see the connection drop (1006), not 1008.
+            await _stop(tasks)
             reason = f"token {ended.result()}".encode()
             await asyncio.gather(client.close(code=POLICY_VIOLATION, message=reason),
                                  upstream.close(code=GOING_AWAY), return_exceptions=True)
@@ -90,11 +93,15 @@ async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebS
             if isinstance(result, Exception):   # the 101 is sent: nothing to answer, only to end
                 log.info("websocket pump failed", extra={"error": type(result).__name__})
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:   # let both finish before the caller closes the sockets
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _stop(tasks)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:   # let both finish before anyone closes the sockets
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
