@@ -18,6 +18,8 @@ leeway boundaries are compared exactly.
 * Same result: when both accept, the Identity carries exactly the decoded claims.
 * An ExpiredToken answer is only ever given for a genuine signature over an expired ``exp``.
 * Malformed input of any kind gives InvalidToken (never another exception), and PyJWT rejects it.
+
+Each divergence found (KNOWN_WIDER, the starred stricter_rules) also has a fixed witness at the end.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ HS512_SECRET = "hs512-secret-" + "s" * 64
 B64_ALPHABET = string.ascii_letters + string.digits + "-_"
 BASE = int(time.time())     # time claims are drawn around this; "now" is BASE plus a fraction
 MISSING = object()          # a claim or header field left out
+STANDARD = {"iss", "aud", "sub", "jti", "exp", "nbf", "iat", "roles"}
 SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -257,22 +260,27 @@ def stricter_rules(token: str, now: float) -> list[str]:
     return found
 
 
-KNOWN_WIDER = """Accepted by the Verifier, refused by jwt.decode (none lets a token through that the
-issuer did not sign as it is, see test report):
-  kid: null        treated as no kid (PyJWT: a present kid must be a string)
-  nbf/iat: null    treated as absent (PyJWT: int(None) fails)
-  fractional exp   compared exactly (PyJWT truncates with int(), expiring it up to 1 s early)
-  header/payload   non-canonical base64url accepted (only the signature's encoding is checked;
-                   the signature covers the exact text, so this is not malleability)"""
+# KNOWN_WIDER: accepted by the Verifier, refused by jwt.decode. None lets through a token that one of
+# our keys did not sign exactly as it is (compare() checks the signature is genuine), so none is a hole:
+#   kid: null        treated as no kid (PyJWT: a present kid must be a string)
+#   nbf/iat: null    treated as absent (PyJWT: int(None) fails)
+#   fractional exp   compared exactly (PyJWT truncates with int(), expiring it up to 1 s early)
+#   header/payload   non-canonical base64url accepted (only the signature's encoding is checked; the
+#                    signature covers the exact text, so this is no malleability)
+#   b64: false       without crit: read as an ordinary JWS, as RFC 7797 6 expects of a verifier that
+#                    does not implement b64 (PyJWT implements it, and then refuses this token)
 
 
 def known_wider(token: str, now: float) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
-    """The KNOWN_WIDER divergences present in ``token``, and its header and claims with them removed."""
+    """The KNOWN_WIDER divergences in ``token``, and its header and claims with them undone."""
     header, claims, _, _ = parts(token)
     found = []
     if "kid" in header and header["kid"] is None:
         found.append("kid: null")
         del header["kid"]
+    if header.get("b64") is False and "crit" not in header:
+        found.append("b64: false without crit")
+        del header["b64"]
     for name in ("nbf", "iat"):
         if name in claims and claims[name] is None:
             found.append(f"{name}: null")
@@ -301,7 +309,8 @@ def genuine(world: World, token: str) -> bool:
     for name, key_alg in KIDS.items():
         if key_alg == alg and (kid is None or kid == name) and is_canonical(signature):
             algorithm = get_default_algorithms()[alg]
-            if algorithm.verify(signing_input.encode(), algorithm.prepare_key(world.public[name]), b64d(signature)):
+            key = algorithm.prepare_key(world.public[name])
+            if algorithm.verify(signing_input.encode(), key, b64d(signature)):
                 return True
     return False
 
@@ -323,6 +332,7 @@ def compare(world: World, token: str, now: float) -> str:
     if isinstance(got, Identity):
         found, header, claims = known_wider(token, now)
         assert found, f"Verifier accepted what jwt.decode refused ({ref!r}): {token}"
+        assert genuine(world, token), f"Verifier accepted a signature none of our keys made: {token}"
         again = reference(world, remint(world, header, claims))
         assert isinstance(again, dict), f"{found} does not explain jwt.decode's {ref!r}; now then: {again!r}"
         return "verifier wider (known): " + ", ".join(found)
@@ -335,19 +345,22 @@ def compare(world: World, token: str, now: float) -> str:
 
 # --- strategies: tokens ---------------------------------------------------------------------------
 
-def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> Callable[[int], st.SearchStrategy[Any]]:
-    """A field strategy: ``bad`` with probability ``p_bad`` percent (drawn once per example)."""
-    return lambda p_bad: st.integers(0, 99).flatmap(lambda n: bad if n < p_bad else good)
+@dataclass(frozen=True)
+class Field:
+    """A part of a case: ``good`` values (the reference accepts them, other things equal), ``bad`` ones
+    (most are refused). Good/bad only steers generation; the reference decides every case."""
+
+    good: st.SearchStrategy[Any]
+    bad: st.SearchStrategy[Any]
 
 
 BOUNDARY_OFFSETS = st.sampled_from([-86400, -3600, -31, -30, -29, -1, 0, 1, 29, 30, 31, 3600, 86400])
-OFFSETS = st.one_of(BOUNDARY_OFFSETS, st.integers(-10**6, 10**6))
 FRACTIONS = st.sampled_from([0.25, 0.5, 0.75])
 TEXT = st.text(max_size=12)
 
 
 def times(low: int, high: int) -> st.SearchStrategy[Any]:
-    """NumericDates around BASE: integers, integral floats, and fractional floats."""
+    """NumericDates BASE+low .. BASE+high (about): integers, integral floats, and fractional floats."""
     offsets = st.one_of(BOUNDARY_OFFSETS.filter(lambda o: low <= o <= high), st.integers(low, high))
     return st.one_of(offsets.map(lambda o: BASE + o), offsets.map(lambda o: float(BASE + o)),
                      st.tuples(offsets, FRACTIONS).map(lambda of: BASE + of[0] + of[1]),
@@ -355,45 +368,65 @@ def times(low: int, high: int) -> st.SearchStrategy[Any]:
 
 
 ODD_TIMES = st.one_of(
-    st.just(MISSING), st.none(), st.booleans(), OFFSETS.map(lambda o: str(BASE + o)), st.just("soon"),
-    OFFSETS.map(lambda o: [BASE + o]), st.just({"t": BASE}), st.sampled_from([math.nan, math.inf, -math.inf]),
-    st.sampled_from([10**30, -(10**30), 1e300, 0, -1]), times(-10**6, 10**6))
-EXP = mostly(times(-29, 10**6), ODD_TIMES)
-NOT_BEFORE = mostly(st.one_of(st.just(MISSING), times(-10**6, 29)), ODD_TIMES)
-JSON_VALUES = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), TEXT),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
-    max_leaves=6)
-STANDARD = {"iss", "aud", "sub", "jti", "exp", "nbf", "iat", "roles"}
+    st.just(MISSING), st.none(), st.booleans(), st.integers(-10**6, 10**6).map(lambda o: str(BASE + o)),
+    st.just("soon"), st.just([BASE + 60]), st.just({"t": BASE}), st.sampled_from([math.nan, math.inf, -math.inf]),
+    st.sampled_from([10**30, -(10**30), 1e300, 0, -1]))
 
-CLAIMS = {
-    "iss": mostly(st.just(ISSUER), st.sampled_from(
+
+def odd_or(beyond: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly ``beyond`` the leeway, else a value of the wrong kind."""
+    return st.integers(0, 2).flatmap(lambda n: ODD_TIMES if n == 0 else beyond)
+
+
+NOT_BEFORE = Field(st.one_of(st.just(MISSING), times(-10**6, 29)), odd_or(times(30, 10**6)))
+
+
+def json_values(floats: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
+    return st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), floats, TEXT),
+                        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+                        max_leaves=6)
+
+
+FINITE_JSON = json_values(st.floats(allow_nan=False, allow_infinity=False))
+JSON_VALUES = json_values(st.floats())   # NaN and Infinity too: json.dumps writes them as literals
+EXTRA_NAMES = TEXT.filter(lambda k: k not in STANDARD)
+
+FIELDS = {
+    "iss": Field(st.just(ISSUER), st.sampled_from(
         [MISSING, None, "https://evil.example.test", ISSUER + "/", ISSUER.upper(), 5, [ISSUER], ""])),
-    "aud": mostly(st.sampled_from([AUDIENCE, [AUDIENCE], ["other", AUDIENCE], [AUDIENCE, AUDIENCE]]),
-                  st.sampled_from([MISSING, None, "other", ["other"], [], "", 5, [5], [AUDIENCE, 5], 0,
-                                   {AUDIENCE: True}, AUDIENCE.upper(), AUDIENCE + " "])),
-    "sub": mostly(st.text(min_size=1, max_size=12), st.sampled_from([MISSING, None, "", 5, ["alice"], {}])),
-    "jti": mostly(st.text(alphabet=B64_ALPHABET, min_size=1, max_size=16),
-                  st.sampled_from([MISSING, None, "", 7, ["j"], True])),
-    "exp": EXP, "nbf": NOT_BEFORE, "iat": NOT_BEFORE,
-    "roles": mostly(st.one_of(st.just(MISSING), st.lists(TEXT, max_size=3), TEXT),
-                    st.sampled_from([None, 5, [1], ["admin", None], {"admin": True}, True])),
+    "aud": Field(st.sampled_from([AUDIENCE, [AUDIENCE], ["other", AUDIENCE], [AUDIENCE, AUDIENCE]]),
+                 st.sampled_from([MISSING, None, "other", ["other"], [], "", 5, [5], [AUDIENCE, 5], 0,
+                                  {AUDIENCE: True}, AUDIENCE.upper(), AUDIENCE + " "])),
+    "sub": Field(st.text(min_size=1, max_size=12), st.sampled_from([MISSING, None, "", 5, ["alice"], {}, True])),
+    "jti": Field(st.text(alphabet=B64_ALPHABET, min_size=1, max_size=16),
+                 st.sampled_from([MISSING, None, "", 7, ["j"], True])),
+    "exp": Field(times(-29, 10**6), odd_or(times(-10**6, -30))),
+    "nbf": NOT_BEFORE,
+    "iat": NOT_BEFORE,
+    "roles": Field(st.one_of(st.just(MISSING), st.lists(TEXT, max_size=3), TEXT),
+                   st.sampled_from([None, 5, [1], ["admin", None], {"admin": True}, True])),
+    "extra": Field(st.dictionaries(EXTRA_NAMES, FINITE_JSON, max_size=3), st.one_of(
+        st.dictionaries(EXTRA_NAMES, JSON_VALUES, min_size=1, max_size=3),
+        st.sampled_from([12_000, 12_300, 12_500, 20_000]).map(lambda n: {"pad": "x" * n}))),   # around 16 KiB
+    # How the token is signed: (signer, header alg). "own" = our key for that alg.
+    "signer": Field(st.sampled_from(list(KIDS.values())).map(lambda alg: ("own", alg)), st.one_of(
+        st.sampled_from(list(KIDS.values())).map(lambda alg: ("foreign", alg)),
+        st.sampled_from([("own", "PS256"), ("own", "HS384"), ("own", "HS512"), ("own", "ES384")]),
+        st.sampled_from([("none", "none"), ("none", "None"), ("none", ""), ("confusion", "HS256")]))),
+    "kid": Field(st.sampled_from(["right", "missing"]),
+                 st.sampled_from(["other", "unknown", "null", "number", "empty"])),
+    "typ": Field(st.sampled_from([MISSING, "JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt", "application/jwt"]),
+                 st.sampled_from(["JOSE", "dpop+jwt", "", 5, ["JWT"], None, "application/",
+                                  "tokengate-assertion+jwt"])),
+    "crit": Field(st.just(MISSING), st.sampled_from([["b64"], ["exp"], [], "exp", [1], None])),
+    "other header": Field(st.just({}), st.sampled_from(["jku", "x5u", "x5c", "jwk", "cty", "zip", "b64", "x"]).flatmap(
+        lambda name: JSON_VALUES.map(lambda value: {name: value}))),
+    "encoding": Field(st.just("pyjwt"), st.sampled_from(
+        ["hand", "padded", "non-canonical header", "non-canonical payload", "bom", "utf-16", "nan literal"])),
+    "tamper": Field(st.just("none"), st.sampled_from(
+        ["flip payload", "flip signature", "truncate signature", "empty signature", "pad signature",
+         "non-canonical signature", "swap payload"])),
 }
-TYPS = mostly(st.sampled_from([MISSING, "JWT", "jwt", "at+jwt", "AT+JWT", "application/at+jwt", "application/jwt"]),
-              st.sampled_from(["JOSE", "dpop+jwt", "", 5, ["JWT"], None, "application/", "tokengate-assertion+jwt"]))
-CRITS = mostly(st.just(MISSING), st.sampled_from([["b64"], ["exp"], [], "exp", [1], None]))
-# How the token is signed: (signer, header alg). "own" = our key for that alg.
-SIGNERS = mostly(st.sampled_from(list(KIDS.values())).map(lambda alg: ("own", alg)), st.one_of(
-    st.sampled_from(list(KIDS.values())).map(lambda alg: ("foreign", alg)),
-    st.sampled_from([("own", "PS256"), ("own", "HS384"), ("own", "HS512"), ("own", "ES384")]),
-    st.sampled_from([("none", "none"), ("none", "None"), ("none", ""), ("confusion", "HS256")])))
-KID_CHOICES = mostly(st.sampled_from(["right", "missing"]),
-                     st.sampled_from(["other", "unknown", "null", "number", "empty"]))
-ENCODINGS = mostly(st.just("pyjwt"), st.sampled_from(
-    ["hand", "padded", "non-canonical header", "non-canonical payload", "bom", "utf-16", "nan literal"]))
-TAMPERS = mostly(st.just("none"), st.sampled_from(
-    ["flip payload", "flip signature", "truncate signature", "empty signature", "pad signature",
-     "non-canonical signature", "swap payload"]))
 
 
 @dataclass
@@ -407,25 +440,34 @@ class Case:
     position: int
 
 
+SIGNATURE_FIELDS = ("signer", "tamper", "kid", "encoding")
+CLAIM_FIELDS = ("iss", "aud", "sub", "jti", "exp", "nbf", "iat", "roles", "extra")
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
-    p_bad = draw(st.sampled_from([0, 5, 15, 40]))
-    signer, alg = draw(SIGNERS(p_bad))
-    claims = {name: draw(field(p_bad)) for name, field in CLAIMS.items()}
-    claims.update(draw(st.dictionaries(TEXT.filter(lambda k: k not in STANDARD), JSON_VALUES, max_size=3)))
-    if draw(st.integers(0, 19)) == 0:   # sizes on both sides of MAX_TOKEN_CHARS
-        claims["pad"] = "x" * draw(st.sampled_from([11_500, 12_200, 12_400, 20_000]))
+def cases(draw: st.DrawFn, focus: tuple[str, ...] = ()) -> Case:
+    """A valid token with nothing, one, two, or a random set of its parts made bad. With ``focus``,
+    one of those parts is always bad, and often one more part (exp more often: expired forgeries)."""
+    if focus:
+        bad = {draw(st.sampled_from(focus)), draw(st.sampled_from(["none", "exp", *FIELDS]))}
+    elif (mode := draw(st.sampled_from(["valid", "one", "one", "one", "two", "random"]))) == "random":
+        bad = {name for name in FIELDS if draw(st.integers(0, 9)) < 3}
+    else:
+        size = {"valid": 0, "one": 1, "two": 2}[mode]
+        bad = set(draw(st.lists(st.sampled_from(list(FIELDS)), min_size=size, max_size=size, unique=True)))
+    value = {name: draw(field.bad if name in bad else field.good) for name, field in FIELDS.items()}
+    signer, alg = value["signer"]
+    claims = {name: value[name] for name in STANDARD}
+    claims.update(value["extra"])
     kid = {"right": ALG_KID.get(alg, "main"), "missing": MISSING, "other": "main" if alg != "HS256" else "rsa1",
-           "unknown": "nope", "null": None, "number": 7, "empty": ""}[draw(KID_CHOICES(p_bad))]
-    header = {"alg": alg, "kid": kid, "typ": draw(TYPS(p_bad)), "crit": draw(CRITS(p_bad))}
+           "unknown": "nope", "null": None, "number": 7, "empty": ""}[value["kid"]]
+    header = {"alg": alg, "kid": kid, "typ": value["typ"], "crit": value["crit"], **value["other header"]}
     if header["crit"] == ["b64"] and draw(st.booleans()):
         header["b64"] = True
-    if draw(st.integers(0, 9)) == 0:
-        header[draw(st.sampled_from(["jku", "x5u", "cty", "zip", "x"]))] = draw(JSON_VALUES)
     return Case(draw(st.sampled_from([0.0, 0.25, 0.5, 0.75])),
                 {k: v for k, v in header.items() if v is not MISSING},
                 {k: v for k, v in claims.items() if v is not MISSING},
-                signer, draw(ENCODINGS(p_bad)), draw(TAMPERS(p_bad)), draw(st.integers(0, 10**6)))
+                signer, value["encoding"], value["tamper"], draw(st.integers(0, 10**6)))
 
 
 def _pyjwt_can_encode(case: Case) -> bool:
@@ -493,19 +535,23 @@ def tamper(token: str, how: str, position: int) -> str:
 
 # --- properties -----------------------------------------------------------------------------------
 
-def test_verifier_agrees_with_jwt_decode(world: World) -> None:
+@pytest.mark.parametrize("focus", [(), SIGNATURE_FIELDS, CLAIM_FIELDS], ids=["any part", "signature", "claims"])
+def test_verifier_agrees_with_jwt_decode(world: World, focus: tuple[str, ...]) -> None:
+    """Never wider, never narrower without a stricter rule, same claims. ``focus``: one of these
+    parts is always bad (for "signature" that includes expired forgeries: never called expired)."""
     outcomes: Counter[str] = Counter()
 
     @SETTINGS
-    @given(case=cases())
+    @given(case=cases(focus))
     def check(case: Case) -> None:
         now = set_now(case.fraction)
         outcomes[compare(world, build(world, case), now)] += 1
 
     check()
-    # The properties are not vacuous: every kind of outcome was seen.
-    assert outcomes["both accept"] >= 20 and outcomes["both reject"] >= 20, outcomes
-    assert outcomes["verifier stricter"] >= 5, outcomes
+    # Not vacuous: both answers were seen often, and the stricter rules were needed.
+    if not focus:
+        assert outcomes["both accept"] >= 20 and outcomes["verifier stricter"] >= 1, outcomes
+    assert outcomes["both reject"] >= 20, outcomes
 
 
 SEGMENT = st.one_of(st.text(alphabet=B64_ALPHABET, max_size=40), st.binary(max_size=80).map(b64e),
@@ -543,32 +589,43 @@ def _witness_claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not MISSING}
 
 
-WITNESSES = {   # name: (header, claims, encoding, outcome today)
-    "kid null": ({"alg": "HS256", "kid": None}, _witness_claims(), "hand", "verifier wider"),
-    "nbf null": ({"alg": "HS256", "kid": "main"}, _witness_claims(nbf=None), "hand", "verifier wider"),
-    "iat null": ({"alg": "ES256", "kid": "ec1"}, _witness_claims(iat=None), "hand", "verifier wider"),
-    "fractional exp": ({"alg": "EdDSA"}, _witness_claims(exp=BASE - 29.6), "pyjwt", "verifier wider"),
-    "non-canonical payload": ({"alg": "HS256", "kid": "main"}, _witness_claims(x="ab"), "non-canonical payload",
+def witness(header: dict[str, Any], encoding: str = "pyjwt", *, signer: str = "own", tamper: str = "none",
+            **claims: Any) -> Case:
+    return Case(0.0, header, _witness_claims(**claims), signer, encoding, tamper, 0)
+
+
+WITNESSES = {   # name: (case, outcome today)
+    "kid null": (witness({"alg": "HS256", "kid": None}, "hand"), "verifier wider"),
+    "nbf null": (witness({"alg": "HS256", "kid": "main"}, "hand", nbf=None), "verifier wider"),
+    "iat null": (witness({"alg": "ES256", "kid": "ec1"}, "hand", iat=None), "verifier wider"),
+    "fractional exp": (witness({"alg": "EdDSA"}, exp=BASE - 29.6), "verifier wider"),
+    "non-canonical payload": (witness({"alg": "HS256", "kid": "main"}, "non-canonical payload", x="ab"),
                               "verifier wider"),
-    "fractional nbf": ({"alg": "HS256"}, _witness_claims(nbf=BASE + 30.6), "pyjwt", "verifier stricter"),
-    "padding": ({"alg": "RS256", "kid": "rsa1"}, _witness_claims(x="a"), "padded", "verifier stricter"),
-    "nan elsewhere": ({"alg": "HS256"}, _witness_claims(), "nan literal", "verifier stricter"),
-    "bom": ({"alg": "HS256"}, _witness_claims(), "bom", "verifier stricter"),
-    "string exp": ({"alg": "HS256"}, _witness_claims(exp=str(BASE + 300)), "pyjwt", "verifier stricter"),
-    "empty sub": ({"alg": "HS256"}, _witness_claims(sub=""), "pyjwt", "verifier stricter"),
-    "crit b64": ({"alg": "HS256", "crit": ["b64"], "b64": True}, _witness_claims(), "hand", "verifier stricter"),
-    "exact exp boundary": ({"alg": "HS256"}, _witness_claims(exp=BASE - 30), "pyjwt", "both reject"),
-    "last second": ({"alg": "HS256"}, _witness_claims(exp=BASE - 29, iat=BASE + 30), "pyjwt", "both accept"),
+    "b64 false without crit": (witness({"alg": "HS256", "b64": False}, "hand"), "verifier wider"),
+    "fractional nbf": (witness({"alg": "HS256"}, nbf=BASE + 30.6), "verifier stricter"),
+    "padding": (witness({"alg": "RS256", "kid": "rsa1"}, "padded", x="a"), "verifier stricter"),
+    "nan elsewhere": (witness({"alg": "HS256"}, "nan literal"), "verifier stricter"),
+    "bom": (witness({"alg": "HS256"}, "bom"), "verifier stricter"),
+    "utf-16": (witness({"alg": "HS256"}, "utf-16"), "verifier stricter"),
+    "string exp": (witness({"alg": "HS256"}, exp=str(BASE + 300)), "verifier stricter"),
+    "empty sub": (witness({"alg": "HS256"}, sub=""), "verifier stricter"),
+    "crit b64": (witness({"alg": "HS256", "crit": ["b64"], "b64": True}, "hand"), "verifier stricter"),
+    "padded signature": (witness({"alg": "ES256"}, tamper="pad signature"), "verifier stricter"),
+    "non-canonical signature": (witness({"alg": "HS256"}, tamper="non-canonical signature"), "both reject"),
+    "expired forgery": (witness({"alg": "RS256", "kid": "rsa1"}, signer="foreign", exp=BASE - 600), "both reject"),
+    "algorithm confusion": (witness({"alg": "HS256", "kid": "rsa1"}, signer="confusion"), "both reject"),
+    "empty signature": (witness({"alg": "EdDSA", "kid": "ed1"}, tamper="empty signature"), "both reject"),
+    "alg none": (witness({"alg": "none", "kid": "main"}, "hand", signer="none"), "both reject"),
+    "exact exp boundary": (witness({"alg": "HS256"}, exp=BASE - 30), "both reject"),
+    "last second": (witness({"alg": "HS256"}, exp=BASE - 29, iat=BASE + 30), "both accept"),
 }
 
 
 @pytest.mark.parametrize("name", list(WITNESSES))
 def test_divergence_witness(world: World, name: str) -> None:
-    header, claims, encoding, expected = WITNESSES[name]
-    case = Case(0.0, header, claims, "own", encoding, "none", 0)
+    case, expected = WITNESSES[name]
     token = build(world, case)
-    if name == "non-canonical payload":
-        assert not is_canonical(token.split(".")[1])
-    outcome = compare(world, token, set_now(0.0))
+    assert genuine(world, token) == (case.signer == "own" and case.tamper == "none")
+    outcome = compare(world, token, set_now(case.fraction))
     # If verify.py is tightened, a "verifier wider" witness becomes "both reject": that is fine too.
     assert outcome.startswith(expected) or (expected == "verifier wider" and outcome == "both reject"), outcome
