@@ -103,6 +103,7 @@ class AuthConfig(Model):
     access_cookie: bool = False
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     mail: MailConfig = MailConfig()
+    refresh_token_in_body: bool = True   # false: the refresh token travels only in its HttpOnly cookie
     refresh_grace: Duration = 0.0   # a just-rotated refresh token may replay the same new pair this long
 
     @field_validator("refresh_grace")

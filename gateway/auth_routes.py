@@ -153,7 +153,10 @@ async def caller(request: web.Request, gw: Gateway, method: str | None = None) -
 
 def token_response(request: web.Request, cfg: GatewayConfig, pair: TokenPair) -> web.Response:
     now = time.time()
-    resp = web.json_response(pair.body(now), headers=NO_STORE)
+    body = pair.body(now)
+    if not cfg.auth.refresh_token_in_body:   # browsers: script on the page never sees it
+        del body["refresh_token"]
+    resp = web.json_response(body, headers=NO_STORE)
     set_session_cookies(resp, cfg.auth, pair, now, csrf_token_for(request) if cfg.auth.access_cookie else "")
     return resp
 

@@ -210,6 +210,16 @@ async def test_refresh_cookie_follows_its_config(make_auth: MakeAuth) -> None:
     assert not cookie["secure"] and cookie["samesite"] == "Lax" and cookie["path"] == "/"
 
 
+async def test_refresh_token_can_travel_in_the_cookie_only(make_auth: MakeAuth) -> None:
+    auth = await make_auth(refresh_token_in_body=False)
+    resp = await auth.login()
+    assert "refresh_token" not in await resp.json()
+    cookie = set_cookies(resp)["refresh_token"].value
+    refreshed = await auth.client.post("/auth/refresh", cookies={"refresh_token": cookie})
+    assert refreshed.status == 200
+    assert "refresh_token" not in await refreshed.json()
+
+
 @pytest.mark.parametrize("username, password", [("alice", "wrong password"), ("nobody", PASSWORD),
                                                 ("carol", PASSWORD), ("not a username!", PASSWORD)])
 async def test_every_failed_login_gets_the_same_401(auth: Auth, username: str, password: str) -> None:
