@@ -7,6 +7,7 @@ built once from the config by app.py and found on the app under ``GATEWAY``.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from .store.base import Store
 from .tokens import Minter
 from .users import UserDirectory, build_directory
 from .verify import Verifier
+
+log = logging.getLogger("tokengate")
 
 
 @dataclass
@@ -50,6 +53,9 @@ class Gateway:
         """Never fails for a store that is down: the denylist keeps trying (and on_error decides)."""
         keyring = KeyRing.from_config(cfg.tokens)
         store = await open_store(cfg.store)
+        if cfg.store.url.startswith("memory://"):
+            log.warning("store is memory://: revocations, refresh sessions and accounts kept in the store "
+                        "live in this process only and die with it; use Redis for a fleet or restarts")
         hasher = PasswordHasher()
         forwarder = Forwarder(cfg)
         denylist = Denylist(store, fail_open=cfg.store.on_error == "allow")

@@ -138,12 +138,30 @@ async def test_mirror_resynchronises_after_redis_restarts(start_gateway, spawn_r
     gw = await start_gateway(fleet_config(keys_dir, echo_upstream, redis.url))
     token = mint(roles=["user"])
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
-    redis.stop()
+    redis.kill()
     await _until_status(http, gw, mint(roles=["user"]), 503)          # on_error: deny once it notices
     redis.restart()
     await _until_status(http, gw, mint(roles=["user"]), 200)
     assert (await admin_revoke(http, gw, jti=jti)).status == 200
     assert (await status_of(http, gw, token))[0] == 401
+
+
+async def test_revocations_survive_a_gateway_restart(start_gateway, echo_upstream, keys_dir, clean_redis,
+                                                     http, mint):
+    cfg = fleet_config(keys_dir, echo_upstream, clean_redis)
+    gw = await start_gateway(cfg)
+    token = mint(roles=["user"])
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert (await admin_revoke(http, gw, jti=jti)).status == 200
+    assert gw.stop() == 0
+    again = await start_gateway(cfg)
+    assert (await status_of(http, again, token))[0] == 401
+
+
+async def test_memory_store_says_at_start_that_its_revocations_die_with_the_process(
+        start_gateway, echo_upstream, keys_dir):
+    gw = await start_gateway(fleet_config(keys_dir, echo_upstream, "memory://"))
+    assert "die with it" in gw.log()
 
 
 async def _until_status(http, gw, token, status, limit_s=20.0):
