@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from .account_routes import add_account_routes
 from .auth_routes import add_auth_routes
 from .config import GatewayConfig
 from .errors import error_middleware
+from .openapi import add_openapi_route
 from .pipeline import GATEWAY, Gateway, handle
 
 CONFIG = web.AppKey("config", GatewayConfig)
@@ -34,5 +36,7 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     app.cleanup_ctx.append(_gateway_context)
     app.router.add_get(JWKS_PATH, _jwks)
     add_auth_routes(app, cfg)
+    add_account_routes(app, cfg)   # after _gateway_context: its background work ends before the Gateway
+    add_openapi_route(app, cfg)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

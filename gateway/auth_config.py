@@ -1,17 +1,23 @@
-"""The ``auth`` section: the gateway's own endpoints, where accounts live, cookies, rates and mail.
+"""The ``auth`` section: the gateway's own endpoints, where accounts live, cookies, rates, passwords and mail.
 
 Import these names from ``gateway.config``.
 """
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from .config_fields import Duration, HttpUrl, Invalid, Model, Rate, http_url, split_url
+from .config_fields import Duration, HttpUrl, Invalid, Model, Rate, StrList, http_url
+from .mail import parse_smtp_url
+
+MAX_RESET_TTL_S = 86400.0
+MAX_PASSWORD_CHARS = 1024   # users.MAX_PASSWORD_CHARS: what any password field accepts at all
+_ROLE = re.compile(r"[!-+\--~]{1,64}")   # users.ROLE (users.py imports this module, so not from there)
 
 
 class UsersFileConfig(Model):
@@ -55,15 +61,33 @@ class CookieConfig(Model):
 
 
 class RateLimitsConfig(Model):
-    login: Rate = (5, 60)
+    login: Rate = (5, 60)            # per address and per username; change-password uses it too
     refresh: Rate = (30, 60)
-    forgot_password: Rate = (3, 3600)
+    forgot_password: Rate = (3, 3600)   # per address and per e-mail address
+    signup: Rate = (5, 60)           # per address
+
+
+class PasswordConfig(Model):
+    """What a new password must be (signup, reset, change): NIST SP 800-63B lengths, and never one
+    of the shipped common passwords, the username or the e-mail address."""
+
+    min_length: int = Field(8, ge=1, le=MAX_PASSWORD_CHARS)
+    max_length: int = Field(128, ge=1, le=MAX_PASSWORD_CHARS)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> PasswordConfig:
+        if self.min_length > self.max_length:
+            raise Invalid((("min_length",), "min_length must not be above max_length"))
+        return self
 
 
 class MailConfig(Model):
-    smtp_url: str = "smtp://127.0.0.1:1025"
+    backend: Literal["smtp", "log"] = "smtp"   # log: write mails to the log, their tokens masked (demo)
+    smtp_url: str = "smtp://127.0.0.1:1025"    # smtp://[user:pass@]host[:port][?starttls=true|false], smtps://
     from_: str = Field("no-reply@example.test", alias="from")
     reset_url: str = "http://127.0.0.1:8080/reset?token={token}"
+    timeout: Duration = 10.0    # one SMTP delivery attempt, connect to QUIT
+    attempts: int = Field(3, ge=1, le=10)   # deliveries tried per mail, with backoff, before it is dropped
 
     @model_validator(mode="before")
     @classmethod
@@ -75,8 +99,15 @@ class MailConfig(Model):
 
     @field_validator("smtp_url")
     @classmethod
-    def _smtp_scheme(cls, value: str) -> str:
-        split_url(value, ("smtp", "smtps"), "smtp://host:port or smtps://host:port")
+    def _smtp_url(cls, value: str) -> str:
+        parse_smtp_url(value)
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if not 0 < value <= 300:
+            raise ValueError("timeout must be above 0 and at most 5m")
         return value
 
     @field_validator("from_")
@@ -105,6 +136,23 @@ class AuthConfig(Model):
     mail: MailConfig = MailConfig()
     refresh_token_in_body: bool = True   # false: the refresh token travels only in its HttpOnly cookie
     refresh_grace: Duration = 0.0   # a just-rotated refresh token may replay the same new pair this long
+    default_roles: StrList = ("user",)   # what signup gives a new account
+    password: PasswordConfig = PasswordConfig()
+    reset_ttl: Duration = 900.0     # how long a password reset link works (once)
+
+    @field_validator("default_roles")
+    @classmethod
+    def _role_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(_ROLE.fullmatch(role) for role in value):
+            raise ValueError("a role is 1-64 printable ASCII characters, without spaces or commas")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("reset_ttl")
+    @classmethod
+    def _short_reset(cls, value: float) -> float:
+        if not 1 <= value <= MAX_RESET_TTL_S:
+            raise ValueError("reset_ttl must be between 1s and 1d (OWASP: a reset link should be short-lived)")
+        return value
 
     @field_validator("refresh_grace")
     @classmethod

@@ -220,6 +220,10 @@ def string_field(body: dict[str, Any], name: str, max_chars: int) -> str:
         raise BadRequest(f"{name} must be a string")
     if len(value) > max_chars:
         raise BadRequest(f"{name} is longer than {max_chars} characters")
+    try:
+        value.encode("utf-8")   # JSON can spell a lone surrogate ("\ud800"); no password hash can take it
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} is not valid Unicode text") from None
     return value
 
 

@@ -19,6 +19,7 @@ from .errors import MethodRefused
 from .cookies import extract_access_token
 from .forward import Forwarder
 from .keys import KeyRing
+from .mail import Mailer
 from .passport import Passport
 from .passwords import PasswordHasher
 from .paths import normalise
@@ -47,6 +48,7 @@ class Gateway:
     minter: Minter
     hasher: PasswordHasher
     users: UserDirectory
+    mailer: Mailer
 
     @classmethod
     async def open(cls, cfg: GatewayConfig) -> Gateway:
@@ -64,7 +66,7 @@ class Gateway:
                  keyring=keyring), passport=Passport.from_config(cfg), forwarder=forwarder,
                  jwks_body=json.dumps(keyring.public_jwks()).encode(), store=store, denylist=denylist,
                  minter=Minter(cfg.tokens, cfg.identity), hasher=hasher,
-                 users=build_directory(cfg, store, hasher))
+                 users=build_directory(cfg, store, hasher), mailer=Mailer(cfg.auth.mail))
         await denylist.start()
         return gw
 
@@ -73,6 +75,7 @@ class Gateway:
         return self.denylist.in_sync
 
     async def close(self) -> None:
+        await self.mailer.close()   # bounded: queued mails get a few seconds to go out
         await self.denylist.close()
         await self.forwarder.close()
         await self.verifier.close()

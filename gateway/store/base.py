@@ -30,11 +30,18 @@ from typing import Any, Literal
 # user:{<username>}              hash: the UserRecord fields, roles as JSON     (auth.users: store)
 # users:{users}                  set of usernames
 # rate:{<bucket>}                counter, TTL = window (the window opens with the bucket's first event)
+# reset:{<hash>}                 the username a password reset token (by its SHA-256) was made for;
+#                                TTL = the token's expiry (lookup by hash alone)
+# reset-of:{<username>}          hash: hash (the user's one current reset token), exp; TTL = exp
 # channel tokengate:revocations  pub/sub: one JSON message per revocation, so every mirror learns it at once
 # Operations over several slots take steps in an order that is safe when cut short: revoke writes the
 # entry, then the index, then publishes; add_refresh the family-of pointer, then token and family, then
 # families:; add_user claims user:{..} atomically, then adds the name to users:{users} (again on every
-# add/put, so a missed SADD heals).
+# add/put, so a missed SADD heals). put_reset writes the reset:{..} pointer, then replaces reset-of:{..}
+# (one script, which also hands back the replaced hash so its pointer can be deleted); take_reset reads
+# the pointer, then compares-and-deletes reset-of:{..} in one script on the user's slot. That script
+# alone decides, so a token is consumed once, and a superseded or expired one never; a pointer left
+# behind by a step cut short leads to a reset-of:{..} that does not hold its hash, which is no token.
 DENY_JTI = "deny:jti:"
 DENY_SUB = "deny:sub:"
 DENY_INDEX = "deny:index:{deny}"
@@ -46,6 +53,8 @@ FAMILIES = "families:"
 USER = "user:"
 USERS = "users:{users}"
 RATE = "rate:"
+RESET = "reset:"
+RESET_OF = "reset-of:"
 REVOCATIONS_CHANNEL = "tokengate:revocations"
 
 
@@ -226,6 +235,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_users(self) -> list[UserRecord]: ...
+
+    # -- password reset tokens
+    @abc.abstractmethod
+    async def put_reset(self, username: str, token_hash: str, expires_at: float) -> None:
+        """Make ``token_hash`` the user's one reset token until ``expires_at``; any older one dies."""
+
+    @abc.abstractmethod
+    async def find_reset(self, token_hash: str, now: float) -> str | None:
+        """The username when ``token_hash`` is its user's current, unexpired reset token; changes nothing."""
+
+    @abc.abstractmethod
+    async def take_reset(self, token_hash: str, now: float) -> str | None:
+        """Atomically consume: the username when ``token_hash`` is its user's current, unexpired reset
+        token, which is deleted; else None. Of N concurrent calls with one token, one gets the name."""
 
     # -- rate limits
     @abc.abstractmethod

@@ -49,6 +49,8 @@ class _State:
     families_of: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     users: dict[str, UserRecord] = field(default_factory=dict)
     windows: dict[str, _Window] = field(default_factory=dict)
+    resets: dict[str, tuple[str, float]] = field(default_factory=dict)   # hash -> (username, expires_at)
+    reset_of: dict[str, str] = field(default_factory=dict)               # username -> current hash
 
 
 class MemoryFeed(RevocationFeed):
@@ -108,6 +110,8 @@ class MemoryStore(Store):
             if not fams:
                 del s.families_of[key]
         s.windows = {b: w for b, w in s.windows.items() if w.ends_at > now}
+        s.resets = {h: r for h, r in s.resets.items() if r[1] > now}
+        s.reset_of = {u: h for u, h in s.reset_of.items() if h in s.resets}
 
     # -- lifetime
     async def ping(self) -> None:
@@ -220,6 +224,29 @@ class MemoryStore(Store):
     async def list_users(self) -> list[UserRecord]:
         users = self._open().users
         return [users[name] for name in sorted(users)]
+
+    # -- password reset tokens
+    async def put_reset(self, username: str, token_hash: str, expires_at: float) -> None:
+        s = self._open()
+        older = s.reset_of.get(username)
+        if older is not None:
+            s.resets.pop(older, None)
+        s.resets[token_hash] = (username, expires_at)
+        s.reset_of[username] = token_hash
+
+    async def find_reset(self, token_hash: str, now: float) -> str | None:
+        s = self._open()
+        username, expires_at = s.resets.get(token_hash, ("", 0.0))
+        current = username and s.reset_of.get(username) == token_hash
+        return username if current and expires_at > now else None
+
+    async def take_reset(self, token_hash: str, now: float) -> str | None:
+        username = await self.find_reset(token_hash, now)
+        s = self._s
+        found = s.resets.pop(token_hash, None)
+        if found is not None and s.reset_of.get(found[0]) == token_hash:
+            del s.reset_of[found[0]]   # a used or expired token goes; another user's stays
+        return username
 
     # -- rate limits
     async def hit(self, bucket: str, limit: int, window_s: int, now: float) -> float:

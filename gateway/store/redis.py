@@ -18,8 +18,8 @@ from redis import exceptions as rx
 
 from . import redis_scripts
 from .base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, FAMILIES, FAMILY, RATE, REFRESH,
-                   REFRESH_FAMILY_OF, REVOCATIONS_CHANNEL, USER, USERS, RefreshRecord, Revocation, Rotation, Store,
-                   StoreUnavailable, UserRecord)
+                   REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, RefreshRecord, Revocation,
+                   Rotation, Store, StoreUnavailable, UserRecord)
 from .redis_feed import RedisFeed, encode_revocation
 
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
@@ -65,7 +65,8 @@ class RedisStore(Store):
         self._closed = False
         self._scripts = {name: client.register_script(getattr(redis_scripts, name.upper()))
                          for name in ("watermark", "index", "live", "add_refresh", "rotate", "find_refresh",
-                                      "kill_family", "add_member", "add_user", "put_user", "hit")}
+                                      "kill_family", "add_member", "add_user", "put_user", "hit", "put_reset",
+                                      "take_reset")}
 
     def translate(self, exc: BaseException) -> StoreUnavailable | None:
         """StoreUnavailable for an error that means "unreachable" (without any password), else None."""
@@ -229,6 +230,35 @@ class RedisStore(Store):
                     pipe.hgetall(_tagged(USER, name))
                 found = await pipe.execute()
         return [decode_user(fields) for fields in found if fields]   # a name whose hash is gone is skipped
+
+    # -- password reset tokens (see base.py for the order of the steps)
+    async def put_reset(self, username: str, token_hash: str, expires_at: float) -> None:
+        exp_ms = _ms(expires_at)
+        async with self._guard():
+            await self._c.set(_tagged(RESET, token_hash), username, pxat=exp_ms)
+            older = await self._run("put_reset", [_tagged(RESET_OF, username)], token_hash, repr(expires_at), exp_ms)
+            if older is not None and _text(older) != token_hash:
+                await self._c.delete(_tagged(RESET, _text(older)))   # it leads nowhere now: tidy up
+
+    async def find_reset(self, token_hash: str, now: float) -> str | None:
+        async with self._guard():
+            found = await self._c.get(_tagged(RESET, token_hash))
+            if found is None:
+                return None
+            current, exp = await self._c.hmget(_tagged(RESET_OF, _text(found)), ["hash", "exp"])
+        if current is None or _text(current) != token_hash or float(exp) <= now:
+            return None
+        return _text(found)
+
+    async def take_reset(self, token_hash: str, now: float) -> str | None:
+        async with self._guard():
+            found = await self._c.get(_tagged(RESET, token_hash))
+            if found is None:
+                return None
+            username = _text(found)
+            taken = await self._run("take_reset", [_tagged(RESET_OF, username)], token_hash, repr(now))
+            await self._c.delete(_tagged(RESET, token_hash))   # used, superseded or expired: dead either way
+        return username if taken == 1 else None
 
     # -- rate limits
     async def hit(self, bucket: str, limit: int, window_s: int, now: float) -> float:

@@ -140,3 +140,20 @@ end
 if ttl < 1 then ttl = 1 end
 return ttl
 """
+
+# KEYS: reset-of:{user}   ARGV: hash, expires_at, expires_at_ms  ->  the hash it replaced (or nil)
+PUT_RESET = """
+local older = redis.call('HGET', KEYS[1], 'hash')
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'exp', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return older
+"""
+
+# KEYS: reset-of:{user}   ARGV: hash, now  ->  1 when that was the user's current, unexpired token (now gone)
+TAKE_RESET = """
+local cur = redis.call('HMGET', KEYS[1], 'hash', 'exp')
+if cur[1] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if tonumber(cur[2]) <= tonumber(ARGV[2]) then return 0 end
+return 1
+"""

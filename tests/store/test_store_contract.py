@@ -243,3 +243,62 @@ async def test_the_window_opens_again_once_it_has_passed(store: Store, clock: Cl
         return await store.hit("refresh:alice", 1, 1, clock()) == 0
 
     await clock.expire(allowed, at=now + 1)
+
+
+# -- password reset tokens ---------------------------------------------------------------------------
+
+def reset_hash() -> str:
+    return secrets.token_hex(32)
+
+
+async def test_a_reset_token_is_found_then_taken_exactly_once(store: Store, clock: Clock):
+    now, token = clock(), reset_hash()
+    await store.put_reset("alice", token, now + 900)
+    assert await store.find_reset(token, now) == "alice"
+    assert await store.find_reset(token, now) == "alice"   # finding changes nothing
+    assert await store.take_reset(token, now) == "alice"
+    assert await store.take_reset(token, now) is None
+    assert await store.find_reset(token, now) is None
+
+
+async def test_an_unknown_reset_token_is_neither_found_nor_taken(store: Store, clock: Clock):
+    assert await store.find_reset(reset_hash(), clock()) is None
+    assert await store.take_reset(reset_hash(), clock()) is None
+
+
+async def test_an_expired_reset_token_is_dead_and_taking_it_consumes_nothing_else(store: Store, clock: Clock):
+    now, token = clock(), reset_hash()
+    await store.put_reset("alice", token, now + 60)
+    assert await store.find_reset(token, now + 60) is None
+    assert await store.take_reset(token, now + 61) is None
+    assert await store.take_reset(token, now) is None   # the expired take deleted it
+
+
+async def test_a_reset_token_expires_in_the_store_too(store: Store, clock: Clock):
+    token = reset_hash()
+    await store.put_reset("alice", token, clock() + 1)
+
+    async def forgotten() -> bool:
+        return await store.find_reset(token, clock()) is None
+
+    await clock.expire(forgotten, at=clock() + 1)
+    assert await store.take_reset(token, clock()) is None
+
+
+async def test_a_newer_reset_kills_the_older_token_of_that_user_only(store: Store, clock: Clock):
+    now = clock()
+    older, newer, bobs = reset_hash(), reset_hash(), reset_hash()
+    await store.put_reset("alice", older, now + 900)
+    await store.put_reset("bob", bobs, now + 900)
+    await store.put_reset("alice", newer, now + 900)
+    assert await store.find_reset(older, now) is None
+    assert await store.take_reset(older, now) is None
+    assert await store.take_reset(newer, now) == "alice"   # taking the dead one left the live one alone
+    assert await store.take_reset(bobs, now) == "bob"
+
+
+async def test_concurrent_takes_of_one_reset_token_give_the_name_once(make_store: MakeStore, clock: Clock):
+    stores, now, token = [await make_store(), await make_store()], clock(), reset_hash()
+    await stores[0].put_reset("alice", token, now + 900)
+    taken = await asyncio.gather(*(stores[i % 2].take_reset(token, now) for i in range(20)))
+    assert taken.count("alice") == 1 and taken.count(None) == 19

@@ -1,0 +1,230 @@
+"""Account endpoints under ``auth.prefix``: signup, forgot-password, reset-password, change-password.
+
+JSON in, JSON out, like auth_routes.py. They need accounts this gateway can edit (``auth.users``: store
+or file); with a credentials service they answer 404 ``accounts_not_editable``. Forgot-password answers
+202 before it looks anything up: lookup, token and mail run in the background (no account enumeration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .auth_routes import (NO_STORE, InvalidCredentials, MethodNotAllowed, caller, read_json_object,
+                          refuse_form_post, sessions_of, string_field, token_response)
+from .config import GatewayConfig
+from .errors import BadRequest, Forbidden, GatewayError, Handler, NoRoute
+from .password_policy import PasswordPolicy, WeakPassword
+from .pipeline import GATEWAY, Gateway
+from .ratelimit import RateLimiter, client_address
+from .resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, send_reset_links,
+                     store_reachable)
+from .revocation import apply_revocation, build_revocation
+from .users import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
+
+log = logging.getLogger("tokengate.auth")
+
+MAX_USERNAME_CHARS = 255
+MAX_EMAIL_CHARS = 254
+ACCEPTED = {"status": "accepted"}   # forgot-password: the one answer, whoever the address belongs to
+T = TypeVar("T")
+
+
+class UsernameTaken(GatewayError):
+    status, error, code, description = 409, "invalid_request", "username_taken", "this username is taken"
+
+
+class WeakPasswordRefused(BadRequest):
+    code, description = "weak_password", "the password is too weak"
+
+
+class InvalidAccountField(BadRequest):
+    code, description = "invalid_account", "a username or e-mail address breaks the rules"
+
+
+class InvalidResetToken(BadRequest):
+    # One answer for an unknown, used, expired or superseded token.
+    code, description = "invalid_reset_token", "the reset token is invalid, expired or used; ask for a new link"
+
+
+class AccountsNotEditable(NoRoute):
+    code = "accounts_not_editable"
+    description = "accounts are managed by an outside service (auth.users.credentials_url); this endpoint is off"
+
+
+class ForeignAccount(Forbidden):
+    code, description = "foreign_account", "this token's account is not kept by this gateway"
+
+
+@dataclass
+class Accounts:
+    """What the account endpoints share in one app: the password policy and the background work."""
+
+    policy: PasswordPolicy
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)
+
+
+ACCOUNTS = web.AppKey("accounts", Accounts)
+
+
+def add_account_routes(app: web.Application, cfg: GatewayConfig) -> None:
+    """Register the account endpoints (POST only; other methods get 405). Call it before the catch-all
+    proxy route and after the Gateway's cleanup context: the background work ends before the Gateway."""
+    prefix = cfg.auth.prefix
+    app.cleanup_ctx.append(_accounts_context)
+    if cfg.auth.signup:
+        _add_post(app, f"{prefix}/signup", signup)
+    else:   # the same answer as a path nothing serves
+        app.router.add_route("*", f"{prefix}/signup", _no_signup)
+    _add_post(app, f"{prefix}/forgot-password", forgot_password)
+    _add_post(app, f"{prefix}/reset-password", reset_password)
+    _add_post(app, f"{prefix}/change-password", change_password)
+
+
+def _add_post(app: web.Application, path: str, handler: Handler) -> None:
+    resource = app.router.add_resource(path)
+    resource.add_route("POST", handler)
+    resource.add_route("*", _refuse_method)
+
+
+async def _refuse_method(request: web.Request) -> web.StreamResponse:
+    raise MethodNotAllowed(headers={"Allow": "POST"})
+
+
+async def _no_signup(request: web.Request) -> web.StreamResponse:
+    raise NoRoute()
+
+
+async def _accounts_context(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[GATEWAY].config
+    app[ACCOUNTS] = accounts = Accounts(await asyncio.to_thread(PasswordPolicy.from_config, cfg.auth.password))
+    yield
+    await accounts.background.close()
+
+
+async def signup(request: web.Request) -> web.StreamResponse:
+    """POST {"username", "password", "email"?} -> 201 {"username", "roles"}; 400 invalid_account,
+    weak_password; 409 username_taken; 429; 503."""
+    gw = request.app[GATEWAY]
+    users = editable(gw)
+    await _limit(request, gw, "signup", gw.config.auth.rate_limits.signup)
+    refuse_form_post(request)
+    body = await read_json_object(request)
+    username = _account_field(check_username, string_field(body, "username", MAX_USERNAME_CHARS))
+    email = _account_field(check_email, body.get("email"))
+    password = string_field(body, "password", MAX_PASSWORD_CHARS)
+    check_new_password(request, password, username, email)
+    roles = gw.config.auth.default_roles
+    if not await users.add(username, password, roles, email):
+        raise UsernameTaken()
+    log.info("signup", extra={"sub": username})
+    return web.json_response({"username": username, "roles": list(roles)}, status=201, headers=NO_STORE)
+
+
+async def forgot_password(request: web.Request) -> web.StreamResponse:
+    """POST {"email"} -> 202 {"status": "accepted"}, whether or not an account has that address;
+    400 for a malformed address; 429 per client address and per e-mail address; 503."""
+    gw = request.app[GATEWAY]
+    editable(gw)
+    rate = gw.config.auth.rate_limits.forgot_password
+    await _limit(request, gw, "forgot-password", rate)
+    refuse_form_post(request)
+    body = await read_json_object(request)
+    email = _account_field(check_email, string_field(body, "email", MAX_EMAIL_CHARS))
+    await RateLimiter(gw.store).hit("forgot-password", "email:" + email.lower(), rate)
+    work = send_reset_links(gw.store, gw.users, gw.mailer, gw.config.auth, email)
+    request.app[ACCOUNTS].background.spawn(work, name="password reset request")
+    return web.json_response(ACCEPTED, status=202, headers=NO_STORE)
+
+
+async def reset_password(request: web.Request) -> web.StreamResponse:
+    """POST {"token", "new_password"} -> 204: new password set, every session of the account revoked.
+    400 invalid_reset_token (unknown, used, expired, superseded), weak_password (the token stays
+    usable); 503."""
+    gw = request.app[GATEWAY]
+    users = editable(gw)
+    refuse_form_post(request)
+    body = await read_json_object(request)
+    token_hash = hash_reset_token(string_field(body, "token", MAX_RESET_TOKEN_CHARS))
+    new_password = string_field(body, "new_password", MAX_PASSWORD_CHARS)
+    with store_reachable():
+        username = await gw.store.find_reset(token_hash, time.time())
+    account = await users.get(username) if username else None
+    if account is None or account.disabled:
+        raise InvalidResetToken()
+    check_new_password(request, new_password, account.username, account.email)   # before the token is spent
+    with store_reachable():
+        if await gw.store.take_reset(token_hash, time.time()) != account.username:
+            raise InvalidResetToken()   # spent by a concurrent request since we looked
+    if not await users.set_password(account.username, new_password):
+        raise InvalidResetToken()   # the account was deleted meanwhile
+    await end_every_session(gw, account.username)
+    log.info("password reset", extra={"sub": account.username})
+    return web.Response(status=204, headers=NO_STORE)
+
+
+async def change_password(request: web.Request) -> web.StreamResponse:
+    """Bearer access token + POST {"current_password", "new_password"} -> 200 a new token pair (as
+    login); every other session of the account ends. 401 (token, or invalid_credentials for a wrong
+    current password), 400 weak_password, 403 foreign_account, 429 (like login), 503."""
+    gw = request.app[GATEWAY]
+    users = editable(gw)
+    identity = await caller(request, gw)
+    if identity.iss != gw.config.tokens.issuer:   # another issuer's "alice" is not our alice
+        raise ForeignAccount()
+    await _limit(request, gw, "change-password", gw.config.auth.rate_limits.login)
+    await RateLimiter(gw.store).hit("change-password", "user:" + identity.sub, gw.config.auth.rate_limits.login)
+    refuse_form_post(request)
+    body = await read_json_object(request)
+    current = string_field(body, "current_password", MAX_PASSWORD_CHARS)
+    new_password = string_field(body, "new_password", MAX_PASSWORD_CHARS)
+    user = await users.authenticate(identity.sub, current)
+    if user is None:
+        raise InvalidCredentials()
+    check_new_password(request, new_password, user.sub, user.email)
+    await users.set_password(user.sub, new_password)
+    sessions = sessions_of(gw)
+    await sessions.logout_all(identity)   # every session, this one too; then a new one for the caller
+    pair = await sessions.issue(user)     # waits out the watermark's second, so the new pair is alive
+    log.info("password changed", extra={"sub": user.sub})
+    return token_response(request, gw.config, pair)
+
+
+def editable(gw: Gateway) -> UserDirectory:
+    """The accounts, when this gateway can change them; else AccountsNotEditable (404)."""
+    if not gw.users.editable:
+        raise AccountsNotEditable()
+    return gw.users
+
+
+def check_new_password(request: web.Request, password: str, username: str, email: str | None) -> None:
+    try:
+        request.app[ACCOUNTS].policy.check(password, username=username, email=email)
+    except WeakPassword as exc:
+        raise WeakPasswordRefused(str(exc)) from None
+
+
+async def end_every_session(gw: Gateway, username: str) -> None:
+    """Every access token of the account issued before now is revoked (the subject's watermark) and
+    every refresh family of it dies: what `tokengate revoke --sub` does."""
+    revocation = await build_revocation(gw.config, sub=username)
+    with store_reachable():
+        await apply_revocation(gw.store, revocation, gw.denylist.revoke)
+
+
+async def _limit(request: web.Request, gw: Gateway, name: str, rate: tuple[int, int]) -> None:
+    address = client_address(request, gw.config.listen.trusted_proxies)
+    await RateLimiter(gw.store).hit(name, "ip:" + address, rate)
+
+
+def _account_field(check: Callable[[Any], T], value: Any) -> T:
+    try:
+        return check(value)
+    except InvalidAccount as exc:
+        raise InvalidAccountField(str(exc)) from None

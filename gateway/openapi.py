@@ -1,0 +1,440 @@
+"""GET {auth.prefix}/openapi.json: an OpenAPI 3.1 document of the gateway's own endpoints.
+
+``openapi_document(cfg)`` builds it from the config (prefix, cookie names, browser mode, identity
+headers, signup on/off); error answers are derived from the exception classes the handlers raise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from . import __version__
+from .account_routes import (MAX_EMAIL_CHARS, ForeignAccount, InvalidAccountField, InvalidResetToken,
+                             UsernameTaken, WeakPasswordRefused)
+from .auth_routes import (MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, InvalidCredentials, JsonRequired,
+                          MethodNotAllowed)
+from .config import CredentialsUrlConfig, GatewayConfig
+from .cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
+from .errors import (BadPath, BadRequest, DependencyDown, ExpiredToken, Forbidden, InvalidToken, MissingToken,
+                     NoRoute, RateLimited, RevokedToken)
+from .pipeline import GATEWAY
+from .resets import MAX_RESET_TOKEN_CHARS
+from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused
+from .users import MAX_PASSWORD_CHARS, USERNAME
+
+OPENAPI_VERSION = "3.1.0"
+OPENAPI_PATH = "/openapi.json"          # under auth.prefix
+JWKS_PATH = "/.well-known/jwks.json"    # app.py serves it (same value)
+JSON = "application/json"
+PUBLIC_CACHE = "public, max-age=300"
+OPENAPI_BODY = web.AppKey("openapi_body", bytes)
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]+")   # names that are safe to put in a pattern as written
+
+
+class Failure(Protocol):
+    """What a documented error answer needs: the class attributes of a GatewayError."""
+
+    status: int
+    error: str
+    code: str
+    description: str
+
+
+TOKEN_FAILURES: tuple[Failure, ...] = (MissingToken, InvalidToken, ExpiredToken, RevokedToken, BadRequest,
+                                       DependencyDown)
+# What any JSON-body endpoint may refuse before it looks at the fields' meaning.
+BODY_FAILURES: tuple[Failure, ...] = (BadRequest, JsonRequired, BodyTooLarge, DependencyDown)
+
+
+def openapi_document(cfg: GatewayConfig) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the auth endpoints, JWKS and this document, for this config.
+    No ``servers``: paths are relative to wherever the gateway is reached."""
+    p = cfg.auth.prefix
+    paths: dict[str, Any] = {
+        f"{p}/login": {"post": _login(cfg)},
+        f"{p}/refresh": {"post": _refresh(cfg)},
+        f"{p}/logout": {"post": _logout(cfg)},
+        f"{p}/logout-all": {"post": _logout_all(cfg)},
+    }
+    # Accounts kept by a credentials service cannot be changed here: those endpoints answer 404 alone.
+    if not isinstance(cfg.auth.users, CredentialsUrlConfig):
+        if cfg.auth.signup:
+            paths[f"{p}/signup"] = {"post": _signup()}
+        paths[f"{p}/forgot-password"] = {"post": _forgot_password()}
+        paths[f"{p}/reset-password"] = {"post": _reset_password()}
+        paths[f"{p}/change-password"] = {"post": _change_password(cfg)}
+    # Forward-auth answers every method: nginx's auth_request keeps the original request's method.
+    paths[f"{p}/verify"] = {method: _verify(cfg, method) for method in ("get", "post", "put", "patch", "delete")}
+    paths[JWKS_PATH] = {"get": _jwks()}
+    paths[f"{p}{OPENAPI_PATH}"] = {"get": _openapi()}
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "tokengate auth endpoints", "version": __version__,
+                 "description": "The gateway's own endpoints: sessions, accounts, forward-auth and public keys. "
+                                "Every error answer is JSON: {error, error_description, code}."},
+        "paths": paths,
+        "components": {"schemas": _schemas(cfg), "headers": _headers(cfg),
+                       "securitySchemes": _security_schemes(cfg)},
+    }
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    """The document as JSON; public, cacheable for 5 minutes (it changes only with the config)."""
+    body = request.app.get(OPENAPI_BODY)
+    if body is None:
+        body = _encode(openapi_document(request.app[GATEWAY].config))
+    return web.Response(body=body, content_type=JSON, headers={"Cache-Control": PUBLIC_CACHE})
+
+
+def add_openapi_route(app: web.Application, cfg: GatewayConfig) -> None:
+    """Register GET (and HEAD) {prefix}/openapi.json; call it before the catch-all proxy route.
+    Other methods get 405 with Allow, like the other auth endpoints."""
+    app[OPENAPI_BODY] = _encode(openapi_document(cfg))
+    resource = app.router.add_resource(f"{cfg.auth.prefix}{OPENAPI_PATH}")
+    resource.add_route("GET", serve_openapi)
+    resource.add_route("HEAD", serve_openapi)
+    resource.add_route("*", _refuse)
+
+
+async def _refuse(request: web.Request) -> web.StreamResponse:
+    raise MethodNotAllowed(headers={"Allow": "GET, HEAD"})
+
+
+def _encode(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+def _login(cfg: GatewayConfig) -> dict[str, Any]:
+    return _operation(
+        "login", "Log in with a username and password",
+        "Starts a session: an access token and a refresh token (in the body unless "
+        "auth.refresh_token_in_body is false, and always in the HttpOnly refresh cookie). A wrong password, "
+        "an unknown user and a disabled account get the same 401. Bodies a cross-site HTML form could post "
+        "(form or text/plain content types) are refused with json_required. Rate limited per client address "
+        "and per username.",
+        body=_body("LoginRequest"),
+        responses={"200": _tokens(cfg), **_failures(*BODY_FAILURES, InvalidCredentials, RateLimited)})
+
+
+def _refresh(cfg: GatewayConfig) -> dict[str, Any]:
+    return _operation(
+        "refresh", "Rotate a refresh token",
+        "Takes the refresh token from the JSON body, else from the refresh cookie (the body wins when both "
+        "come) and answers a new pair; the presented token dies (rotation). Presenting a dead one again ends "
+        "its whole session (refresh_token_reused). Rate limited per client address.",
+        body=_body("RefreshRequest", required=False),
+        security=[{"refreshCookie": []}, {}],
+        responses={"200": _tokens(cfg),
+                   **_failures(BadRequest, InvalidRefreshToken, RefreshTokenReused, BodyTooLarge, RateLimited,
+                               DependencyDown)})
+
+
+def _logout(cfg: GatewayConfig) -> dict[str, Any]:
+    return _operation(
+        "logout", "End this session",
+        "The access token's jti is denied until it expires and its session (refresh family) dies; a "
+        "refresh token in the body or cookie of the same subject is ended too. Clears the session cookies.",
+        body=_body("RefreshRequest", required=False),
+        security=_access_security(cfg),
+        responses={"204": _ended(),
+                   **_failures(*TOKEN_FAILURES, BodyTooLarge, *_csrf(cfg))})
+
+
+def _logout_all(cfg: GatewayConfig) -> dict[str, Any]:
+    return _operation(
+        "logoutAll", "End every session of the caller",
+        "Every token of the access token's subject issued before now is dead, and every refresh family of "
+        "the subject. The request body is not read. Clears the session cookies.",
+        security=_access_security(cfg),
+        responses={"204": _ended(), **_failures(*TOKEN_FAILURES, *_csrf(cfg))})
+
+
+def _signup() -> dict[str, Any]:
+    return _operation(
+        "signup", "Create an account",
+        "The account gets auth.default_roles. Present while auth.signup is true (otherwise the path answers "
+        "404 like one nothing serves). Rate limited per client address.",
+        body=_body("SignupRequest"),
+        responses={"201": {"description": "The account exists.", "headers": _no_store_headers(pragma=True),
+                           "content": {JSON: {"schema": _ref("Account")}}},
+                   **_failures(*BODY_FAILURES, InvalidAccountField, WeakPasswordRefused, UsernameTaken,
+                               RateLimited)})
+
+
+def _forgot_password() -> dict[str, Any]:
+    return _operation(
+        "forgotPassword", "Ask for a password reset mail",
+        "202 whether or not an account has this address (no account enumeration); when one does, a "
+        "single-use reset link is mailed, valid auth.reset_ttl. Rate limited per client address and per "
+        "e-mail address.",
+        body=_body("ForgotPasswordRequest"),
+        responses={"202": {"description": "Accepted, whoever the address belongs to.",
+                           "headers": _no_store_headers(pragma=True),
+                           "content": {JSON: {"schema": _ref("Accepted")}}},
+                   **_failures(*BODY_FAILURES, InvalidAccountField, RateLimited)})
+
+
+def _reset_password() -> dict[str, Any]:
+    return _operation(
+        "resetPassword", "Set a new password with a reset token",
+        "The token works once; after a weak_password refusal it still works. Every session of the account "
+        "is revoked.",
+        body=_body("ResetPasswordRequest"),
+        responses={"204": {"description": "The password is changed; every session of the account has ended.",
+                           "headers": _no_store_headers(pragma=True)},
+                   **_failures(*BODY_FAILURES, InvalidResetToken, WeakPasswordRefused)})
+
+
+def _change_password(cfg: GatewayConfig) -> dict[str, Any]:
+    return _operation(
+        "changePassword", "Change the caller's password",
+        "Needs the access token and the current password. Every session of the account ends and a new "
+        "token pair is answered, like login. Only for tokens this gateway issued (foreign_account). Rate "
+        "limited like login, per client address and per account.",
+        body=_body("ChangePasswordRequest"),
+        security=_access_security(cfg),
+        responses={"200": _tokens(cfg),
+                   **_failures(*TOKEN_FAILURES, *_csrf(cfg), ForeignAccount, *BODY_FAILURES, InvalidCredentials,
+                               WeakPasswordRefused, RateLimited)})
+
+
+def _verify(cfg: GatewayConfig, method: str) -> dict[str, Any]:
+    return _operation(
+        f"verify{method.capitalize()}", "Forward-auth: may this request pass?",
+        "For nginx auth_request, Traefik ForwardAuth and Envoy ext_authz. The request to judge is described "
+        "by X-Forwarded-Method (else X-Original-Method, else this request's method) and X-Forwarded-Uri "
+        "(else X-Original-URI, else /). Every method is answered alike. 200 carries the identity headers "
+        "the upstream would receive (none for a public route).",
+        parameters=[_header_param(name, f"The {what} of the request to judge.")
+                    for name, what in (("X-Forwarded-Method", "method"), ("X-Forwarded-Uri", "path and query"),
+                                       ("X-Original-Method", "method (nginx)"),
+                                       ("X-Original-URI", "path and query (nginx)"))],
+        security=[*_access_security(cfg), {}],
+        responses={"200": {"description": "Allowed.",
+                           "headers": {**_no_store_headers(pragma=True), **_identity_headers(cfg)}},
+                   **_failures(*TOKEN_FAILURES, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
+
+
+def _jwks() -> dict[str, Any]:
+    return _operation(
+        "jwks", "The gateway's public keys (RFC 7517)",
+        "HMAC secrets never appear here.",
+        responses={"200": {"description": "The JWK Set.", "headers": _public_cache_headers(),
+                           "content": {"application/jwk-set+json": {"schema": _ref("JwkSet")}}}})
+
+
+def _openapi() -> dict[str, Any]:
+    return _operation(
+        "openapi", "This document", "",
+        responses={"200": {"description": "The OpenAPI 3.1 document.", "headers": _public_cache_headers(),
+                           "content": {JSON: {"schema": {"type": "object", "required": ["openapi", "paths"]}}}}})
+
+
+def _operation(operation_id: str, summary: str, description: str, *, responses: dict[str, Any],
+               body: dict[str, Any] | None = None, parameters: list[dict[str, Any]] | None = None,
+               security: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+    if description:
+        op["description"] = description
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    op["security"] = security or []
+    op["responses"] = dict(sorted(responses.items()))
+    return op
+
+
+# --- pieces of operations ------------------------------------------------------------------------
+
+def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(schema)}},
+            "description": f"A JSON object of at most {MAX_BODY_BYTES} bytes."}
+
+
+def _header_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": {"type": "string"}}
+
+
+def _access_security(cfg: GatewayConfig) -> list[dict[str, list[str]]]:
+    # Browser mode: the access cookie works too, with the CSRF double-submit header on unsafe methods.
+    return [{"bearerAuth": []}, *([{"accessCookie": [], "csrfHeader": []}] if cfg.auth.access_cookie else [])]
+
+
+def _csrf(cfg: GatewayConfig) -> tuple[Failure, ...]:
+    return (CsrfFailed,) if cfg.auth.access_cookie else ()
+
+
+def _tokens(cfg: GatewayConfig) -> dict[str, Any]:
+    return {"description": "A token answer (RFC 6749 5.1); the refresh token is also set as an HttpOnly cookie"
+                           + (", and in browser mode the access and CSRF cookies." if cfg.auth.access_cookie else "."),
+            "headers": {**_no_store_headers(pragma=True), "Set-Cookie": _ref("SetSessionCookies", "headers")},
+            "content": {JSON: {"schema": _ref("TokenResponse")}}}
+
+
+def _ended() -> dict[str, Any]:
+    return {"description": "The session has ended; the session cookies are cleared (Max-Age=0).",
+            "headers": {**_no_store_headers(pragma=True), "Set-Cookie": _ref("ClearSessionCookies", "headers")}}
+
+
+def _no_store_headers(*, pragma: bool = False) -> dict[str, Any]:
+    headers = {"Cache-Control": _ref("NoStore", "headers")}
+    if pragma:   # success answers also say Pragma: no-cache (RFC 6749 5.1); error answers do not
+        headers["Pragma"] = _ref("Pragma", "headers")
+    return headers
+
+
+def _public_cache_headers() -> dict[str, Any]:
+    return {"Cache-Control": _ref("PublicCache", "headers")}
+
+
+def _identity_headers(cfg: GatewayConfig) -> dict[str, Any]:
+    ident = cfg.identity
+    named = {header: f"The {claim} claim of the caller." for claim, header in ident.headers.items()}
+    if ident.claims_header:
+        named[ident.claims_header] = "base64url(JSON of every verified claim)."
+    if ident.assertion_header:
+        named[ident.assertion_header] = "A short-lived JWT the gateway signed for the route's upstream."
+    return {name: {"description": text, "schema": {"type": "string"}} for name, text in named.items()}
+
+
+def _failures(*failures: Failure) -> dict[str, Any]:
+    """Error answers by status, each pinning the ``error`` and ``code`` values its failures can give;
+    401 and 403 carry the Bearer challenge, 429 Retry-After."""
+    by_status: dict[int, list[Failure]] = {}
+    for failure in failures:
+        by_status.setdefault(failure.status, []).append(failure)
+    return {str(status): _failure_response(status, group) for status, group in by_status.items()}
+
+
+def _failure_response(status: int, group: Iterable[Failure]) -> dict[str, Any]:
+    group = list(dict.fromkeys(group))
+    lines = [": ".join(part for part in (f.code, f.description) if part) for f in group]
+    pinned = {"error": {"enum": sorted({f.error for f in group})}, "code": {"enum": sorted({f.code for f in group})}}
+    schema = {"allOf": [_ref("Error"), {"properties": pinned}]}
+    headers = _no_store_headers()
+    if status in (401, 403):
+        headers["WWW-Authenticate"] = _ref("WWWAuthenticate", "headers")
+    if status == 429:
+        headers["Retry-After"] = _ref("RetryAfter", "headers")
+    return {"description": "; ".join(lines), "headers": headers, "content": {JSON: {"schema": schema}}}
+
+
+def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+# --- components ----------------------------------------------------------------------------------
+
+def _string(max_chars: int, description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "description": description, **extra}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    # A request body: the handlers ignore fields they do not know, and additionalProperties says so.
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": True}
+
+
+def _schemas(cfg: GatewayConfig) -> dict[str, Any]:
+    refresh = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_REFRESH_TOKEN_CHARS,
+               "description": "A refresh token; absent or null: the refresh cookie is used."}
+    return {
+        "Error": {"type": "object", "required": ["error", "error_description", "code"],
+                  "additionalProperties": False,
+                  "properties": {"error": {"type": "string", "description": "OAuth 2.0 / RFC 6750 error."},
+                                 "error_description": {"type": "string", "description": "Why; never the token."},
+                                 "code": {"type": "string", "description": "The gateway's finer reason."}}},
+        "TokenResponse": _token_response(cfg),
+        "LoginRequest": _object({"username": _string(MAX_USERNAME_CHARS, "Case-sensitive."),
+                                 "password": _string(MAX_PASSWORD_CHARS, "The password.")}, ["username", "password"]),
+        "RefreshRequest": _object({"refresh_token": refresh}, []),
+        **_account_schemas(cfg),
+        "JwkSet": {"type": "object", "required": ["keys"], "additionalProperties": False,
+                   "properties": {"keys": {"type": "array", "items": _ref("Jwk")}}},
+        "Jwk": {"type": "object", "required": ["kty", "kid", "alg", "use"],
+                "properties": {"kty": {"enum": ["RSA", "EC", "OKP"]}, "kid": {"type": "string"},
+                               "alg": {"type": "string"}, "use": {"const": "sig"},
+                               **{k: {"type": "string"} for k in ("n", "e", "crv", "x", "y")}},
+                # Public keys only: never a private or symmetric member (RFC 7518 6.2.2, 6.3.2, 6.4.1).
+                "not": {"anyOf": [{"required": [k]} for k in ("d", "p", "q", "dp", "dq", "qi", "k")]}},
+    }
+
+
+def _account_schemas(cfg: GatewayConfig) -> dict[str, Any]:
+    policy = cfg.auth.password
+    new_password = {"type": "string", "minLength": policy.min_length, "maxLength": policy.max_length,
+                    "description": "A new password: auth.password's lengths (characters), not a common password, "
+                                   "not the username or e-mail address; else weak_password."}
+    # users.check_email: something@domain, printable, no spaces; the last @ splits it.
+    email = {"type": "string", "maxLength": MAX_EMAIL_CHARS, "pattern": r"^\S+@[^\s@]+$"}
+    return {
+        "SignupRequest": _object({"username": {"type": "string", "pattern": f"^{USERNAME.pattern}$",
+                                               "description": "Case-sensitive: letters, digits and ._-@"},
+                                  "password": new_password,
+                                  "email": {**email, "type": ["string", "null"], "description": "Where reset "
+                                            "links go."}},
+                                 ["username", "password"]),
+        "Account": {"type": "object", "required": ["username", "roles"], "additionalProperties": False,
+                    "properties": {"username": {"type": "string"},
+                                   "roles": {"type": "array", "items": {"type": "string"}}}},
+        "ForgotPasswordRequest": _object({"email": {**email, "description": "The account's e-mail address."}},
+                                         ["email"]),
+        "Accepted": {"type": "object", "required": ["status"], "additionalProperties": False,
+                     "properties": {"status": {"const": "accepted"}}},
+        "ResetPasswordRequest": _object({"token": _string(MAX_RESET_TOKEN_CHARS, "The token of the reset link."),
+                                         "new_password": new_password}, ["token", "new_password"]),
+        "ChangePasswordRequest": _object({"current_password": _string(MAX_PASSWORD_CHARS, "The password now."),
+                                          "new_password": new_password}, ["current_password", "new_password"]),
+    }
+
+
+def _token_response(cfg: GatewayConfig) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "access_token": {"type": "string", "description": "A JWT (compact JWS)."},
+        "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer", "minimum": 0, "description": "Seconds until the access token expires."},
+    }
+    required = ["access_token", "token_type", "expires_in"]
+    if cfg.auth.refresh_token_in_body:
+        properties["refresh_token"] = {"type": "string", "minLength": 43, "description": "Opaque, single-use."}
+        required.append("refresh_token")
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _headers(cfg: GatewayConfig) -> dict[str, Any]:
+    name = cfg.auth.refresh_cookie.name
+    starts = {"pattern": f"^{name}="} if _COOKIE_NAME.fullmatch(name) else {}
+    return {
+        "NoStore": {"required": True, "schema": {"const": "no-store"}},
+        "PublicCache": {"required": True, "schema": {"const": PUBLIC_CACHE}},
+        "Pragma": {"required": True, "schema": {"const": "no-cache"}},
+        "RetryAfter": {"required": True, "description": "Seconds to wait.",
+                       "schema": {"type": "integer", "minimum": 1}},
+        "WWWAuthenticate": {"required": True, "description": "RFC 6750 Bearer challenge.",
+                            "schema": {"type": "string", "pattern": '^Bearer realm="[^"]*"'}},
+        "SetSessionCookies": {"required": True, "schema": {"type": "string", **starts},
+                              "description": f"{name} (HttpOnly) first; in browser mode also {ACCESS_COOKIE} "
+                                             f"(HttpOnly) and {CSRF_COOKIE} (readable by scripts)."},
+        "ClearSessionCookies": {"required": True, "schema": {"type": "string", **starts},
+                                "description": f"{name} with Max-Age=0 (and the browser-mode cookies)."},
+    }
+
+
+def _security_schemes(cfg: GatewayConfig) -> dict[str, Any]:
+    schemes: dict[str, Any] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "refreshCookie": {"type": "apiKey", "in": "cookie", "name": cfg.auth.refresh_cookie.name},
+    }
+    if cfg.auth.access_cookie:
+        schemes["accessCookie"] = {"type": "apiKey", "in": "cookie", "name": ACCESS_COOKIE}
+        schemes["csrfHeader"] = {"type": "apiKey", "in": "header", "name": CSRF_HEADER,
+                                 "description": f"Repeats the {CSRF_COOKIE} cookie (double submit)."}
+    return schemes
