@@ -1,0 +1,24 @@
+"""The README stays true: its configuration reference loads as written."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from gateway.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_config_reference_loads_as_written(keys_dir: Path, tmp_path: Path) -> None:
+    block = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block is not None
+    (tmp_path / "keys").mkdir()   # the key files the reference names
+    shutil.copy(keys_dir / "rsa.pem", tmp_path / "keys" / "rsa1.pem")
+    shutil.copy(keys_dir / "ec256.pub.pem", tmp_path / "keys" / "partner.pub.pem")
+    path = tmp_path / "readme.yaml"
+    path.write_text(block.group(1))
+    cfg = load_config(path, environ={"TOKENGATE_SECRET": "x" * 40})
+    assert cfg.auth.mail.attempts == 3 and cfg.auth.password.min_length == 8
+    assert len(cfg.routes) == 5
