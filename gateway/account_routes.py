@@ -23,9 +23,9 @@ from .errors import BadRequest, Forbidden, GatewayError, Handler, NoRoute
 from .password_policy import PasswordPolicy, WeakPassword
 from .pipeline import GATEWAY, Gateway
 from .ratelimit import RateLimiter, client_address
-from .resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, send_reset_links,
-                     store_reachable)
+from .resets import MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, send_reset_links
 from .revocation import apply_revocation, build_revocation
+from .store import store_reachable
 from .users import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
 
 log = logging.getLogger("tokengate.auth")

@@ -7,12 +7,11 @@ per account (a newer reset replaces the older one), until ``auth.reset_ttl`` has
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +19,8 @@ from .auth_config import AuthConfig
 from .durations import format_duration
 from .errors import DependencyDown
 from .mail import Mailer
-from .store.base import Store, StoreUnavailable, UserRecord
+from .store import store_reachable
+from .store.base import Store, UserRecord
 from .users import UserDirectory
 
 log = logging.getLogger("tokengate.auth")
@@ -50,13 +50,6 @@ def reset_mail_body(username: str, link: str, ttl_s: float) -> str:
             "The link works once. If you did not ask for this, ignore this mail: your password stays "
             "as it is.\n")
 
-
-@contextlib.contextmanager
-def store_reachable() -> Iterator[None]:
-    try:
-        yield
-    except StoreUnavailable as exc:   # the message names the store; HTTP clients get no URL
-        raise DependencyDown("the session store is unavailable") from exc
 
 
 async def accounts_with_email(users: UserDirectory, email: str) -> list[UserRecord]:

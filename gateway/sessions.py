@@ -8,7 +8,6 @@ id as the private claim ``sid``, so logout can end the session without the refre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -16,7 +15,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,8 @@ from .config import TokensConfig
 from .denylist import Denylist
 from .errors import DependencyDown, RevokedToken, Unauthenticated
 from .identity import Identity
-from .store.base import RefreshRecord, Revocation, Rotation, Store, StoreUnavailable
+from .store import store_reachable
+from .store.base import RefreshRecord, Revocation, Rotation, Store
 from .tokens import Minter
 from .users import AuthenticatedUser, UserDirectory
 
@@ -115,13 +115,6 @@ def unseal(token: str, sealed: bytes) -> TokenPair:
     return TokenPair.from_json(plain)
 
 
-@contextlib.contextmanager
-def _store_reachable() -> Iterator[None]:
-    try:
-        yield
-    except StoreUnavailable as exc:   # the message names the store; HTTP clients get no URL
-        raise DependencyDown("the session store is unavailable") from exc
-
 
 class Sessions:
     """Refresh-token families in the store, access tokens from the Minter.
@@ -140,7 +133,7 @@ class Sessions:
     async def issue(self, user: AuthenticatedUser) -> TokenPair:
         """A new session (a new family) for an authenticated user."""
         pair = await self._mint_pair(user.sub, user.roles, user.email, secrets.token_urlsafe(FAMILY_ID_BYTES))
-        with _store_reachable():
+        with store_reachable():
             await self._store.add_refresh(self._record(pair, user.sub, user.roles, user.email), self._issuer)
         return pair
 
@@ -149,14 +142,14 @@ class Sessions:
         expired, account gone or disabled), RefreshTokenReused (rotated before: the family dies).
         Within ``grace_s`` of its rotation a token gets the very pair its rotation produced."""
         token_hash = hash_refresh_token(token)
-        with _store_reachable():
+        with store_reachable():
             record = await self._store.find_refresh(token_hash)
         if record is None:
             return await self._replay(token, token_hash)
         roles, email = await self._account(record)
         pair = await self._mint_pair(record.sub, roles, email, record.family)
         sealed = seal(token, pair) if self._grace_s > 0 else b""
-        with _store_reachable():
+        with store_reachable():
             rotation = await self._store.rotate_refresh(token_hash, self._record(pair, record.sub, roles, email),
                                                         self._clock(), self._grace_s, sealed)
         if rotation.outcome == "ok":
@@ -170,7 +163,7 @@ class Sessions:
         sid = identity.claims.get(SESSION_CLAIM)
         if identity.iss == self._issuer and isinstance(sid, str) and sid:
             families.add(sid)
-        with _store_reachable():
+        with store_reachable():
             if refresh_token:
                 record = await self._store.find_refresh(hash_refresh_token(refresh_token))
                 if record is not None and record.sub == identity.sub:
@@ -186,7 +179,7 @@ class Sessions:
         Returns how many families died."""
         now = self._clock()
         longest_s = max(self._access_ttl_s, self._refresh_ttl_s) + self._leeway_s
-        with _store_reachable():
+        with store_reachable():
             killed = await self._store.kill_families_of(identity.iss, identity.sub)
             await self._denylist.revoke(Revocation("sub", identity.iss, identity.sub, value=now,
                                                    expires_at=now + longest_s))
@@ -197,7 +190,7 @@ class Sessions:
         # The probe successor is stored only on "ok", which a token that is not live cannot give.
         now = self._clock()
         probe = RefreshRecord(hash_refresh_token(new_refresh_token()), "", "", now + 1.0)
-        with _store_reachable():
+        with store_reachable():
             rotation = await self._store.rotate_refresh(token_hash, probe, now, self._grace_s)
         if rotation.outcome == "ok" and rotation.record is not None:   # never a branch nobody holds
             await self._kill(rotation.record.family)
@@ -229,7 +222,7 @@ class Sessions:
         return account.roles, account.email
 
     async def _kill(self, family: str) -> None:
-        with _store_reachable():
+        with store_reachable():
             await self._store.kill_family(family)
 
     async def _mint_pair(self, sub: str, roles: tuple[str, ...], email: str | None, family: str) -> TokenPair:

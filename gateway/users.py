@@ -5,21 +5,20 @@ StoreUsers (the store), FileUsers (a YAML file, reloaded on SIGHUP), Credentials
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from .config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
-from .errors import DependencyDown
 from .passwords import PasswordHasher
-from .store.base import Store, StoreUnavailable, UserRecord
+from .store import store_reachable
+from .store.base import Store, UserRecord
 
 log = logging.getLogger("tokengate")
 
@@ -188,13 +187,6 @@ class _RecordDirectory(UserDirectory):
     async def _remove(self, username: str) -> bool: ...
 
 
-@contextlib.contextmanager
-def _store_reachable() -> Iterator[None]:
-    try:
-        yield
-    except StoreUnavailable as exc:   # the message would name the store; HTTP clients get no URL
-        raise DependencyDown("the account store is unavailable") from exc
-
 
 class StoreUsers(_RecordDirectory):
     """Accounts in the store (``auth.users: store``), through the Store user methods."""
@@ -204,19 +196,19 @@ class StoreUsers(_RecordDirectory):
         self.store = store
 
     async def _find(self, username: str) -> UserRecord | None:
-        with _store_reachable():
+        with store_reachable("the account store"):
             return await self.store.get_user(username)
 
     async def _all(self) -> list[UserRecord]:
-        with _store_reachable():
+        with store_reachable("the account store"):
             return await self.store.list_users()
 
     async def _insert(self, record: UserRecord) -> bool:
-        with _store_reachable():
+        with store_reachable("the account store"):
             return await self.store.add_user(record)
 
     async def _update(self, username: str, change: Callable[[UserRecord], UserRecord]) -> bool:
-        with _store_reachable():
+        with store_reachable("the account store"):
             record = await self.store.get_user(username)
             if record is None:
                 return False
@@ -224,7 +216,7 @@ class StoreUsers(_RecordDirectory):
             return True
 
     async def _remove(self, username: str) -> bool:
-        with _store_reachable():
+        with store_reachable("the account store"):
             return await self.store.delete_user(username)
 
 

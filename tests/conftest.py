@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import argon2
 import jwt
 import pytest
 import yaml
@@ -30,6 +31,9 @@ from gateway.config import GatewayConfig, load_config
 from tests.redisproc import RedisProc, start_redis
 
 ISSUER = "https://auth.example.test"
+# argon2id at almost no cost, for tests that hash many passwords (never for production).
+CHEAP_ARGON2 = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
+                                 memory_cost=8, parallelism=1)
 AUDIENCE = "api"
 HS_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"   # 49 bytes: fine for HS256/HS384
 

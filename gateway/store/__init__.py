@@ -6,7 +6,8 @@ Sentinel master; redis+cluster://h1:p1,h2:p2 a Cluster; the rediss+ variants use
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -18,8 +19,19 @@ from .memory import MemoryStore
 if TYPE_CHECKING:
     from ..config import StoreConfig
 
-__all__ = ["MemoryStore", "RedisTarget", "RefreshRecord", "Revocation", "RevocationFeed", "Rotation", "Store",
+__all__ = ["MemoryStore", "RedisTarget", "store_reachable", "RefreshRecord", "Revocation", "RevocationFeed", "Rotation", "Store",
            "StoreUnavailable", "UserRecord", "open_store", "parse_redis_url"]
+
+@contextlib.contextmanager
+def store_reachable(what: str = "the session store") -> Iterator[None]:
+    """Inside, StoreUnavailable becomes DependencyDown (503): HTTP clients never see the store's URL."""
+    from ..errors import DependencyDown
+
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise DependencyDown(f"{what} is unavailable") from exc
+
 
 CONNECT_TIMEOUT_S = 2.0   # a dead or unroutable Redis must not stall requests
 COMMAND_TIMEOUT_S = 2.0

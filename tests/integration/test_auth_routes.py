@@ -13,7 +13,6 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import aiohttp
-import argon2
 import jwt
 import pytest
 from aiohttp import web
@@ -27,10 +26,8 @@ from gateway.passwords import PasswordHasher
 from gateway.pipeline import GATEWAY, Gateway, handle
 from gateway.sessions import SESSION_CLAIM, hash_refresh_token
 from gateway.users import StoreUsers
-from tests.conftest import HS_SECRET, ISSUER, bearer, flush
+from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER, bearer, flush
 
-CHEAP = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
-                          memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery staple"
 GENEROUS = {"login": "10000/min", "refresh": "10000/min"}
 WAIT_S = 10.0

@@ -6,17 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import argon2
 import pytest
 import yaml
 
 from gateway.passwords import PasswordHasher
-from tests.conftest import bearer
+from tests.conftest import CHEAP_ARGON2 as CHEAP, bearer
 from tests.integration.test_gateway_process import gateway_config
 
 pytestmark = pytest.mark.integration
-CHEAP = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
-                          memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery staple"
 
 

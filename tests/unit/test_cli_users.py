@@ -6,7 +6,6 @@ import io
 import stat
 from functools import partial
 
-import argon2
 import pytest
 import yaml
 
@@ -15,9 +14,8 @@ import gateway.store
 from gateway.cli import main
 from gateway.passwords import PasswordHasher
 from gateway.users import FileUsers
+from tests.conftest import CHEAP_ARGON2 as CHEAP
 
-CHEAP = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
-                          memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery"
 
 

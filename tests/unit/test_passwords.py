@@ -9,9 +9,8 @@ import argon2
 import pytest
 
 from gateway.passwords import PasswordHasher, is_argon2id
+from tests.conftest import CHEAP_ARGON2 as CHEAP
 
-CHEAP = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
-                          memory_cost=8, parallelism=1)
 # Costly enough that 20 hashes take a while, cheap enough for a unit test.
 MODERATE = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=2,
                              memory_cost=4096, parallelism=1)

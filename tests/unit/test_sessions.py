@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import argon2
 import jwt
 import pytest
 
@@ -22,10 +21,8 @@ from gateway.store import MemoryStore
 from gateway.tokens import Minter
 from gateway.users import AuthenticatedUser, CredentialsUsers, StoreUsers
 from gateway.verify import Verifier
-from tests.conftest import HS_SECRET, ISSUER
+from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER
 
-CHEAP = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
-                          memory_cost=8, parallelism=1)
 ALICE = AuthenticatedUser("alice", ("user",), "alice@example.test")
 
 

@@ -14,9 +14,8 @@ from gateway.passwords import PasswordHasher
 from gateway.store.base import StoreUnavailable
 from gateway.users import (AuthenticatedUser, CredentialsUsers, FileUsers, InvalidAccount, StoreUsers,
                            UsersFileError, build_directory)
+from tests.conftest import CHEAP_ARGON2 as CHEAP
 
-CHEAP = argon2.Parameters(type=argon2.Type.ID, version=19, salt_len=16, hash_len=32, time_cost=1,
-                          memory_cost=8, parallelism=1)
 
 
 @pytest.fixture
