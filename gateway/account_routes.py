@@ -23,7 +23,8 @@ from .errors import BadRequest, Forbidden, GatewayError, Handler, NoRoute
 from .password_policy import PasswordPolicy, WeakPassword
 from .pipeline import GATEWAY, Gateway
 from .ratelimit import RateLimiter, client_address
-from .resets import MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, send_reset_links
+from .resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
+                     send_reset_links)
 from .revocation import apply_revocation, build_revocation
 from .store import store_reachable
 from .users import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
@@ -165,6 +166,7 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     if not await users.set_password(account.username, new_password):
         raise InvalidResetToken()   # the account was deleted meanwhile
     await end_every_session(gw, account.username)
+    notify_password_changed(gw.mailer, account.username, account.email)
     log.info("password reset", extra={"sub": account.username})
     return web.Response(status=204, headers=NO_STORE)
 
@@ -192,6 +194,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     sessions = sessions_of(gw)
     await sessions.logout_all(identity)   # every session, this one too; then a new one for the caller
     pair = await sessions.issue(user)     # waits out the watermark's second, so the new pair is alive
+    notify_password_changed(gw.mailer, user.sub, user.email)
     log.info("password changed", extra={"sub": user.sub})
     return token_response(request, gw.config, pair)
 

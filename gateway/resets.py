@@ -76,6 +76,17 @@ async def send_reset_links(store: Store, users: UserDirectory, mailer: Mailer, a
     return len(accounts)
 
 
+CHANGED_SUBJECT = "Your password was changed"
+
+
+def notify_password_changed(mailer: Mailer, username: str, email: str | None) -> None:
+    """OWASP: tell the account holder their password changed, so a takeover does not go unnoticed."""
+    if email:
+        mailer.send(email, CHANGED_SUBJECT,
+                    f"The password of the account {username} was just changed, and every session of it "
+                    "was ended. If this was not you, ask for a password reset now.\n")
+
+
 class BackgroundTasks:
     """Work that must not delay (or show in the timing of) the answer. Failures are logged, not raised."""
 

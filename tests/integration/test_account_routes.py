@@ -16,7 +16,7 @@ from aiohttp.test_utils import unused_port
 
 from gateway.account_routes import ACCOUNTS
 from gateway.credentials import CredentialsUsers
-from gateway.resets import hash_reset_token
+from gateway.resets import CHANGED_SUBJECT, RESET_SUBJECT, hash_reset_token
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
 from tests.integration.smtpserver import SmtpServer, smtp_server, text_of, token_in
@@ -77,10 +77,20 @@ async def settled(auth: Auth) -> None:
 
 
 async def reset_mail(auth: Auth, smtp: SmtpServer, email: str = "alice@example.test") -> EmailMessage:
-    """Ask for a reset of ``email``; the mail that arrives for it."""
+    """Ask for a reset of ``email``; the reset mail that arrives for it (other mails may come too)."""
     before = len(smtp.messages)
     assert (await forgot(auth, email)).status == 202
-    return (await smtp.wait_for(before + 1))[-1]
+    return await mail_with_subject(smtp, RESET_SUBJECT, after=before)
+
+
+async def mail_with_subject(smtp: SmtpServer, subject: str, after: int) -> EmailMessage:
+    """The first mail with ``subject`` among those that arrived after the first ``after`` ones."""
+    count = after + 1
+    while True:
+        found = [m for m in (await smtp.wait_for(count))[after:] if m["Subject"] == subject]
+        if found:
+            return found[0]
+        count += 1
 
 
 async def proxied_status(auth: Auth, access_token: str) -> tuple[int, str | None]:
@@ -263,6 +273,15 @@ async def test_a_reset_token_sets_the_password_once(accounts: Auth, smtp_server:
     again = await reset(accounts, token, "yet another fine passphrase")
     assert again.status == 400 and await error_code(again) == "invalid_reset_token"
     assert (await accounts.login("alice", NEW_PASSWORD)).status == 200
+
+
+async def test_the_account_holder_is_told_when_the_password_changes(accounts: Auth, smtp_server: SmtpServer) -> None:
+    token = token_in(await reset_mail(accounts, smtp_server))
+    before = len(smtp_server.messages)
+    assert (await reset(accounts, token)).status == 204
+    notice = await mail_with_subject(smtp_server, CHANGED_SUBJECT, after=before)
+    assert notice["To"] == "alice@example.test"
+    assert token not in notice.get_content()
 
 
 async def test_an_expired_reset_token_is_refused(make_accounts: MakeAccounts, smtp_server: SmtpServer) -> None:
