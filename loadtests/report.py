@@ -1,0 +1,129 @@
+"""The report of one run: throughput, latency percentiles, errors, status counts and the
+correctness tally per token kind, as text, JSON and a PNG chart (matplotlib, if installed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .driver import ERROR, Results
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None when there are none)."""
+    if not sorted_values:
+        return None
+    if not 0 < p <= 100:
+        raise ValueError("p must be in (0, 100]")
+    rank = math.ceil(round(p * len(sorted_values) / 100.0, 9))   # round: 99.9% of 1000 is 999, not 999.0000001
+    return sorted_values[max(rank, 1) - 1]
+
+
+def _status_name(status: int) -> str:
+    return "error" if status == ERROR else str(status)
+
+
+def tally(results: Results, expects: Sequence[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per kind: expected status -> got counts; and the mismatches as (kind, expected, got, count)."""
+    got: Counter[tuple[str, int, int]] = Counter()
+    for status, slot in zip(results.status, results.slot):
+        got[(results.kinds[slot], expects[slot], status)] += 1
+    per_kind: dict[str, Any] = {}
+    mismatches = []
+    for (kind, expected, status), count in sorted(got.items()):
+        row = per_kind.setdefault(kind, {"expected": [], "got": {}, "requests": 0, "correct": 0})
+        if expected not in row["expected"]:
+            row["expected"].append(expected)
+        row["got"][_status_name(status)] = row["got"].get(_status_name(status), 0) + count
+        row["requests"] += count
+        if status == expected:
+            row["correct"] += count
+        else:
+            mismatches.append({"kind": kind, "expected": expected, "got": _status_name(status), "count": count})
+    return per_kind, mismatches
+
+
+def throughput(results: Results) -> list[int]:
+    """Requests completed in each 1 s bucket of the run."""
+    buckets = [0] * max(1, math.ceil(results.elapsed_s))
+    for started, latency in zip(results.started, results.latency_ms):
+        second = min(int(started + latency / 1000.0), len(buckets) - 1)
+        buckets[second] += 1
+    return buckets
+
+
+def build(results: Results, expects: Sequence[int], url: str) -> dict[str, Any]:
+    """The whole report as plain data (what --json writes)."""
+    ordered = sorted(results.latency_ms)
+    per_kind, mismatches = tally(results, expects)
+    count = len(ordered)
+    elapsed = max(results.elapsed_s, 1e-9)
+    latency: dict[str, float | None] = {f"p{p:g}": percentile(ordered, p) for p in PERCENTILES}
+    latency.update(min=ordered[0] if ordered else None, max=ordered[-1] if ordered else None,
+                   mean=sum(ordered) / count if count else None)
+    return {"target": url, "requests": count, "elapsed_s": round(results.elapsed_s, 3),
+            "requests_per_s": round(count / elapsed, 1), "latency_ms": latency,
+            "errors": {"count": results.errors, "by_type": dict(results.error_types)},
+            "status": {_status_name(s): n for s, n in sorted(Counter(results.status).items())},
+            "tally": per_kind, "mismatches": mismatches, "correct": count > 0 and not mismatches,
+            "cut_short": results.cut_short, "throughput_per_s": throughput(results)}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def text(report: dict[str, Any]) -> str:
+    lat = report["latency_ms"]
+    lines = [f"target      {report['target']}",
+             f"requests    {report['requests']} in {report['elapsed_s']:.2f} s = {report['requests_per_s']:,.1f} req/s",
+             "latency     " + "  ".join(f"{k} {_ms(lat[k])}" for k in ("p50", "p90", "p99", "p99.9")),
+             f"            min {_ms(lat['min'])}  mean {_ms(lat['mean'])}  max {_ms(lat['max'])}",
+             f"errors      {report['errors']['count']}"
+             + "".join(f"  {name}: {n}" for name, n in report["errors"]["by_type"].items()),
+             "status      " + "  ".join(f"{s}: {n}" for s, n in report["status"].items()),
+             "correctness (kind: expected -> got)"]
+    for kind, row in report["tally"].items():
+        expected = "/".join(map(str, row["expected"]))
+        got = ", ".join(f"{s} x{n}" for s, n in row["got"].items())
+        mark = "ok" if row["correct"] == row["requests"] else "WRONG"
+        lines.append(f"  {kind:<15} {expected:>7} -> {got}  [{mark}]")
+    if report["cut_short"]:
+        lines.append("NOTE: the hard time cap cut the run short")
+    lines += [f"MISMATCH {m['kind']}: expected {m['expected']}, got {m['got']} x{m['count']}"
+              for m in report["mismatches"]]
+    lines.append("RESULT: all correct" if report["correct"] else "RESULT: NOT correct")
+    return "\n".join(lines)
+
+
+def render_png(results: Results, report: dict[str, Any], out: Path) -> str | None:
+    """Latency histogram + throughput over time into ``out``; a message instead when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "no PNG written: matplotlib is not installed (pip install -e '.[loadtest]')"
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (hist, rate) = plt.subplots(2, 1, figsize=(8, 7))
+    try:
+        hist.hist(list(results.latency_ms), bins=60, color="tab:blue")
+        hist.set(title=f"latency ({report['requests']} requests)", xlabel="ms", ylabel="requests")
+        for name, colour in (("p50", "green"), ("p99", "red")):
+            if report["latency_ms"][name] is not None:
+                hist.axvline(report["latency_ms"][name], color=colour, linestyle="--", label=name)
+        hist.legend()
+        series = report["throughput_per_s"]
+        rate.plot(range(len(series)), series, marker="o", color="tab:orange")
+        rate.set(title="throughput", xlabel="second of the run", ylabel="requests / s", ylim=(0, None))
+        fig.tight_layout()
+        fig.savefig(out, format="png")
+    finally:
+        plt.close(fig)
+    return None

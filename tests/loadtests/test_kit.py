@@ -1,0 +1,209 @@
+"""The load-testing kit end to end on a tiny load: pool labels are true, the driver and report
+against a real `tokengate serve` tally every answer, a wrong expectation exits 1, remote targets
+are refused, and the percentile arithmetic is right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from gateway.config import load_config
+from gateway.echo import build_echo_app
+from loadtests.driver import ERROR, RemoteTarget, Results, check_target
+from loadtests.report import build, percentile, render_png, text
+from loadtests.tokenpool import (KINDS, OTHER_AUDIENCE, PoolError, PoolMaker, generate, parse_mix, read_jsonl,
+                                 sidecar_path, split_count, write_pool)
+from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
+from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
+
+REPO = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT_S = 60.0
+
+
+async def kit(*args: str) -> tuple[int, str, str]:
+    """Run `python -m loadtests ARGS` without blocking the loop (the echo upstream lives on it)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "loadtests", *args, cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _header(token: str) -> dict[str, Any]:
+    return jwt.get_unverified_header(token)
+
+
+def _claims(token: str) -> dict[str, Any]:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def _verify(token: str) -> dict[str, Any]:
+    return jwt.decode(token, HS_SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+
+
+def test_mix_counts_add_up() -> None:
+    assert split_count(7, {"valid": 1, "expired": 1}) in ({"valid": 4, "expired": 3}, {"valid": 3, "expired": 4})
+    assert sum(split_count(10_000, parse_mix("valid=70,expired=5,revoked=25")).values()) == 10_000
+    with pytest.raises(PoolError):
+        parse_mix("valid=70,sneaky=5")
+
+
+def test_every_kind_is_what_it_says(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    cfg = load_config(write_config())
+    entries = generate(PoolMaker(cfg, "/api/orders", "user"), 140, parse_mix("valid=1,expired=1,revoked=1,"
+                       "bad_signature=1,wrong_audience=1,unknown_kid=1,wrong_role=1"), seed=1)
+    assert Counter(e.kind for e in entries) == {kind: 20 for kind in KINDS}
+    kids = {key.kid for key in cfg.tokens.keys}
+    for e in entries:
+        assert e.path == "/api/orders"
+        assert e.expect == {"valid": 200, "wrong_role": 403}.get(e.kind, 401)
+        claims = _claims(e.token)
+        if e.kind in ("valid", "revoked"):
+            assert _verify(e.token)["roles"] == ["user"]
+        elif e.kind == "expired":
+            assert claims["exp"] + cfg.tokens.leeway < time.time()
+            assert _header(e.token)["kid"] == "main"
+        elif e.kind == "wrong_audience":
+            assert claims["aud"] == OTHER_AUDIENCE
+            with pytest.raises(jwt.InvalidAudienceError):
+                _verify(e.token)
+        elif e.kind == "unknown_kid":
+            assert _header(e.token)["kid"] not in kids
+        elif e.kind == "bad_signature":
+            assert _header(e.token)["kid"] == "main"
+            with pytest.raises(jwt.InvalidSignatureError):
+                _verify(e.token)
+        elif e.kind == "wrong_role":
+            assert "user" not in _verify(e.token)["roles"] and "admin" not in _verify(e.token)["roles"]
+    side = write_pool(entries, tmp_path / "pool.jsonl", ISSUER)
+    revoked = read_jsonl(side)
+    assert side == sidecar_path(tmp_path / "pool.jsonl") == tmp_path / "pool.revoke.jsonl"
+    assert {r["jti"] for r in revoked} == {e.jti for e in entries if e.kind == "revoked"}
+    assert all(r["iss"] == ISSUER for r in revoked)
+
+
+def test_pool_refuses_a_public_path_and_a_role_the_route_does_not_take(write_config: Callable[..., Path]) -> None:
+    cfg = load_config(write_config())
+    with pytest.raises(PoolError, match="public"):
+        PoolMaker(cfg, "/api/public", "user")
+    with pytest.raises(PoolError, match="roles"):
+        PoolMaker(cfg, "/api/admin", "user")
+
+
+def test_percentile_on_known_data() -> None:
+    data = [float(i) for i in range(1, 101)]
+    assert [percentile(data, p) for p in (50, 90, 99, 99.9, 100)] == [50.0, 90.0, 99.0, 100.0, 100.0]
+    data = [float(i) for i in range(1, 1001)]
+    assert percentile(data, 99.9) == 999.0
+    assert percentile([7.0], 50) == 7.0 and percentile([], 50) is None
+
+
+def _fake_results() -> Results:
+    results = Results(kinds=["valid", "expired"], elapsed_s=2.0)
+    for i in range(10):
+        results.add(i * 0.2, 1.0 + i, 200 if i % 2 == 0 else 401, i % 2)
+    results.add(1.9, 5.0, ERROR, 0)
+    results.error_types["ClientConnectorError"] = 1
+    return results
+
+
+def test_report_tallies_mismatches_and_errors() -> None:
+    data = build(_fake_results(), [200, 401], "http://127.0.0.1:1")
+    assert data["tally"]["valid"] == {"expected": [200], "got": {"200": 5, "error": 1}, "requests": 6, "correct": 5}
+    assert data["mismatches"] == [{"kind": "valid", "expected": 200, "got": "error", "count": 1}]
+    assert data["correct"] is False and data["throughput_per_s"] == [5, 6]
+    assert "MISMATCH valid" in text(data)
+
+
+def test_png_chart(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = _fake_results()
+    assert render_png(results, build(results, [200, 401], "http://127.0.0.1:1"), tmp_path / "c.png") is None
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:8080", "http://example.com", "http://[2001:db8::1]/"])
+def test_remote_target_refused(url: str) -> None:
+    with pytest.raises(RemoteTarget, match="--allow-remote"):
+        check_target(url)
+    assert check_target(url, allow_remote=True) == url.rstrip("/")
+    for local in ("http://127.0.0.1:8080", "http://127.9.9.9", "http://localhost:1", "http://[::1]:80"):
+        assert check_target(local) == local
+
+
+async def test_cli_refuses_a_remote_target(tmp_path: Path) -> None:
+    code, out, err = await kit("run", "--url", "http://10.1.2.3:8080", "--pool", str(tmp_path / "none.jsonl"),
+                               "--requests", "1")
+    assert code == 2 and "--allow-remote" in err and out == ""
+
+
+@pytest.fixture
+async def gateway(aiohttp_server: Any, keys_dir: Path, tmp_path: Path) -> Any:
+    echo = await aiohttp_server(build_echo_app())
+    config = base_config(keys_dir)
+    upstream = f"http://127.0.0.1:{echo.port}"
+    config["upstreams"] = {"accounts": {"url": upstream}, "orders": {"url": upstream}}
+    gw = spawn_gateway(config, tmp_path)
+    try:
+        await wait_until_ready(gw)
+        yield gw
+    finally:
+        gw.stop()
+
+
+def _config_path(gw: GatewayProcess, tmp_path: Path) -> str:
+    return str(tmp_path / f"gateway-{gw.port}.yaml")
+
+
+@pytest.mark.integration
+async def test_kit_against_a_real_gateway(gateway: GatewayProcess, tmp_path: Path) -> None:
+    pool, out = tmp_path / "pool.jsonl", tmp_path / "report.json"
+    code, said, _ = await kit("pool", "--config", _config_path(gateway, tmp_path), "--out", str(pool),
+                              "--count", "200", "--seed", "7")
+    assert code == 0 and "wrote 200 tokens" in said and "eyJ" not in said
+    code, said, err = await kit("revoke", "--pool", str(pool), "--admin", gateway.admin_url)
+    assert code == 0, err
+    assert "revoked 10 of 10" in said
+    code, said, err = await kit("run", "--url", gateway.url, "--pool", str(pool), "--requests", "400",
+                                "--concurrency", "8", "--json", str(out), "--no-progress")
+    assert code == 0, said + err + gateway.log()
+    data = json.loads(out.read_text())
+    assert data["requests"] == 400 and data["correct"] is True and data["mismatches"] == []
+    assert data["errors"]["count"] == 0 and data["status"] == {"200": 280, "401": 100, "403": 20}
+    assert set(data["tally"]) == {"valid", "expired", "revoked", "bad_signature", "wrong_audience",
+                                  "unknown_kid", "wrong_role"}
+    assert data["latency_ms"]["p50"] <= data["latency_ms"]["p99"] <= data["latency_ms"]["max"]
+    assert "RESULT: all correct" in said and "eyJ" not in said
+
+
+@pytest.mark.integration
+async def test_a_wrong_expectation_fails_the_run(gateway: GatewayProcess, tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    code, _, err = await kit("pool", "--config", _config_path(gateway, tmp_path), "--out", str(pool),
+                             "--count", "20", "--mix", "valid=1,expired=1")
+    assert code == 0, err
+    rows = [json.loads(line) for line in pool.read_text().splitlines()]
+    for row in rows:
+        if row["kind"] == "expired":
+            row["expect"] = 200   # wrong on purpose: the gateway refuses expired tokens with 401
+    pool.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, said, err = await kit("run", "--url", gateway.url, "--pool", str(pool), "--requests", "40",
+                                "--concurrency", "4", "--no-progress")
+    assert code == 1, said + err
+    assert "MISMATCH expired: expected 200, got 401 x20" in said
+    assert "RESULT: NOT correct" in said
