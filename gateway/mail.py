@@ -172,10 +172,15 @@ class Mailer:
                      mask(mail.body, mail.secrets))
             return
         t = self.target
-        async with asyncio.timeout(self.timeout_s):
-            await aiosmtplib.send(build_message(self.sender, mail), hostname=t.host, port=t.port,
-                                  username=t.username, password=t.password, use_tls=t.implicit_tls,
-                                  start_tls=t.starttls, timeout=self.timeout_s)
+        client = aiosmtplib.SMTP(hostname=t.host, port=t.port, username=t.username, password=t.password,
+                                 use_tls=t.implicit_tls, start_tls=t.starttls, timeout=self.timeout_s)
+        try:
+            async with asyncio.timeout(self.timeout_s), client:
+                await client.send_message(build_message(self.sender, mail))
+        finally:
+            # Also when cancelled while connecting: `async with client` never entered, and the
+            # half-open connection would otherwise be left to the garbage collector.
+            client.close()
 
 
 def build_message(sender: str, mail: Mail) -> EmailMessage:
