@@ -34,8 +34,12 @@ MakeAccounts = Callable[..., Awaitable[Auth]]
 
 
 @pytest.fixture
-def make_accounts(make_auth: MakeAuth, smtp_server: SmtpServer) -> MakeAccounts:
-    """make_accounts(**auth section) -> Auth whose mail goes to smtp_server; limits generous unless given."""
+def make_accounts(smtp_server: SmtpServer, make_auth: MakeAuth) -> MakeAccounts:
+    """make_accounts(**auth section) -> Auth whose mail goes to smtp_server; limits generous unless given.
+
+    smtp_server comes first so that it stops last: the app drains its outgoing mail (a "password
+    changed" notice may still be on its way) into a live server, not one torn down mid-conversation.
+    """
 
     async def make(*, listen: dict[str, Any] | None = None, **section: Any) -> Auth:
         section["rate_limits"] = {**RATES, **section.get("rate_limits", {})}
