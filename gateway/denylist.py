@@ -3,7 +3,8 @@
 The mirror holds every live revocation (token ids and per-subject watermarks). It subscribes to
 the store's revocation events first, then loads everything live, so nothing falls in between;
 after a lost connection it does both again. Until it is in sync, ``store.on_error`` decides:
-deny (503) or allow on the last known state.
+deny (503) or allow on the last known state. Token ids live in a RevokedIds (12 bytes each:
+a million revocations in ~12 MB); subject watermarks, one per subject, in a dict.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from .errors import DependencyDown, RevokedToken
 from .identity import Identity
+from .revoked_ids import RevokedIds, expiries_of
 from .store.base import Revocation, Store, StoreUnavailable
 
 log = logging.getLogger("tokengate.denylist")
 RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0
 PURGE_EVERY_S = 60.0
+LOAD_CHUNK = 50_000     # ids hashed per slice of a full reload (~50 ms) before the loop gets a turn
 RevocationListener = Callable[[Revocation], object]
+ResyncListener = Callable[[], object]
 
 
 class Denylist:
@@ -31,9 +37,11 @@ class Denylist:
         self._store = store
         self._fail_open = fail_open
         self._clock = clock
-        self._jti: dict[tuple[str, str], float] = {}    # (iss, jti) -> when the entry may be forgotten
+        self._jti = RevokedIds()    # (iss, jti) until the entry may be forgotten (its expires_at)
         self._sub: dict[tuple[str, str], tuple[float, float]] = {}   # (iss, sub) -> (watermark, expires_at)
         self._listeners: list[RevocationListener] = []
+        self._resync_listeners: list[ResyncListener] = []
+        self._applied_while_loading: list[Revocation] | None = None
         self._task: asyncio.Task[None] | None = None
         self.in_sync = False
         self.last_sync_at: float | None = None
@@ -45,11 +53,16 @@ class Denylist:
         """Called with every revocation the mirror learns (to end long-lived connections)."""
         self._listeners.append(listener)
 
+    def add_resync_listener(self, listener: ResyncListener) -> None:
+        """Called with no arguments after every full reload from the store (anything derived from
+        the mirror, such as a cache of verified tokens, must be dropped then)."""
+        self._resync_listeners.append(listener)
+
     def check(self, identity: Identity) -> None:
         """Raises RevokedToken, or DependencyDown while out of sync with ``on_error: deny``."""
         if not self.in_sync and not self._fail_open:
             raise DependencyDown("the revocation list is not available; try again shortly")
-        if (identity.iss, identity.jti) in self._jti:
+        if self._jti.contains(identity.iss, identity.jti, self._clock()):
             raise RevokedToken("the access token was revoked")
         mark = self._sub.get((identity.iss, identity.sub))
         if mark is not None and (identity.iat is None or identity.iat < mark[0]):
@@ -86,7 +99,7 @@ class Denylist:
         # Subscribed before loading: a revocation published meanwhile arrives on the feed too.
         async with self._store.revocation_events() as feed:
             now = self._clock()
-            self._replace(await self._store.live_revocations(now), now)
+            await self._replace(await self._store.live_revocations(now), now)
             self.in_sync, self.last_sync_at = True, now
             log.info("revocation mirror in sync: %d entries", len(self))
             last_purge = now
@@ -97,18 +110,39 @@ class Denylist:
                     self._purge(last_purge)
         raise StoreUnavailable(self._store.safe_url, "the revocation feed ended")
 
-    def _replace(self, live: list[Revocation], now: float) -> None:
-        self._jti.clear()
-        self._sub.clear()
-        for revocation in live:
+    async def _replace(self, live: list[Revocation], now: float) -> None:
+        """Become exactly ``live``. The ids are hashed in slices that let the event loop run in
+        between (requests meanwhile see the previous mirror), then swapped in at once."""
+        self._applied_while_loading = pending = []
+        try:
+            ids, parts, subs = RevokedIds(), [], []
+            for start in range(0, len(live), LOAD_CHUNK):
+                chunk = live[start:start + LOAD_CHUNK]
+                jtis = [r for r in chunk if r.kind == "jti"]
+                subs += [r for r in chunk if r.kind != "jti"]
+                parts.append((ids.fingerprints((r.iss, r.id) for r in jtis),
+                              expiries_of(r.expires_at for r in jtis)))
+                await asyncio.sleep(0)
+            ids.load(*_joined(parts))
+        finally:
+            self._applied_while_loading = None
+        del parts
+        self._jti, self._sub = ids, {}
+        # Also what was revoked here while the slices ran: ``live`` may predate it, and the
+        # feed may bring it only after the mirror is back in sync.
+        for revocation in [*subs, *pending]:
             self._apply(revocation, notify=False)
         self._purge(now)
+        for listener in self._resync_listeners:
+            listener()
 
     def _apply(self, revocation: Revocation, notify: bool = True) -> None:
-        key = (revocation.iss, revocation.id)
+        if self._applied_while_loading is not None:
+            self._applied_while_loading.append(revocation)
         if revocation.kind == "jti":
-            self._jti[key] = max(revocation.expires_at, self._jti.get(key, 0.0))
+            self._jti.add(revocation.iss, revocation.id, revocation.expires_at)
         else:
+            key = (revocation.iss, revocation.id)
             old = self._sub.get(key)
             if old is None or revocation.value >= old[0]:   # a watermark only moves forward
                 self._sub[key] = (revocation.value, max(revocation.expires_at, old[1] if old else 0.0))
@@ -117,6 +151,11 @@ class Denylist:
                 listener(revocation)
 
     def _purge(self, now: float) -> None:
-        self._jti = {k: t for k, t in self._jti.items() if t > now}
+        self._jti.purge(now)
         self._sub = {k: v for k, v in self._sub.items() if v[1] > now}
 
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, np.uint64), np.empty(0, np.uint32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
