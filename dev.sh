@@ -42,6 +42,10 @@ ensure_redis() {
   command -v redis-server >/dev/null || apt_install redis-server
 }
 
+ensure_wrk() {   # the load-testing kit's wrk driver (its tests skip without it)
+  command -v wrk >/dev/null || apt_install wrk
+}
+
 case "${1:-}" in
   demo)
     ensure_python
@@ -51,6 +55,7 @@ case "${1:-}" in
   test)
     ensure_python
     ensure_redis
+    ensure_wrk
     shift
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;

@@ -1,28 +1,28 @@
 """`python -m loadtests pool | revoke | run`: make a token pool, revoke its revoked kind on a
-running gateway, and load that gateway with it. Exit 0: all correct, 1: a mismatch, 2: bad input.
+running gateway, and load that gateway with it (or, with `run --start`, one the kit starts). Exit 0: all correct, 1: a mismatch, 2: bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from gateway.config import ConfigError, load_config
 from gateway.durations import parse_duration_s
 
-from . import report
-from .driver import Plan, RemoteTarget, check_target, run_load
-from .tokenpool import DEFAULT_MIX, PoolError, PoolMaker, generate, parse_mix, read_jsonl, read_pool, \
-    sidecar_path, write_pool
-
-REVOKE_CONCURRENCY = 16
+from . import drivers, report
+from .driver import RemoteTarget, check_target
+from .procs import StartFailed
+from .revocation import revoke, revoked_rows
+from .stack import Pinning
+from .startrun import parse_cpus, run_started
+from .tokenpool import DEFAULT_MIX, PoolError, PoolMaker, generate, parse_mix, read_pool, write_pool
+from .wrkdriver import WrkFailed
 
 
 class UsageError(Exception):
@@ -77,26 +77,6 @@ def cmd_pool(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _post_all(admin: str, rows: list[dict[str, Any]]) -> list[str]:
-    failures: list[str] = []
-    gate = asyncio.Semaphore(REVOKE_CONCURRENCY)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-
-        async def one(row: dict[str, Any]) -> None:
-            async with gate:
-                try:
-                    body = {"jti": row["jti"], "iss": row["iss"]}
-                    async with session.post(f"{admin}/admin/revoke", json=body) as resp:
-                        if resp.status != 200:
-                            failures.append(f"jti {row['jti']}: HTTP {resp.status} {await resp.text()}")
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                    failures.append(f"jti {row['jti']}: {type(exc).__name__} {exc}")
-
-        await asyncio.gather(*(one(row) for row in rows))
-    return failures
-
-
 def cmd_revoke(args: argparse.Namespace) -> int:
     if args.admin is None and args.config is None:
         raise UsageError("name the admin port with --admin URL (or give --config to use its admin section)")
@@ -104,11 +84,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         cfg = _load(args.config)
         args.admin = f"http://{cfg.admin.host}:{cfg.admin.port}"
     admin = check_target(args.admin, args.allow_remote)
-    side = sidecar_path(Path(args.pool))
-    if not side.exists():
-        raise UsageError(f"{side} does not exist: make the pool with `python -m loadtests pool` first")
-    rows = read_jsonl(side)
-    failures = asyncio.run(_post_all(admin, rows))
+    rows = revoked_rows(Path(args.pool))
+    failures = revoke(admin, rows)
     for failure in failures[:10]:
         print(f"revoke failed: {failure}", file=sys.stderr)
     print(f"revoked {len(rows) - len(failures)} of {len(rows)} tokens at {admin}")
@@ -116,22 +93,54 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_run_flags(args)
+    args.driver = drivers.choose(args.driver, args.rate, args.requests)
+    if args.start:
+        return run_started(args, _load(args.config), lambda pool, workdir: drivers.loader(args, pool, workdir))
     url = check_target(args.url, args.allow_remote)
     pool = read_pool(Path(args.pool))
-    duration = args.duration if args.duration is not None or args.requests else 10.0
-    progress = not args.no_progress and sys.stderr.isatty()
-    plan = Plan(url, requests=args.requests, duration_s=duration, concurrency=args.concurrency,
-                rate=args.rate, progress=progress, max_time_s=args.max_time)
-    results = run_load(plan, pool)
-    data = report.build(results, [int(row["expect"]) for row in pool], url)
+    with tempfile.TemporaryDirectory(prefix="tokengate-loadtest-") as tmp:
+        data = drivers.loader(args, pool, Path(tmp), keep_results=bool(args.png))(url, True)
+    results = data.pop("_results", None)
     print(report.text(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     if args.png:
-        message = report.render_png(results, data, Path(args.png))
+        message = report.render_png(results, data, Path(args.png)) if results else \
+            "no PNG written: the wrk driver gives percentiles, not every request (use --driver asyncio)"
         if message:
             print(message, file=sys.stderr)
     return 0 if data["correct"] else 1
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    if not args.start:
+        for flag, value in (("--compare", args.compare), ("--workers", args.workers != [1]),
+                            ("--cpus", args.cpus), ("--rounds", args.rounds), ("--config", args.config)):
+            if value:
+                raise UsageError(f"{flag} needs --start (the kit starts what it compares and measures)")
+        if not args.url or not args.pool:
+            raise UsageError("name the target with --url and the token pool with --pool (or use --start --config C)")
+    elif args.png:
+        raise UsageError("--png draws one target's run: use it without --start (with --json, --start keeps every round)")
+    elif args.url:
+        raise UsageError("--url and --start exclude each other: with --start the kit starts the gateway itself")
+    elif not args.config:
+        raise UsageError("--start needs --config C (the gateway config to serve, with its upstreams replaced)")
+
+
+def _workers(value: str) -> list[int]:
+    counts = [_positive(part) for part in value.split(",")]
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError("name each worker count once")
+    return counts
+
+
+def _cpus(value: str) -> Pinning:
+    try:
+        return parse_cpus(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,8 +163,21 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--allow-remote", action="store_true")
     revoke.set_defaults(func=cmd_revoke)
     run = sub.add_parser("run", help="load a running gateway with the pool and report")
-    run.add_argument("--url", required=True)
-    run.add_argument("--pool", required=True)
+    run.add_argument("--url", help="the running gateway to load (or --start)")
+    run.add_argument("--pool", help="the token pool (with --start: made for the run when left out)")
+    run.add_argument("--start", action="store_true", help="start the fast upstream and `tokengate serve` "
+                     "on --config (upstreams pointed at it), load it, stop everything")
+    run.add_argument("--config", help="with --start: the gateway config")
+    run.add_argument("--workers", type=_workers, default=[1], help="with --start: worker counts, like 1,2 "
+                     "(interleaved rounds, CPU per request of each)")
+    run.add_argument("--compare", action="store_true", help="with --start: also load the direct upstream "
+                     "and a plain aiohttp proxy, same run, and print ratios")
+    run.add_argument("--rounds", type=_positive, help="with --start: interleaved rounds per target, best one "
+                     "kept (default 2 when there are several targets, else 1)")
+    run.add_argument("--cpus", type=_cpus, help="with --start: PROXY:LOAD, like 0:1: the proxy under test on "
+                     "CPU 0, the upstream and the load generator on CPU 1")
+    run.add_argument("--driver", choices=("auto", "wrk", "asyncio"), default="auto",
+                     help="auto (default): wrk when installed and no --rate/--requests, else asyncio")
     bound = run.add_mutually_exclusive_group()
     bound.add_argument("--duration", type=_duration, help="how long to send requests (default 10s)")
     bound.add_argument("--requests", type=_positive, help="how many requests to send")
@@ -174,9 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, PoolError, RemoteTarget) as exc:
+    except (UsageError, PoolError, RemoteTarget, StartFailed, drivers.DriverChoice) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WrkFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: everything the kit started is stopped", file=sys.stderr)
+        return 130
     except OSError as exc:
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2

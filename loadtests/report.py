@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,15 @@ def _status_name(status: int) -> str:
 
 def tally(results: Results, expects: Sequence[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per kind: expected status -> got counts; and the mismatches as (kind, expected, got, count)."""
+    return tally_counts(Counter(zip(results.slot, results.status)), results.kinds, expects)
+
+
+def tally_counts(counts: Mapping[tuple[int, int], int], kinds: Sequence[str],
+                 expects: Sequence[int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The tally from (slot, status) -> count, however the answers were counted."""
     got: Counter[tuple[str, int, int]] = Counter()
-    for status, slot in zip(results.status, results.slot):
-        got[(results.kinds[slot], expects[slot], status)] += 1
+    for (slot, status), count in counts.items():
+        got[(kinds[slot], expects[slot], status)] += count
     per_kind: dict[str, Any] = {}
     mismatches = []
     for (kind, expected, status), count in sorted(got.items()):
@@ -58,21 +64,34 @@ def throughput(results: Results) -> list[int]:
     return buckets
 
 
-def build(results: Results, expects: Sequence[int], url: str) -> dict[str, Any]:
-    """The whole report as plain data (what --json writes)."""
+def build(results: Results, expects: Sequence[int] | None, url: str) -> dict[str, Any]:
+    """The whole report as plain data (what --json writes); no tally when ``expects`` is None."""
     ordered = sorted(results.latency_ms)
-    per_kind, mismatches = tally(results, expects)
     count = len(ordered)
-    elapsed = max(results.elapsed_s, 1e-9)
     latency: dict[str, float | None] = {f"p{p:g}": percentile(ordered, p) for p in PERCENTILES}
     latency.update(min=ordered[0] if ordered else None, max=ordered[-1] if ordered else None,
                    mean=sum(ordered) / count if count else None)
-    return {"target": url, "requests": count, "elapsed_s": round(results.elapsed_s, 3),
-            "requests_per_s": round(count / elapsed, 1), "latency_ms": latency,
-            "errors": {"count": results.errors, "by_type": dict(results.error_types)},
-            "status": {_status_name(s): n for s, n in sorted(Counter(results.status).items())},
-            "tally": per_kind, "mismatches": mismatches, "correct": count > 0 and not mismatches,
-            "cut_short": results.cut_short, "throughput_per_s": throughput(results)}
+    data = assemble(url, count, results.elapsed_s, latency, dict(results.error_types),
+                    Counter(results.status), driver="asyncio")
+    data.update(cut_short=results.cut_short, throughput_per_s=throughput(results))
+    if expects is not None:
+        add_tally(data, tally(results, expects))
+    return data
+
+
+def assemble(url: str, count: int, elapsed_s: float, latency: dict[str, float | None],
+             error_types: dict[str, int], statuses: Mapping[int, int], driver: str) -> dict[str, Any]:
+    """The parts of a report every driver fills in (no tally yet: see add_tally)."""
+    return {"target": url, "driver": driver, "requests": count, "elapsed_s": round(elapsed_s, 3),
+            "requests_per_s": round(count / max(elapsed_s, 1e-9), 1), "latency_ms": latency,
+            "errors": {"count": sum(error_types.values()), "by_type": error_types},
+            "status": {_status_name(s): n for s, n in sorted(statuses.items())},
+            "tally": None, "mismatches": [], "correct": None, "cut_short": False, "throughput_per_s": []}
+
+
+def add_tally(data: dict[str, Any], tallied: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    data["tally"], data["mismatches"] = tallied
+    data["correct"] = data["requests"] > 0 and not data["mismatches"]
 
 
 def _ms(value: float | None) -> str:
@@ -81,25 +100,39 @@ def _ms(value: float | None) -> str:
 
 def text(report: dict[str, Any]) -> str:
     lat = report["latency_ms"]
-    lines = [f"target      {report['target']}",
+    lines = [f"target      {report['target']}  (driver: {report['driver']})",
              f"requests    {report['requests']} in {report['elapsed_s']:.2f} s = {report['requests_per_s']:,.1f} req/s",
              "latency     " + "  ".join(f"{k} {_ms(lat[k])}" for k in ("p50", "p90", "p99", "p99.9")),
              f"            min {_ms(lat['min'])}  mean {_ms(lat['mean'])}  max {_ms(lat['max'])}",
              f"errors      {report['errors']['count']}"
              + "".join(f"  {name}: {n}" for name, n in report["errors"]["by_type"].items()),
-             "status      " + "  ".join(f"{s}: {n}" for s, n in report["status"].items()),
-             "correctness (kind: expected -> got)"]
+             "status      " + "  ".join(f"{s}: {n}" for s, n in report["status"].items())]
+    if report.get("cpu_ms_per_1k") is not None:
+        lines.append(f"cpu         {report['cpu_ms_per_1k']:.1f} ms per 1,000 requests (the target process"
+                     " and its workers, user + sys)")
+    if report["cut_short"]:
+        lines.append("NOTE: the hard time cap cut the run short")
+    if report["tally"] is not None:
+        lines += _tally_lines(report)
+    return "\n".join(lines)
+
+
+def _tally_lines(report: dict[str, Any]) -> list[str]:
+    lines = ["correctness (kind: expected -> got)"]
     for kind, row in report["tally"].items():
         expected = "/".join(map(str, row["expected"]))
         got = ", ".join(f"{s} x{n}" for s, n in row["got"].items())
         mark = "ok" if row["correct"] == row["requests"] else "WRONG"
         lines.append(f"  {kind:<15} {expected:>7} -> {got}  [{mark}]")
-    if report["cut_short"]:
-        lines.append("NOTE: the hard time cap cut the run short")
     lines += [f"MISMATCH {m['kind']}: expected {m['expected']}, got {m['got']} x{m['count']}"
               for m in report["mismatches"]]
+    if unattributed := report.get("unattributed"):
+        said = ", ".join(f"{s} x{n}" for s, n in unattributed["status"].items())
+        verdict = "consistent" if unattributed["consistent_by_count"] else "NOT consistent"
+        lines.append(f"NOTE: {unattributed['count']} answers carried no X-Request-Id ({said}): checked by "
+                     f"status count against the tokens left unattributed, not per token: {verdict}")
     lines.append("RESULT: all correct" if report["correct"] else "RESULT: NOT correct")
-    return "\n".join(lines)
+    return lines
 
 
 def render_png(results: Results, report: dict[str, Any], out: Path) -> str | None:
