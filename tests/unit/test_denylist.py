@@ -1,0 +1,161 @@
+"""Denylist, the local revocation mirror, on the embedded store: what it refuses and until when,
+full reloads (in slices, with revocations arriving meanwhile) and the listeners it tells."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway import denylist as denylist_module
+from gateway.denylist import Denylist
+from gateway.errors import DependencyDown, RevokedToken
+from gateway.identity import Identity
+from gateway.store import MemoryStore
+from gateway.store.base import Revocation
+
+ISS = "https://auth.example.test"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def identity(jti: str = "j1", sub: str = "alice", iat: float | None = 1_699_999_000.0) -> Identity:
+    return Identity(sub=sub, roles=frozenset(), jti=jti, iss=ISS, exp=1_700_000_900.0, iat=iat, claims={})
+
+
+def jti_revocation(jti: str, expires_at: float) -> Revocation:
+    return Revocation("jti", ISS, jti, expires_at, expires_at)
+
+
+async def until(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(clock: FakeClock) -> AsyncIterator[MemoryStore]:
+    s = MemoryStore(clock=clock)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def mirror(store: MemoryStore, clock: FakeClock) -> AsyncIterator[Denylist]:
+    d = Denylist(store, clock=clock)
+    yield d
+    await d.close()
+
+
+async def started(d: Denylist) -> Denylist:
+    await d.start()
+    await until(lambda: d.in_sync)
+    return d
+
+
+async def test_out_of_sync_with_on_error_deny_is_dependency_down(mirror: Denylist) -> None:
+    with pytest.raises(DependencyDown):
+        mirror.check(identity())
+
+
+async def test_revocations_in_the_store_before_start_are_refused_once_in_sync(
+        mirror: Denylist, store: MemoryStore, clock: FakeClock) -> None:
+    await store.revoke(jti_revocation("j1", clock.now + 60))
+    await store.revoke(Revocation("sub", ISS, "bob", clock.now - 10, clock.now + 600))
+    await started(mirror)
+    assert len(mirror) == 2
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("j1"))
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("j2", sub="bob"))                          # issued before bob's watermark
+    mirror.check(identity("j3", sub="bob", iat=clock.now))              # issued after it
+    mirror.check(identity("j2"))
+
+
+async def test_a_revoked_jti_is_refused_until_its_expiry(mirror: Denylist, clock: FakeClock) -> None:
+    await started(mirror)
+    await mirror.revoke(jti_revocation("j1", clock.now + 30.25))
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("j1"))
+    clock.now += 30.5
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("j1"))                                     # expiry rounded up, never early
+    clock.now += 0.5
+    mirror.check(identity("j1"))
+    assert len(mirror) == 1                                              # until a purge forgets it
+    mirror._purge(clock.now)
+    assert len(mirror) == 0
+
+
+async def test_a_revocation_published_by_another_instance_arrives_by_the_feed(
+        mirror: Denylist, store: MemoryStore, clock: FakeClock) -> None:
+    await started(mirror)
+    await store.revoke(jti_revocation("j1", clock.now + 60))
+    await until(lambda: len(mirror) == 1)
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("j1"))
+
+
+async def test_listeners_hear_each_revocation_learnt_and_resync_listeners_each_reload(
+        mirror: Denylist, store: MemoryStore, clock: FakeClock) -> None:
+    heard: list[Revocation] = []
+    reloads: list[int] = []
+    mirror.add_listener(heard.append)
+    mirror.add_resync_listener(lambda: reloads.append(len(mirror)))
+    await store.revoke(jti_revocation("before", clock.now + 60))
+    await started(mirror)
+    assert reloads == [1] and heard == []                                # a reload tells resync listeners only
+    revocation = jti_revocation("j1", clock.now + 60)
+    await mirror.revoke(revocation)
+    await until(lambda: len(heard) == 2)                                 # applied here, then again from the feed
+    assert heard == [revocation, revocation]
+    for feed in list(store._feeds):                                      # the subscription breaks: reload
+        await feed.aclose()
+    await until(lambda: len(reloads) == 2)
+    assert reloads == [1, 2]
+
+
+async def test_a_revocation_applied_while_a_reload_runs_survives_the_swap(
+        mirror: Denylist, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(denylist_module, "LOAD_CHUNK", 2)                 # the reload yields after each 2 ids
+    live = [jti_revocation(f"old{i}", clock.now + 60) for i in range(9)]
+    reloading = asyncio.create_task(mirror._replace(live, clock.now))
+    await asyncio.sleep(0)
+    assert not reloading.done()
+    mirror._apply(jti_revocation("during", clock.now + 60))
+    mirror._apply(Revocation("sub", ISS, "bob", clock.now, clock.now + 60))
+    await reloading
+    mirror.in_sync = True
+    for jti in ["during", *(f"old{i}" for i in range(9))]:
+        with pytest.raises(RevokedToken):
+            mirror.check(identity(jti))
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("x", sub="bob"))
+    assert len(mirror) == 11
+
+
+async def test_a_reload_drops_what_is_no_longer_live_and_keeps_the_latest_expiry(
+        mirror: Denylist, clock: FakeClock) -> None:
+    await mirror._replace([jti_revocation("gone", clock.now + 60)], clock.now)
+    await mirror._replace([jti_revocation("a", clock.now + 10), jti_revocation("a", clock.now + 90),
+                           jti_revocation("expired", clock.now - 1)], clock.now)
+    mirror.in_sync = True
+    assert len(mirror) == 1
+    mirror.check(identity("gone"))
+    clock.now += 60
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("a"))
