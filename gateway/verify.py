@@ -5,11 +5,9 @@ Header policy and claim checks here; key choice in keys.py; signatures by PyJWT'
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,13 @@ from .keys import JwksCache, KeyRing, VerificationKey
 MAX_TOKEN_CHARS = 16 * 1024
 # RFC 8725 3.11 explicit typing: only access tokens pass (`typ` is optional; "application/" may prefix it).
 ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt"})
-_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
+_BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_BASE64 = _BASE64URL[:62] + b"+/"
+_TO_BASE64 = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"===", b"==", b"=")   # by length % 4 (a length of 4n+1 is never valid)
+# A segment of 4n+2 (4n+3) characters leaves 4 (2) unused bits in its last character. Only the
+# last characters with those bits zero are canonical; others would let several strings carry one value.
+_ZERO_TAILS = {2: frozenset(_BASE64[::16]), 3: frozenset(_BASE64[::4])}
 _NUMBER_TYPES = (int, float)
 
 
@@ -67,14 +71,16 @@ class Verifier:
     async def verify(self, token: str) -> Identity:
         """The token's Identity. Raises ExpiredToken, InvalidToken (with the reason as its
         description, never any part of the token), or DependencyDown (trusted issuer's JWKS down)."""
-        header_b64, payload_b64, signature_b64 = _split(token)
+        signing_input, header_b64, payload_b64, signature_b64 = _split(token)
         alg, kid = _check_header(_decode_json(header_b64, "header"))
         claims = _decode_json(payload_b64, "payload")
         policy = self._policy_for(claims)
         if alg not in policy.algorithms:
             raise InvalidToken("the token's algorithm is not allowed")
-        key = await self._select_key(policy, kid, alg)
-        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+        if policy.trusted:
+            key = await self._trusted_key(policy, kid, alg)
+        else:   # our own keys: no await, so the cold path never suspends
+            key = self.keys.select(kid, alg)
         _check_signature(key, signing_input, _decode_signature(signature_b64))
         return self._identity(claims, policy, time.time())
 
@@ -86,9 +92,7 @@ class Verifier:
             raise InvalidToken("the token's issuer is not accepted")
         return policy
 
-    async def _select_key(self, policy: IssuerPolicy, kid: str | None, alg: str) -> VerificationKey:
-        if not policy.trusted:
-            return self.keys.select(kid, alg)
+    async def _trusted_key(self, policy: IssuerPolicy, kid: str | None, alg: str) -> VerificationKey:
         assert self.jwks is not None
         return await self.jwks.select(policy.issuer, kid, alg)
 
@@ -115,21 +119,31 @@ def _trusted_policy(cfg: TrustedIssuerConfig, tokens: TokensConfig, identity: Id
                         frozenset(cfg.algorithms), trusted=True)
 
 
-def _split(token: Any) -> tuple[str, str, str]:
+def _split(token: Any) -> tuple[bytes, bytes, bytes, bytes]:
+    """(signing input, header, payload, signature): the token's ASCII bytes, the segments already
+    mapped from the base64url alphabet to base64's. Raises InvalidToken unless the token is three
+    base64url segments (no padding), the first two not empty."""
     if not isinstance(token, str):
         raise InvalidToken("the token is malformed (not a string)")
     if len(token) > MAX_TOKEN_CHARS:
         raise InvalidToken("the token is malformed (too long)")
-    match = _COMPACT.fullmatch(token)
-    if match is None:
+    if not token.isascii():
         raise InvalidToken("the token is malformed (not a compact JWS)")
-    return match.group(1), match.group(2), match.group(3)
+    raw = token.encode("ascii")
+    # Deleting every base64url character must leave exactly the two separators.
+    if raw.translate(None, _BASE64URL) != b"..":
+        raise InvalidToken("the token is malformed (not a compact JWS)")
+    header, payload, signature = raw.translate(_TO_BASE64).split(b".")
+    if not header or not payload:
+        raise InvalidToken("the token is malformed (not a compact JWS)")
+    return raw[: len(header) + 1 + len(payload)], header, payload, signature
 
 
-def _b64decode(segment: str) -> bytes:
+def _b64decode(segment: bytes) -> bytes:
+    """A segment from _split (base64 alphabet, unpadded) -> its bytes."""
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:
+        return binascii.a2b_base64(segment + _PADDING[len(segment) % 4])
+    except binascii.Error as exc:
         raise InvalidToken("the token is malformed (bad base64url)") from exc
 
 
@@ -138,12 +152,13 @@ def _reject_constant(name: str) -> Any:
 
 
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)   # RFC 8259 has no NaN or Infinity
+_SCAN = _JSON.scan_once   # the C scanner behind _JSON.decode (same parse_constant)
 
 
-def _decode_json(segment: str, part: str) -> dict[str, Any]:
+def _decode_json(segment: bytes, part: str) -> dict[str, Any]:
     raw = _b64decode(segment)
     try:
-        value = _JSON.decode(raw.decode("utf-8"))
+        value = _parse_json(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise InvalidToken(f"the token is malformed ({part} is not JSON)") from exc
     if not isinstance(value, dict):
@@ -151,12 +166,24 @@ def _decode_json(segment: str, part: str) -> dict[str, Any]:
     return value
 
 
-def _decode_signature(segment: str) -> bytes:
-    signature = _b64decode(segment)
-    # Unused trailing bits would make several strings carry one signature: accept only the canonical one.
-    if base64.urlsafe_b64encode(signature).rstrip(b"=") != segment.encode("ascii"):
+def _parse_json(text: str) -> Any:
+    """_JSON.decode(text), without its two whitespace passes when the text has no whitespace
+    around its value (JSON as every JWT library writes it)."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:   # no value at the very start (e.g. leading whitespace): decode decides
+        end = -1
+    if end == len(text):
+        return value
+    return _JSON.decode(text)   # trailing whitespace, extra data, or no value: decode decides
+
+
+def _decode_signature(segment: bytes) -> bytes:
+    # Accept only the canonical encoding: non-zero unused bits would make several strings one signature.
+    zero_tail = _ZERO_TAILS.get(len(segment) % 4)
+    if zero_tail is not None and segment[-1] not in zero_tail:
         raise InvalidToken("the token is malformed (non-canonical signature encoding)")
-    return signature
+    return _b64decode(segment)
 
 
 def _check_header(header: dict[str, Any]) -> tuple[str, str | None]:

@@ -358,6 +358,28 @@ async def test_non_canonical_signature_encoding_is_refused(verifier: Verifier, m
     assert (await refused(verifier, f"{header}.{payload}.{twin}")).code == "invalid_token"
 
 
+@pytest.mark.parametrize("kid, unused_bits", [("main", 2), ("ec1", 4)])   # 32 bytes -> 43 chars, 64 -> 86
+async def test_only_the_canonical_last_signature_character_is_accepted(
+        verifier: Verifier, mint: Callable[..., str], kid: str, unused_bits: int) -> None:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    header, payload, signature = mint(kid=kid).split(".")
+    value = alphabet.index(signature[-1])
+    assert value % (1 << unused_bits) == 0
+    twins = [signature[:-1] + alphabet[value | low] for low in range(1, 1 << unused_bits)]   # same bytes
+    assert all(base64.urlsafe_b64decode(twin + "==") == base64.urlsafe_b64decode(signature + "==") for twin in twins)
+    for twin in twins:
+        assert (await refused(verifier, f"{header}.{payload}.{twin}")).code == "invalid_token"
+    assert (await verifier.verify(f"{header}.{payload}.{signature}")).sub == "alice"
+
+
+async def test_json_with_whitespace_around_it_is_accepted(verifier: Verifier) -> None:
+    header = b64(' {"alg": "HS256", "kid": "main"}\n')
+    payload = b64("\r\n\t" + json.dumps(claims()) + " ")
+    signing_input = f"{header}.{payload}"
+    signature = hmac.new(HS_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    assert (await verifier.verify(f"{signing_input}.{b64(signature)}")).sub == "alice"
+
+
 async def test_expired_token_with_a_bad_signature_is_invalid_not_expired(
         verifier: Verifier, mint: Callable[..., str], private_keys: dict[str, Any]) -> None:
     now = int(time.time())
@@ -460,6 +482,11 @@ MALFORMED = {
     "two_parts": f"{b64json({'alg': 'HS256'})}.{b64json(claims())}",
     "four_parts": f"{b64json({'alg': 'HS256'})}.{b64json(claims())}.sig.more",
     "bad_base64_chars": "e30!.e30.abc",
+    "base64_not_base64url": f"{b64json({'alg': 'HS256'})}.{b64json(claims())}.ab+/",
+    "empty_header": f".{b64json(claims())}.abcd",
+    "empty_payload": f"{b64json({'alg': 'HS256'})}..abcd",
+    "only_dots": "..",
+    "payload_trailing_data": f"{b64json({'alg': 'HS256'})}.{b64(json.dumps(claims()) + '{}')}.abcd",
     "bad_base64_length": f"a.{b64json(claims())}.abcd",
     "padding": f"{b64json({'alg': 'HS256'})}==.{b64json(claims())}.abcd",
     "header_not_json": f"{b64('not json')}.{b64json(claims())}.abcd",

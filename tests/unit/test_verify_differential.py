@@ -62,6 +62,7 @@ ALG_KID = {alg: kid for kid, alg in KIDS.items()}
 FOREIGN_SECRET = "foreign-secret-" + "f" * 40
 HS512_SECRET = "hs512-secret-" + "s" * 64
 B64_ALPHABET = string.ascii_letters + string.digits + "-_"
+TO_BASE64 = str.maketrans("-_", "+/")
 BASE = int(time.time())     # time claims are drawn around this; "now" is BASE plus a fraction
 MISSING = object()          # a claim or header field left out
 STANDARD = {"iss", "aud", "sub", "jti", "exp", "nbf", "iat", "roles"}
@@ -303,7 +304,7 @@ def remint(world: World, header: dict[str, Any], claims: dict[str, Any]) -> str:
 
 def genuine(world: World, token: str) -> bool:
     """Is the signature one of our keys' (named by kid, when it is a string)? PyJWT's algorithms."""
-    header, _, _, _ = parts(token)
+    header = json.loads(b64d(token.split(".")[0]))   # only the header: the payload may not be JSON
     signing_input, _, signature = token.rpartition(".")
     kid, alg = header.get("kid"), header.get("alg")
     for name, key_alg in KIDS.items():
@@ -422,7 +423,8 @@ FIELDS = {
     "other header": Field(st.just({}), st.sampled_from(["jku", "x5u", "x5c", "jwk", "cty", "zip", "b64", "x"]).flatmap(
         lambda name: JSON_VALUES.map(lambda value: {name: value}))),
     "encoding": Field(st.just("pyjwt"), st.sampled_from(
-        ["hand", "padded", "non-canonical header", "non-canonical payload", "bom", "utf-16", "nan literal"])),
+        ["hand", "padded", "non-canonical header", "non-canonical payload", "bom", "utf-16", "nan literal",
+         "spaced json", "trailing data", "base64 alphabet"])),
     "tamper": Field(st.just("none"), st.sampled_from(
         ["flip payload", "flip signature", "truncate signature", "empty signature", "pad signature",
          "non-canonical signature", "swap payload"])),
@@ -487,23 +489,34 @@ def build(world: World, case: Case) -> str:
         headers.setdefault("typ", None)
         token = jwt.encode(case.claims, key, algorithm=alg, headers=headers)
     else:
-        header_raw, payload_raw = dumps(case.header), dumps(case.claims)
-        if case.encoding == "bom":
-            payload_raw = b"\xef\xbb\xbf" + payload_raw
-        elif case.encoding == "utf-16":
-            payload_raw = payload_raw.decode().encode("utf-16")
-        elif case.encoding == "nan literal":
-            payload_raw = payload_raw[:-1] + b',"nan":NaN}' if payload_raw != b"{}" else b'{"nan":NaN}'
-        h64, p64 = b64e(header_raw), b64e(payload_raw)
-        if case.encoding == "padded":
-            h64, p64 = padded(h64), padded(p64)
-        elif case.encoding == "non-canonical header":
-            h64 = non_canonical(h64)
-        elif case.encoding == "non-canonical payload":
-            p64 = non_canonical(p64)
+        h64, p64 = encode(case.encoding, dumps(case.header), dumps(case.claims))
         signing_input = f"{h64}.{p64}"
         token = f"{signing_input}.{b64e(hand_sign(alg, key, signing_input.encode()))}"
     return tamper(token, case.tamper, case.position)
+
+
+def encode(encoding: str, header_raw: bytes, payload_raw: bytes) -> tuple[str, str]:
+    """The header and payload segments, written the way ``encoding`` says (signed as written)."""
+    if encoding == "bom":
+        payload_raw = b"\xef\xbb\xbf" + payload_raw
+    elif encoding == "utf-16":
+        payload_raw = payload_raw.decode().encode("utf-16")
+    elif encoding == "nan literal":
+        payload_raw = payload_raw[:-1] + b',"nan":NaN}' if payload_raw != b"{}" else b'{"nan":NaN}'
+    elif encoding == "spaced json":   # RFC 8259 allows whitespace around a value
+        header_raw, payload_raw = b" " + header_raw + b"\n", b"\r\n\t" + payload_raw + b" "
+    elif encoding == "trailing data":
+        payload_raw += b"{}"
+    h64, p64 = b64e(header_raw), b64e(payload_raw)
+    if encoding == "padded":
+        h64, p64 = padded(h64), padded(p64)
+    elif encoding == "non-canonical header":
+        h64 = non_canonical(h64)
+    elif encoding == "non-canonical payload":
+        p64 = non_canonical(p64)
+    elif encoding == "base64 alphabet":   # base64's + and / where base64url has - and _
+        h64, p64 = h64.translate(TO_BASE64), p64.translate(TO_BASE64)
+    return h64, p64
 
 
 def _flip(segment: str, position: int) -> str:
@@ -604,6 +617,8 @@ WITNESSES = {   # name: (case, outcome today)
     "b64 false without crit": (witness({"alg": "HS256", "b64": False}, "hand"), "verifier wider"),
     "fractional nbf": (witness({"alg": "HS256"}, nbf=BASE + 30.6), "verifier stricter"),
     "padding": (witness({"alg": "RS256", "kid": "rsa1"}, "padded", x="a"), "verifier stricter"),
+    # Five '?' in a row hold a whole 3-byte group of 0x3f, encoded "Pz8_": the segment has a '_'.
+    "base64 alphabet": (witness({"alg": "HS256", "x": "?????"}, "base64 alphabet"), "both reject"),
     "nan elsewhere": (witness({"alg": "HS256"}, "nan literal"), "verifier stricter"),
     "bom": (witness({"alg": "HS256"}, "bom"), "verifier stricter"),
     "utf-16": (witness({"alg": "HS256"}, "utf-16"), "verifier stricter"),
@@ -618,6 +633,8 @@ WITNESSES = {   # name: (case, outcome today)
     "alg none": (witness({"alg": "none", "kid": "main"}, "hand", signer="none"), "both reject"),
     "exact exp boundary": (witness({"alg": "HS256"}, exp=BASE - 30), "both reject"),
     "last second": (witness({"alg": "HS256"}, exp=BASE - 29, iat=BASE + 30), "both accept"),
+    "spaced json": (witness({"alg": "ES256", "kid": "ec1"}, "spaced json"), "both accept"),
+    "trailing data": (witness({"alg": "HS256"}, "trailing data"), "both reject"),
 }
 
 
