@@ -73,7 +73,12 @@ def run_wrk(plan: Plan, pool: Sequence[dict[str, Any]], expects: Sequence[int] |
     argv = command(wrk, plan, script, threads)
     with open(workdir / "wrk.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _wait(proc, seconds(plan), plan.progress, out)
+    try:
+        _wait(proc, seconds(plan), plan.progress, out)
+    finally:
+        if proc.poll() is None:   # interrupted: wrk must not outlive the run
+            proc.kill()
+            proc.wait(5)
     if proc.returncode != 0 or not out_path.exists():
         said = (workdir / "wrk.log").read_text(errors="replace")[-2000:]
         raise WrkFailed(f"wrk exited with status {proc.returncode} against {plan.url}:\n{said}")
