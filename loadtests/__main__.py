@@ -1,5 +1,6 @@
 """`python -m loadtests pool | revoke | run`: make a token pool, revoke its revoked kind on a
-running gateway, and load that gateway with it (or, with `run --start`, one the kit starts). Exit 0: all correct, 1: a mismatch, 2: bad input.
+running gateway, and load that gateway with it (or, with `run --start`, one the kit starts).
+Exit 0: all correct, 1: a mismatch, 2: bad input.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         if not args.url or not args.pool:
             raise UsageError("name the target with --url and the token pool with --pool (or use --start --config C)")
     elif args.png:
-        raise UsageError("--png draws one target's run: use it without --start (with --json, --start keeps every round)")
+        raise UsageError("--png draws one target's run: use it without --start "
+                         "(with --json, --start keeps every round)")
     elif args.url:
         raise UsageError("--url and --start exclude each other: with --start the kit starts the gateway itself")
     elif not args.config:

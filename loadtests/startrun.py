@@ -111,7 +111,8 @@ def _report(args: Any, stack: Stack, targets: list[Target], rounds: int,
     for note in stack.notes:
         print(f"NOTE: {note}")
     if args.cpus:
-        print(f"NOTE: pinned: proxies on CPU {sorted(args.cpus.proxy)}, upstream and load on CPU {sorted(args.cpus.load)}")
+        print(f"NOTE: pinned: proxies on CPU {sorted(args.cpus.proxy)}, "
+              f"upstream and load on CPU {sorted(args.cpus.load)}")
     if args.json:
         data = {"driver": results[targets[0].name][0]["driver"], "rounds": rounds, "notes": stack.notes,
                 "pool": str(pool_path) if args.pool else "made for this run",

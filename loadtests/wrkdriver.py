@@ -131,7 +131,8 @@ def to_report(raw: dict[str, Any], plan: Plan, kinds: Sequence[str],
     if expects is not None:
         report.add_tally(data, report.tally_counts(counts, kinds, expects))
         if unattributed:
-            check = by_count(unattributed, counts, dict(raw["sent"]), expects, plan.concurrency + data["errors"]["count"])
+            slack = plan.concurrency + data["errors"]["count"]   # in flight when wrk stopped, or failed
+            check = by_count(unattributed, counts, dict(raw["sent"]), expects, slack)
             data["unattributed"] = check
             data["correct"] = data["correct"] and check["consistent_by_count"]
     return data

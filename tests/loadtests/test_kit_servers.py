@@ -68,7 +68,8 @@ def test_fast_upstream_answers_pipelined_requests_in_order(upstream: int) -> Non
 
 
 def test_fast_upstream_refuses_a_chunked_body_and_closes(upstream: int) -> None:
-    data = _exchange(upstream, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 1)
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    data = _exchange(upstream, raw, 1)
     assert data.startswith(b"HTTP/1.1 501 ") and b"Connection: close" in data
 
 

@@ -65,7 +65,8 @@ def test_worker_counts_each_get_their_cpu_per_request(write_config: Callable[...
     assert "redis-server the kit started" in done.stdout
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk; ./dev.sh test installs it)")
+@pytest.mark.skipif(shutil.which("wrk") is None,
+                    reason="wrk is not installed (apt-get install wrk; ./dev.sh test installs it)")
 def test_wrk_driver_end_to_end(write_config: Callable[..., Path], tmp_path: Path) -> None:
     out = tmp_path / "wrk.json"
     done = kit("run", "--start", "--config", str(write_config()), "--driver", "wrk", "--duration", "1s",
