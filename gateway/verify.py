@@ -30,6 +30,10 @@ _PADDING = (b"", b"===", b"==", b"=")   # by length % 4 (a length of 4n+1 is nev
 # last characters with those bits zero are canonical; others would let several strings carry one value.
 _ZERO_TAILS = {2: frozenset(_BASE64[::16]), 3: frozenset(_BASE64[::4])}
 _NUMBER_TYPES = (int, float)
+# Headers of genuinely signed tokens, remembered by their exact segment: a signer writes the same header
+# on every token, so it is parsed once per key, not once per token. Only a verified signature adds one
+# (so forgeries cannot fill it); when this many are kept, the memo starts over.
+HEADER_MEMO_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class Verifier:
                  *, keyring: KeyRing | None = None) -> None:
         self.keys = keyring if keyring is not None else KeyRing.from_config(tokens)
         self._leeway_s = tokens.leeway
+        self._headers: dict[bytes, tuple[str, str | None]] = {}   # header segment -> (alg, kid)
         own = IssuerPolicy(tokens.issuer, frozenset(tokens.audience), identity.roles_claim, self.keys.algorithms)
         self._policies = {own.issuer: own}
         for trusted in tokens.trusted_issuers:
@@ -72,7 +77,8 @@ class Verifier:
         """The token's Identity. Raises ExpiredToken, InvalidToken (with the reason as its
         description, never any part of the token), or DependencyDown (trusted issuer's JWKS down)."""
         signing_input, header_b64, payload_b64, signature_b64 = _split(token)
-        alg, kid = _check_header(_decode_json(header_b64, "header"))
+        known = self._headers.get(header_b64)
+        alg, kid = known if known is not None else _check_header(_decode_json(header_b64, "header"))
         claims = _decode_json(payload_b64, "payload")
         policy = self._policy_for(claims)
         if alg not in policy.algorithms:
@@ -82,7 +88,14 @@ class Verifier:
         else:   # our own keys: no await, so the cold path never suspends
             key = self.keys.select(kid, alg)
         _check_signature(key, signing_input, _decode_signature(signature_b64))
+        if known is None:
+            self._remember_header(header_b64, alg, kid)
         return self._identity(claims, policy, time.time())
+
+    def _remember_header(self, header_b64: bytes, alg: str, kid: str | None) -> None:
+        if len(self._headers) >= HEADER_MEMO_SIZE:
+            self._headers.clear()   # keys were rotated many times: start over with the headers in use
+        self._headers[header_b64] = (alg, kid)
 
     def _policy_for(self, claims: dict[str, Any]) -> IssuerPolicy:
         # Routing on the unverified `iss` is safe: each issuer's tokens are checked only with its own keys.
@@ -232,11 +245,21 @@ def _string_claim(claims: dict[str, Any], name: str) -> str:
 def _check_audience(aud: Any, accepted: frozenset[str]) -> None:
     if aud is None:
         raise InvalidToken("the token has no audience (aud)")
-    audiences = [aud] if isinstance(aud, str) else aud
-    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+    if isinstance(aud, str):
+        if aud not in accepted:
+            raise InvalidToken("the token's audience is not accepted here")
+        return
+    if not isinstance(aud, list) or not _all_strings(aud):
         raise InvalidToken("the token is malformed (aud is not a string or a list of strings)")
-    if accepted.isdisjoint(audiences):
+    if accepted.isdisjoint(aud):
         raise InvalidToken("the token's audience is not accepted here")
+
+
+def _all_strings(values: list[Any]) -> bool:
+    for value in values:
+        if not isinstance(value, str):
+            return False
+    return True
 
 
 def _roles(value: Any) -> frozenset[str]:
@@ -245,6 +268,6 @@ def _roles(value: Any) -> frozenset[str]:
         return frozenset()
     if isinstance(value, str):
         return frozenset(value.split())
-    if isinstance(value, list) and all(isinstance(role, str) for role in value):
+    if isinstance(value, list) and _all_strings(value):
         return frozenset(value)
     raise InvalidToken("the token is malformed (roles is not a list of strings)")

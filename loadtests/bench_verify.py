@@ -9,9 +9,10 @@ best of K repeats, with the garbage collector off while a loop runs (as timeit d
   decode    jwt.decode with the gateway's checks (algorithms, audience, issuer, leeway, require
             exp/sub/jti), given the already loaded key object (no PEM parsing)
   verifier  the gateway's Verifier.verify, cold: each token seen once per repeat, by a Verifier
-            built fresh for the repeat (its keys prepared once, before any timing). All N calls
-            are awaited in one coroutine that is driven by coro.send(None), without an event
-            loop: verification of our own keys never suspends. Nothing is subtracted.
+            built fresh for the repeat (its keys prepared once, before any timing; it parses the
+            shared header once, then remembers it, as a running gateway does). All N calls are
+            awaited in one coroutine that is driven by coro.send(None), without an event loop:
+            verification of our own keys never suspends. Nothing is subtracted.
   cached    a hit in gateway.tokencache (get with the clock read per token) when that module
             exists and has a usable cache class (see ``cached_lookup``), else n/a
 

@@ -20,7 +20,7 @@ from gateway.errors import ExpiredToken, InvalidToken
 from gateway.identity import Identity
 from gateway.keys import KeySet, VerificationKey
 from gateway.tokens import Minter
-from gateway.verify import Verifier
+from gateway.verify import HEADER_MEMO_SIZE, Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 HS512_SECRET = "hs512-secret-" + "x" * 64
@@ -243,6 +243,32 @@ async def test_key_url_headers_on_a_genuine_token_are_ignored_not_followed(
         verifier: Verifier, mint: Callable[..., str], header: str) -> None:
     token = mint(kid="rsa1", headers={header: "https://attacker.example.test/keys"})
     assert (await verifier.verify(token)).sub == "alice"
+
+
+# --- the header memo ------------------------------------------------------------------------------
+
+async def test_a_remembered_header_vouches_for_no_other_token(
+        verifier: Verifier, mint: Callable[..., str], private_keys: dict[str, Any]) -> None:
+    genuine = mint(kid="rsa1")
+    assert (await verifier.verify(genuine)).sub == "alice"   # its header is now remembered
+    header, _, signature = genuine.split(".")
+    forged = mint(kid="rsa1", key=private_keys["foreign_rsa"], alg="RS256", roles=["admin"])
+    assert forged.split(".")[0] == header
+    assert (await refused(verifier, forged)).code == "invalid_token"
+    swapped = f"{header}.{b64json(claims(sub='mallory'))}.{signature}"
+    assert (await refused(verifier, swapped)).code == "invalid_token"
+    expired = mint(kid="rsa1", exp=int(time.time()) - 600)
+    assert isinstance(await refused(verifier, expired), ExpiredToken)
+
+
+async def test_only_genuine_headers_are_remembered_and_the_memo_stays_bounded(
+        verifier: Verifier, mint: Callable[..., str], private_keys: dict[str, Any]) -> None:
+    for i in range(HEADER_MEMO_SIZE + 10):   # forgeries, each with its own header: none is kept
+        await refused(verifier, mint(key=private_keys["foreign_rsa"], alg="RS256", kid="rsa1", headers={"x": i}))
+    assert len(verifier._headers) == 0
+    for i in range(HEADER_MEMO_SIZE + 10):
+        assert (await verifier.verify(mint(headers={"x": i}))).sub == "alice"
+        assert 0 < len(verifier._headers) <= HEADER_MEMO_SIZE
 
 
 # --- key choice -----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ leeway boundaries are compared exactly.
 * Malformed input of any kind gives InvalidToken (never another exception), and PyJWT rejects it.
 
 Each divergence found (KNOWN_WIDER, the starred stricter_rules) also has a fixed witness at the end.
+One Verifier serves every example of a property, so its header memo (headers of genuinely signed
+tokens, parsed once) is in play: later cases reuse those headers with other payloads and signatures.
 """
 
 from __future__ import annotations
