@@ -390,6 +390,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        print(f"cannot write {str(args.json)!r}: its directory does not exist", file=sys.stderr)
+        return 2
     say = (lambda _: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rows, repeats = measure(args.algs, args.tokens, args.repeat, args.max_seconds, say)
     print(render(rows, args.tokens, repeats))

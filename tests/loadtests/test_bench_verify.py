@@ -98,6 +98,10 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
     assert info.value.code == 2
 
 
+def test_a_json_path_in_a_missing_directory_exits_2_before_measuring(tmp_path: Path) -> None:
+    assert main([*TINY, "--json", str(tmp_path / "nowhere" / "bench.json")]) == 2
+
+
 def test_runs_as_a_module() -> None:
     done = subprocess.run([sys.executable, "-m", "loadtests.bench_verify", "--algs", "HS256", "--tokens", "2",
                            "--repeat", "1", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60)
