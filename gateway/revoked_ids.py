@@ -68,23 +68,17 @@ class RevokedIds:
 
     def fingerprint(self, iss: str, jti: str) -> int:
         """The 64-bit keyed hash of (iss, jti); the issuer's length prefix keeps the pair unambiguous."""
-        state = self._issuers.get(iss)
-        if state is None:
-            raw = iss.encode("utf-8", "surrogatepass")
-            state = hashlib.blake2b(len(raw).to_bytes(4, "little") + raw, digest_size=8, key=self._key)
-            if len(self._issuers) < ISSUER_CACHE:
-                self._issuers[iss] = state
-        state = state.copy()
-        state.update(jti.encode("utf-8", "surrogatepass"))
-        return int.from_bytes(state.digest(), "little")
+        return int.from_bytes(self._digest(iss, jti), "little")
 
     def fingerprints(self, pairs: Iterable[tuple[str, str]]) -> np.ndarray:
         """``fingerprint`` over many: a uint64 array (for ``load``; this set is not changed)."""
-        return np.fromiter((self.fingerprint(iss, jti) for iss, jti in pairs), dtype=np.uint64)
+        digest = self._digest
+        joined = b"".join([digest(iss, jti) for iss, jti in pairs])
+        return np.frombuffer(joined, dtype="<u8").astype(np.uint64)
 
     def add(self, iss: str, jti: str, expires_at: float) -> None:
         """Revoke (iss, jti) until ``expires_at``; adding it again keeps the later expiry."""
-        fp, until = self.fingerprint(iss, jti), expiry_of(expires_at)
+        fp, until = int.from_bytes(self._digest(iss, jti), "little"), expiry_of(expires_at)
         old = self._recent.get(fp)
         if old is not None:
             self._recent[fp] = max(old, until)
@@ -99,7 +93,7 @@ class RevokedIds:
 
     def contains(self, iss: str, jti: str, now: float) -> bool:
         """Is (iss, jti) revoked at ``now``? An entry counts until its expiry (rounded up)."""
-        fp = self.fingerprint(iss, jti)
+        fp = int.from_bytes(self._digest(iss, jti), "little")
         until = self._recent.get(fp)
         if until is None:
             i = self._find(fp)
@@ -125,24 +119,40 @@ class RevokedIds:
 
     def load(self, fingerprints: np.ndarray, expiries: np.ndarray) -> None:
         """Become exactly these (from ``fingerprints`` and ``expiries_of``), vectorised: sorted,
-        one entry per fingerprint with the latest of its expiries."""
-        fingerprints = np.asarray(fingerprints, dtype=np.uint64)
-        expiries = np.asarray(expiries, dtype=np.uint32)
-        if fingerprints.shape != expiries.shape:
+        one entry per fingerprint with the latest of its expiries. Writable arrays of the right
+        types are taken over and sorted in place (no copy: the transient at 1M stays ~30 MB)."""
+        keys = np.require(fingerprints, np.uint64, ["C", "W"])
+        until = np.require(expiries, np.uint32, ["C", "W"])
+        if keys.shape != until.shape or keys.ndim != 1:
             raise ValueError("one expiry per fingerprint")
-        order = np.lexsort((expiries, fingerprints))    # by fingerprint, then expiry: the last one wins
-        keys, until = fingerprints[order], expiries[order]
+        order = np.argsort(keys)                      # ~50 ms at 1M, where a lexsort takes ~300
+        keys[:] = keys[order]
+        until[:] = until[order]
         del order
-        last = np.ones(len(keys), dtype=bool)
-        np.not_equal(keys[1:], keys[:-1], out=last[:-1])
+        first = np.ones(len(keys), dtype=bool)          # the first of each run of one fingerprint
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        if not first.all():                             # a repeated id keeps its latest expiry
+            firsts = np.flatnonzero(first)
+            keys, until = keys[firsts], np.maximum.reduceat(until, firsts)
         self._recent = {}
-        self._set_arrays(keys[last], until[last])
+        self._set_arrays(keys, until)
 
     def _find(self, fp: int) -> int:
         # bisect over a memoryview compares plain ints: no numpy scalar per lookup (~0.6 µs at 1M).
         keys = self._keys_view
         i = bisect_left(keys, fp)
         return i if i < len(keys) and keys[i] == fp else -1
+
+    def _digest(self, iss: str, jti: str) -> bytes:
+        state = self._issuers.get(iss)
+        if state is None:
+            raw = iss.encode("utf-8", "surrogatepass")
+            state = hashlib.blake2b(len(raw).to_bytes(4, "little") + raw, digest_size=8, key=self._key)
+            if len(self._issuers) < ISSUER_CACHE:
+                self._issuers[iss] = state
+        state = state.copy()
+        state.update(jti.encode("utf-8", "surrogatepass"))
+        return state.digest()
 
     def _merge(self) -> None:
         fps = np.fromiter(self._recent.keys(), dtype=np.uint64, count=len(self._recent))
