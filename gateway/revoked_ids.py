@@ -64,7 +64,7 @@ class RevokedIds:
     def nbytes(self) -> int:
         """Bytes held: the two arrays exactly, the recent-additions dict and hash states estimated."""
         recent = sys.getsizeof(self._recent) + _DICT_ENTRY_BYTES * len(self._recent)
-        return self._keys.nbytes + self._until.nbytes + recent + 256 * len(self._issuers)
+        return _held(self._keys) + _held(self._until) + recent + 256 * len(self._issuers)
 
     def fingerprint(self, iss: str, jti: str) -> int:
         """The 64-bit keyed hash of (iss, jti); the issuer's length prefix keeps the pair unambiguous."""
@@ -166,3 +166,8 @@ class RevokedIds:
     def _set_arrays(self, keys: np.ndarray, until: np.ndarray) -> None:
         self._keys, self._until = keys, until
         self._keys_view, self._until_view = memoryview(keys), memoryview(until)
+
+
+def _held(array: np.ndarray) -> int:
+    # A reload may leave the arrays as views of slightly larger ones: count what is allocated.
+    return array.base.nbytes if isinstance(array.base, np.ndarray) else array.nbytes
