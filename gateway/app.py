@@ -11,10 +11,9 @@ from .auth_routes import add_auth_routes
 from .config import GatewayConfig
 from .errors import error_middleware
 from .openapi import add_openapi_route
-from .pipeline import GATEWAY, Gateway, handle
+from .pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
 
 CONFIG = web.AppKey("config", GatewayConfig)
-JWKS_PATH = "/.well-known/jwks.json"
 MAX_HEADER_BYTES = 16384
 
 
@@ -40,3 +39,12 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     add_openapi_route(app, cfg)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+class GatewayRunner(web.AppRunner):
+    """Serves ``build_app``'s app behind a FrontDoor: proxied requests skip the router."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()   # starts the app: the Gateway exists from here on
+        server.request_handler = FrontDoor(self.app, server.request_handler)
+        return server

@@ -146,9 +146,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
 async def caller(request: web.Request, gw: Gateway, method: str | None = None) -> Identity:
     """The verified, unrevoked identity of the request's access token (bearer, or cookie in browser mode)."""
     token = extract_access_token(request, gw.config, method)
-    identity = await gw.verifier.verify(token)
-    gw.denylist.check(identity)
-    return identity
+    return (await gw.authenticator.authenticate(token)).identity
 
 
 def token_response(request: web.Request, cfg: GatewayConfig, pair: TokenPair) -> web.Response:

@@ -91,8 +91,8 @@ async def slow(request: web.Request) -> web.Response:
 
 
 async def broken(request: web.Request) -> web.StreamResponse:
-    """Promise 1000 bytes, send 10, then drop the connection."""
-    resp = web.StreamResponse(headers={"Content-Length": "1000"})
+    """Promise `length` bytes (default 1000), send 10, then drop the connection."""
+    resp = web.StreamResponse(headers={"Content-Length": str(int(request.query.get("length", "1000")))})
     await resp.prepare(request)
     await resp.write(b"0123456789")
     await resp.drain()

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .request_id import REQUEST_ID, pick_request_id
+
 log = logging.getLogger("tokengate")
 REALM = "tokengate"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -111,15 +113,25 @@ def error_response(exc: GatewayError) -> web.Response:
                         headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``handler``'s answer, or the JSON answer of the GatewayError it raised (with the request's
+    X-Request-Id, so a client can match even a refusal to its request)."""
     try:
         return await handler(request)
     except GatewayError as exc:
         log.info("denied", extra={"code": exc.code, "method": request.method, "path": request.path})
-        return error_response(exc)
+        failed = exc
     except web.HTTPException:
         raise
     except Exception:
         log.exception("unhandled error", extra={"method": request.method, "path": request.path})
-        return error_response(GatewayError())
+        failed = GatewayError()
+    resp = error_response(failed)
+    if REQUEST_ID not in resp.headers:
+        resp.headers[REQUEST_ID] = pick_request_id(request.headers.getall(REQUEST_ID, []))
+    return resp
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await answer_errors(request, handler)

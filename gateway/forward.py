@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -25,11 +23,11 @@ from .config import GatewayConfig, IdentityConfig, UpstreamConfig
 from .errors import BadPath, UpstreamFailed, UpstreamTimeout
 from .identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
+from .request_id import REQUEST_ID, pick_request_id
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 log = logging.getLogger("tokengate.forward")
 
-REQUEST_ID = "X-Request-Id"
 X_FORWARDED_FOR = "X-Forwarded-For"
 X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
@@ -44,7 +42,10 @@ FORWARDING = frozenset(h.lower() for h in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "expect"}
 # Added by aiohttp's client unless skipped; a proxy must not invent them.
 _CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# An answer with a Content-Length up to this size is read whole and sent in one write (headers and
+# body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
+BUFFER_MAX_BYTES = 256 * 1024
+_NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,45 +80,59 @@ def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in headers.getall(CONNECTION) for t in v.split(",") if t.strip())
 
 
-def pick_request_id(values: list[str]) -> str:
-    """The client's request id when it sent exactly one sane one, else a fresh uuid4."""
-    if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
-        return values[0]
-    return str(uuid.uuid4())
-
-
 def filter_request_headers(headers: MultiMapping[str], policy: HeaderPolicy, peer: Peer,
                            identity_headers: Mapping[str, str]) -> CIMultiDict[str]:
     """The headers the upstream receives: the client's, cleaned, then the gateway's own on top."""
     drop = policy.trusted_drop if peer.trusted else policy.untrusted_drop
     if named := connection_tokens(headers):
         drop = drop | named
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    kept: list[tuple[str, str]] = []
+    chain: list[str] = []
+    request_ids: list[str] = []
+    has_proto = has_host = False
+    for name, value in headers.items():   # one pass: this runs on every proxied request
+        lowered = name.lower()
+        if lowered in drop:
+            continue
+        if lowered in _REWRITTEN:
+            if lowered == "x-forwarded-for":
+                chain.append(value)
+                continue
+            if lowered == "x-request-id":
+                request_ids.append(value)
+                continue
+            has_proto = has_proto or lowered == "x-forwarded-proto"
+            has_host = has_host or lowered == "x-forwarded-host"
+        kept.append((name, value))
     # The gateway's own headers go in after the removal, so no Connection header can take them out.
-    _set_forwarding(out, peer, headers.get(HOST))
-    out[REQUEST_ID] = pick_request_id(out.getall(REQUEST_ID, []))
+    if peer.address:
+        chain.append(peer.address)
+    if chain:
+        kept.append((X_FORWARDED_FOR, ", ".join(chain)))
+    if not has_proto:
+        kept.append((X_FORWARDED_PROTO, peer.scheme))
+    if not has_host and (client_host := headers.get(HOST)):
+        kept.append((X_FORWARDED_HOST, client_host))
+    kept.append((REQUEST_ID, pick_request_id(request_ids)))
+    out = CIMultiDict(kept)
     for name, value in identity_headers.items():
         out[name] = value   # replaces: identity is never what the client said
     return out
 
 
-def _set_forwarding(out: CIMultiDict[str], peer: Peer, client_host: str | None) -> None:
-    chain = out.popall(X_FORWARDED_FOR, [])
-    if peer.address:
-        chain.append(peer.address)
-    if chain:
-        out[X_FORWARDED_FOR] = ", ".join(chain)
-    if X_FORWARDED_PROTO not in out:
-        out[X_FORWARDED_PROTO] = peer.scheme
-    if X_FORWARDED_HOST not in out and client_host:
-        out[X_FORWARDED_HOST] = client_host
+_REWRITTEN = frozenset({"x-forwarded-for", "x-request-id", "x-forwarded-proto", "x-forwarded-host"})
 
 
 def filter_response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop ones (repeated ones such as Set-Cookie kept)."""
-    named = connection_tokens(headers)
-    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    return CIMultiDict(response_header_items(headers, HOP_BY_HOP))
+
+
+def response_header_items(headers: MultiMapping[str], drop: frozenset[str]) -> list[tuple[str, str]]:
+    """The upstream's response headers minus ``drop`` and whatever its Connection header names."""
+    if named := connection_tokens(headers):
+        drop = drop | named
+    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
 def is_trusted(address: str | None, networks: Sequence[Network]) -> bool:
@@ -163,6 +178,17 @@ def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
                                  sock_connect=up.connect_timeout, sock_read=up.timeout)
 
 
+class _VerbatimRequest(aiohttp.ClientRequest):
+    """Sends the client's headers as they are: aiohttp invents no Accept, Accept-Encoding,
+    User-Agent or Content-Type. (The same as ``skip_auto_headers``, without rebuilding the skip
+    list on every request.)"""
+
+    _SKIPPED: CIMultiDict[None] = CIMultiDict((name, None) for name in _CLIENT_AUTO_HEADERS)
+
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        self._skip_auto_headers = self._SKIPPED
+
+
 class Forwarder:
     """One pooled client session per upstream; ``forward`` proxies one request."""
 
@@ -195,7 +221,7 @@ class Forwarder:
             session = self._sessions[name] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=up.max_connections), timeout=_timeout(up),
                 auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=_CLIENT_AUTO_HEADERS, trust_env=False)
+                request_class=_VerbatimRequest, trust_env=False)
         return session
 
     async def forward(self, request: web.Request, path: str, upstream: str,
@@ -234,8 +260,33 @@ async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
         raise UpstreamFailed(headers=echo) from exc
 
 
+def _is_small(request: web.Request, resp: aiohttp.ClientResponse) -> bool:
+    # HEAD, 204 and 304 answers carry a Content-Length but no body: they keep the streaming path,
+    # which sends the upstream's headers as they are.
+    length = resp.content_length
+    return (length is not None and length <= BUFFER_MAX_BYTES and request.method != "HEAD"
+            and resp.status not in (204, 304) and resp.status >= 200)
+
+
+async def _read_whole(request: web.Request, resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
+    """The answer in one piece; nothing is sent to the client unless the whole body arrived."""
+    try:
+        body = await resp.read()
+    except asyncio.TimeoutError as exc:
+        raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
+    finally:
+        resp.release()
+    headers = response_header_items(resp.headers, _NOT_RELAYED)
+    headers.append((REQUEST_ID, request_id))
+    return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
+
+
 async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
                  lifetime: Lifetime) -> web.StreamResponse:
+    if _is_small(request, resp):
+        return await _read_whole(request, resp, request_id)
     complete = False
     try:
         out = web.StreamResponse(status=resp.status, reason=resp.reason,

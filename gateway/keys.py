@@ -170,6 +170,11 @@ class JwksCache:
         self._refetch_interval_s, self._retry_s, self._max_age_s = refetch_interval_s, retry_s, max_age_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock = clock
+        self._listeners: list[Callable[[str], object]] = []
+
+    def add_listener(self, listener: Callable[[str], object]) -> None:
+        """Called with the issuer's name whenever its keys are replaced (a key may have gone)."""
+        self._listeners.append(listener)
 
     async def select(self, issuer: str, kid: str | None, alg: str) -> VerificationKey:
         """The issuer's key for this header. Raises InvalidToken, or DependencyDown when the
@@ -184,6 +189,14 @@ class JwksCache:
             await self._refresh(state)   # the issuer may have rotated its keys
             key = state.keys.find(kid, alg)
         return key if key is not None else state.keys.select(kid, alg)
+
+    def __contains__(self, issuer: object) -> bool:
+        return issuer in self._issuers
+
+    def fresh_for_s(self, issuer: str) -> float:
+        """How long until the issuer's keys are due for a refresh (what a cache of verified tokens
+        must not outlive: the refresh may remove the key that verified them)."""
+        return max(0.0, self._max_age_s - self._elapsed(self._issuers[issuer].fetched_at))
 
     async def prefetch(self) -> None:
         """Fetch every issuer's keys once (at startup); failures are logged, not raised."""
@@ -209,10 +222,14 @@ class JwksCache:
                 return   # another request fetched while this one waited
             state.attempted_at = self._clock()
             try:
-                state.keys = await self._fetch(state.cfg)
-                state.fetched_at = state.attempted_at
+                keys = await self._fetch(state.cfg)
             except JwksFetchFailed as exc:
                 log.warning("jwks fetch failed", extra={"issuer": state.cfg.issuer, "reason": str(exc)})
+                return
+            replaced, state.keys, state.fetched_at = state.keys is not None, keys, state.attempted_at
+            if replaced:
+                for listener in self._listeners:
+                    listener(state.cfg.issuer)
 
     async def _fetch(self, cfg: TrustedIssuerConfig) -> KeySet:
         if self._session is None:

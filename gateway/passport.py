@@ -15,6 +15,7 @@ from typing import Any
 from .config import GatewayConfig
 from .errors import InvalidToken
 from .identity import Identity
+from .tokencache import CachedToken
 from .tokens import Minter
 
 _EMPTY: Mapping[str, str] = {}
@@ -42,6 +43,16 @@ class Passport:
             assertion_header=ident.assertion_header,
             minter=Minter(cfg.tokens, cfg.identity) if needs_minter else None,
         )
+
+    def cached_headers_for(self, known: CachedToken, upstream: str) -> Mapping[str, str]:
+        """``headers_for``, built once per cached token and upstream; the assertion header, a
+        fresh short-lived JWT, is never reused."""
+        if self.assertion_header is not None:
+            return self.headers_for(known.identity, upstream)
+        headers = known.headers.get(upstream)
+        if headers is None:
+            headers = known.headers[upstream] = self.headers_for(known.identity, upstream)
+        return headers
 
     def headers_for(self, identity: Identity, upstream: str) -> dict[str, str]:
         """Raises InvalidToken when a claim cannot be carried safely in a header."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -23,7 +24,7 @@ import uvloop
 from aiohttp import web
 
 from .admin import SERVING, build_admin_app
-from .app import build_app
+from .app import GatewayRunner, build_app
 from .config import GatewayConfig, load_config
 from .pipeline import GATEWAY
 from .users import FileUsers, UsersFileError
@@ -51,11 +52,15 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
     try:
         for app, bind in [*extra_apps, (main_app, main), (admin_app, admin)]:
             # handler_cancellation: a client that hangs up cancels its upstream call at once.
-            runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                                   shutdown_timeout=cfg.listen.drain_timeout)
+            runner_class = GatewayRunner if app is main_app else web.AppRunner
+            runner = runner_class(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                                  shutdown_timeout=cfg.listen.drain_timeout)
             await runner.setup()
             runners.append(runner)
             await _start_site(runner, bind, reuse_port)
+        # Everything built so far (config, rules, keys) lives as long as the process: keep it out of
+        # the garbage collector's full passes, which would otherwise walk it and stall requests.
+        gc.freeze()
         admin_app[SERVING].accepting = True
         log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
                  main.host, main.port, admin.host, admin.port, os.getpid())

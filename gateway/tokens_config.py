@@ -125,6 +125,7 @@ class TokensConfig(Model):
     signing_key: str | None = None
     keys: tuple[KeyConfig, ...] = ()
     trusted_issuers: tuple[TrustedIssuerConfig, ...] = ()
+    cache_size: int = Field(default=10_000, ge=0, le=10_000_000)   # verified tokens kept per worker; 0: off
 
     @field_validator("audience")
     @classmethod

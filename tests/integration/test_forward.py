@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.echo import EchoState
+from gateway.forward import BUFFER_MAX_BYTES
 
 from .conftest import MakeProxy
 
@@ -236,10 +237,17 @@ async def test_silent_upstream_gives_504(make_proxy: MakeProxy, echo_upstream: T
 
 async def test_upstream_failing_mid_stream_cuts_the_client_off(proxy: TestClient) -> None:
     async with asyncio.timeout(BOUND_S):
-        resp = await proxy.get("/_echo/broken")
+        resp = await proxy.get(f"/_echo/broken?length={BUFFER_MAX_BYTES + 1}")   # streamed: too big to hold
         assert resp.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
+
+
+async def test_upstream_failing_inside_a_small_answer_gives_502(proxy: TestClient) -> None:
+    """A small answer is read whole before anything is sent, so a broken one is an honest 502."""
+    async with asyncio.timeout(BOUND_S):
+        resp = await proxy.get("/_echo/broken?length=1000")
+        assert resp.status == 502 and (await resp.json())["code"] == "upstream_unavailable"
 
 
 async def test_client_disconnect_cancels_the_upstream_request(proxy: TestClient, echo_state: EchoState,

@@ -7,6 +7,7 @@ import base64
 import json
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,3 +364,23 @@ async def test_sighup_reloads_the_users_file_and_keeps_the_old_accounts_when_it_
     await _until_logged(gw, "the old accounts stay", expected)
     assert gw.proc.poll() is None
     assert gw.stop() == 0
+
+
+@pytest.mark.parametrize("sent", [None, "client-req-42"])
+async def test_refusals_carry_the_request_id(gateway, recorder, http, sent):
+    """The gateway's own answers (401 here) echo a sane client X-Request-Id, or carry a fresh one."""
+    headers = {"X-Request-Id": sent} if sent else {}
+    async with http.get(f"{gateway.url}/api/orders", headers=headers) as resp:
+        assert resp.status == 401
+        rid = resp.headers["X-Request-Id"]
+    assert rid == sent if sent else uuid.UUID(rid).version == 4
+
+
+async def test_paths_under_the_auth_prefix_that_are_no_endpoint_still_follow_the_routes(gateway, recorder, http):
+    """Requests under auth.prefix take the app's router; what it does not serve gets the same
+    answer as anywhere else (here: no route)."""
+    async with http.get(f"{gateway.url}/auth/nothing-here") as resp:
+        assert resp.status == 404 and (await resp.json())["code"] == "no_route"
+    async with http.get(f"{gateway.url}/.well-known/jwks.json") as resp:
+        assert resp.status == 200 and "keys" in await resp.json()
+    assert recorder.received == []

@@ -17,8 +17,11 @@ from blockbuster import blockbuster_ctx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import get_default_algorithms
 
+from gateway.denylist import Denylist
 from gateway.errors import DependencyDown, InvalidToken
-from gateway.keys import REFETCH_INTERVAL_S, JwksCache
+from gateway.keys import MAX_AGE_S, REFETCH_INTERVAL_S, JwksCache
+from gateway.store import MemoryStore
+from gateway.tokencache import Authenticator, TokenCache
 from gateway.verify import Verifier
 from tests.conftest import HS_SECRET
 
@@ -248,3 +251,36 @@ async def test_prefetch_warms_the_cache(make_config: Callable[..., Any], idp: Id
         assert idp.requests == 1
     finally:
         await cache.close()
+
+
+@pytest.fixture
+async def authenticator(verifier: Verifier) -> AsyncIterator[Authenticator]:
+    store = MemoryStore()
+    denylist = Denylist(store)
+    await denylist.start()
+    deadline = time.monotonic() + 5
+    while not denylist.in_sync:   # a cache hit counts only while the mirror is in sync
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    yield Authenticator(verifier, denylist, TokenCache(100, leeway_s=30))
+    await denylist.close()
+    await store.close()
+
+
+async def test_a_cached_token_dies_when_its_issuer_drops_its_key(authenticator: Authenticator, idp: Idp,
+                                                                 clock: Clock) -> None:
+    old = idp.mint("idp1")
+    assert (await authenticator.authenticate(old)).identity.sub == "carol"
+    idp.add_key("idp2")
+    del idp.keys["idp1"]   # the issuer rotates idp1 out
+    clock.advance(REFETCH_INTERVAL_S)
+    assert (await authenticator.authenticate(idp.mint("idp2"))).identity.sub == "carol"   # refetch
+    assert idp.requests == 2
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(old)
+
+
+async def test_a_cached_token_lives_no_longer_than_its_issuers_keys_are_fresh(authenticator: Authenticator,
+                                                                             idp: Idp) -> None:
+    entry = await authenticator.authenticate(idp.mint("idp1"))
+    assert entry.until <= time.time() + MAX_AGE_S   # the refresh due then may remove the key

@@ -1,0 +1,140 @@
+"""Steps 3 and 4 for a token seen before: the verified-token cache, and ``Authenticator`` around it.
+
+A hit skips the signature and claim checks and the revocation lookup, so it must never accept
+what those would refuse. Entries are keyed by the token's exact text, only a token that passed
+both checks goes in, and each one dies when the verifier would start refusing it (``exp`` plus
+the leeway), when the revocation mirror learns a revocation that touches it (its ``jti`` or its
+subject), when the mirror reloads from the store, and when its issuer's keys are replaced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .denylist import Denylist
+from .identity import Identity
+from .store.base import Revocation
+from .verify import Verifier
+
+Key = tuple[str, str]   # (iss, jti) or (iss, sub)
+
+
+@dataclass(slots=True)
+class CachedToken:
+    identity: Identity
+    until: float                                   # epoch seconds; from then on the verifier refuses it
+    headers: dict[str, Mapping[str, str]] = field(default_factory=dict)   # per upstream, for Passport
+
+
+class TokenCache:
+    """At most ``max_entries`` verified tokens by exact text; the oldest entry goes first when full."""
+
+    def __init__(self, max_entries: int, leeway_s: float) -> None:
+        self.max_entries = max_entries
+        self._leeway_s = leeway_s
+        self._entries: dict[str, CachedToken] = {}
+        self._by_jti: dict[Key, set[str]] = {}
+        self._by_sub: dict[Key, set[str]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, now: float) -> CachedToken | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            self.misses += 1
+            return None
+        if now >= entry.until:
+            self._drop(token)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, token: str, identity: Identity, until: float | None = None) -> CachedToken | None:
+        """Keep a token that has just passed verification and the revocation check, until the
+        verifier would refuse it (or ``until``, when that comes first)."""
+        if self.max_entries <= 0:
+            return None
+        if token in self._entries:
+            self._drop(token)
+        while len(self._entries) >= self.max_entries:
+            self._drop(next(iter(self._entries)))   # dicts keep insertion order: the oldest first
+        limit = identity.exp + self._leeway_s
+        entry = self._entries[token] = CachedToken(identity, limit if until is None else min(limit, until))
+        self._by_jti.setdefault((identity.iss, identity.jti), set()).add(token)
+        self._by_sub.setdefault((identity.iss, identity.sub), set()).add(token)
+        return entry
+
+    def revoke(self, revocation: Revocation) -> int:
+        """Drop what a revocation touches: the token id, or every token of the subject. Returns how many."""
+        index = self._by_jti if revocation.kind == "jti" else self._by_sub
+        return self._drop_all(list(index.get((revocation.iss, revocation.id), ())))
+
+    def drop_issuer(self, issuer: str) -> int:
+        """Drop every token of one issuer (its keys were replaced: a key may be gone)."""
+        return self._drop_all([t for t, e in self._entries.items() if e.identity.iss == issuer])
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_jti.clear()
+        self._by_sub.clear()
+
+    def _drop_all(self, tokens: Iterable[str]) -> int:
+        count = 0
+        for token in tokens:
+            count += self._drop(token)
+        return count
+
+    def _drop(self, token: str) -> int:
+        entry = self._entries.pop(token, None)
+        if entry is None:
+            return 0
+        ident = entry.identity
+        _discard(self._by_jti, (ident.iss, ident.jti), token)
+        _discard(self._by_sub, (ident.iss, ident.sub), token)
+        return 1
+
+
+def _discard(index: dict[Key, set[str]], key: Key, token: str) -> None:
+    tokens = index.get(key)
+    if tokens is not None:
+        tokens.discard(token)
+        if not tokens:
+            del index[key]
+
+
+class Authenticator:
+    """token -> Identity: the cache when it holds the token, else the verifier and the mirror.
+
+    Raises what Verifier.verify and Denylist.check raise. The mirror's listeners keep the cache
+    honest; while the mirror is out of sync every token takes the full path, so ``store.on_error``
+    decides exactly as it does without a cache.
+    """
+
+    def __init__(self, verifier: Verifier, denylist: Denylist, cache: TokenCache,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.verifier, self.denylist, self.cache = verifier, denylist, cache
+        self._clock = clock
+        denylist.add_listener(cache.revoke)
+        denylist.add_resync_listener(cache.clear)
+        if verifier.jwks is not None:
+            verifier.jwks.add_listener(cache.drop_issuer)
+
+    async def authenticate(self, token: str) -> CachedToken:
+        """The cache entry for a good token (its ``headers`` slot is the caller's to fill)."""
+        entry = self.cache.get(token, self._clock())
+        if entry is not None and self.denylist.in_sync:
+            return entry
+        identity = await self.verifier.verify(token)
+        # No await between the check and the put: a revocation cannot slip in between.
+        self.denylist.check(identity)
+        until = None
+        if self.verifier.jwks is not None and identity.iss in self.verifier.jwks:
+            until = self._clock() + self.verifier.jwks.fresh_for_s(identity.iss)
+        entry = self.cache.put(token, identity, until)
+        return entry if entry is not None else CachedToken(identity, identity.exp)
