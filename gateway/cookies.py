@@ -16,7 +16,7 @@ from multidict import MultiMapping
 
 from .config import AuthConfig, GatewayConfig
 from .errors import Forbidden, MissingToken
-from .extract import AUTHORIZATION, extract_bearer
+from .extract import AUTHORIZATION, bearer_credentials
 from .sessions import TokenPair
 
 ACCESS_COOKIE = "access_token"
@@ -95,10 +95,10 @@ def check_cookie_token(cookies: Mapping[str, str], headers: MultiMapping[str], m
 
 def extract_access_token(request: web.Request, cfg: GatewayConfig, method: str | None = None) -> str:
     """The bearer token when an Authorization header came, else the access cookie (browser mode,
-    CSRF-checked for ``method``, the request's own by default). Raises MissingToken, InvalidToken,
-    BadRequest (extract_bearer) or CsrfFailed."""
+    CSRF-checked for ``method``, the request's own by default). Raises MissingToken, BadRequest
+    (bearer_credentials) or CsrfFailed. The token's syntax is left to Authenticator.authenticate."""
     if AUTHORIZATION in request.headers:
-        return extract_bearer(request.headers)
+        return bearer_credentials(request.headers)
     token = check_cookie_token(request.cookies, request.headers, method or request.method, cfg.auth)
     if token is None:
         raise MissingToken()

@@ -114,19 +114,24 @@ def error_response(exc: GatewayError) -> web.Response:
 
 
 async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``handler``'s answer, or the JSON answer of the GatewayError it raised (with the request's
-    X-Request-Id, so a client can match even a refusal to its request)."""
+    """``handler``'s answer, or the JSON answer for what it raised (see ``answer_for``)."""
     try:
         return await handler(request)
-    except GatewayError as exc:
-        log.info("denied", extra={"code": exc.code, "method": request.method, "path": request.path})
-        failed = exc
     except web.HTTPException:
         raise
-    except Exception:
-        log.exception("unhandled error", extra={"method": request.method, "path": request.path})
-        failed = GatewayError()
-    resp = error_response(failed)
+    except Exception as exc:
+        return answer_for(request, exc)
+
+
+def answer_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for an exception a handler raised: a GatewayError's own, else a logged
+    bare 500. It carries the request's X-Request-Id, so a client can match even a refusal."""
+    if isinstance(exc, GatewayError):
+        log.info("denied", extra={"code": exc.code, "method": request.method, "path": request.path})
+    else:
+        log.error("unhandled error", exc_info=exc, extra={"method": request.method, "path": request.path})
+        exc = GatewayError()
+    resp = error_response(exc)
     if REQUEST_ID not in resp.headers:
         resp.headers[REQUEST_ID] = pick_request_id(request.headers.getall(REQUEST_ID, []))
     return resp

@@ -22,6 +22,19 @@ def extract_bearer(headers: Mapping[str, str]) -> str:
     bare challenge; a malformed bearer value -> InvalidToken; several Authorization headers ->
     BadRequest, whatever they hold (a proxy and the gateway might each read a different one).
     """
+    return check_b64token(bearer_credentials(headers))
+
+
+def check_b64token(token: str) -> str:
+    """``token`` when it has RFC 6750's b64token syntax, else InvalidToken."""
+    if not _B64TOKEN.fullmatch(token):
+        raise InvalidToken("the Authorization header is malformed (expected one bearer token)")
+    return token
+
+
+def bearer_credentials(headers: Mapping[str, str]) -> str:
+    """``extract_bearer`` without the token's syntax check, for a caller that makes it only when it
+    does not know the exact string already (a verified-token cache: every token in it is a JWS)."""
     values = _all_values(headers, AUTHORIZATION)
     if len(values) > 1:
         raise BadRequest("more than one Authorization header")
@@ -30,10 +43,7 @@ def extract_bearer(headers: Mapping[str, str]) -> str:
     scheme, _, credentials = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
         raise MissingToken()
-    token = credentials.lstrip(" ")   # RFC 7235 2.1: 1*SP between scheme and credentials
-    if not _B64TOKEN.fullmatch(token):
-        raise InvalidToken("the Authorization header is malformed (expected one bearer token)")
-    return token
+    return credentials.lstrip(" ")   # RFC 7235 2.1: 1*SP between scheme and credentials
 
 
 def _all_values(headers: Mapping[str, str], name: str) -> list[str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 from .authorize import authorize
 from .config import GatewayConfig
 from .denylist import Denylist
-from .errors import Handler, MethodRefused, answer_errors
+from .errors import Handler, MethodRefused, answer_for
 from .cookies import extract_access_token
 from .forward import Forwarder
 from .keys import KeyRing
@@ -131,7 +131,9 @@ class FrontDoor:
         path = request.rel_url.path   # what the app's router would match on
         if path.startswith(self._own_prefix) or path in self._own_paths:
             return await self._app_handler(request)
-        return await answer_errors(request, self._proxy)
-
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        return await proxy(self._gw, request)
+        try:   # answer_errors, inlined: one coroutine less on every proxied request
+            return await proxy(self._gw, request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            return answer_for(request, exc)

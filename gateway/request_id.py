@@ -3,8 +3,8 @@ it sent exactly one sane value, else a fresh uuid4."""
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 
 REQUEST_ID = "X-Request-Id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -14,4 +14,12 @@ def pick_request_id(values: list[str]) -> str:
     """The client's request id when it sent exactly one sane one, else a fresh uuid4."""
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
-    return str(uuid.uuid4())
+    return _fresh_uuid4()
+
+
+def _fresh_uuid4() -> str:
+    """A random RFC 4122 version 4 UUID. A request id needs to be unique, not secret: Python's own
+    generator does (as str(uuid.uuid4()) would, at twice the cost: a system call per id)."""
+    digits = f"{random.getrandbits(124):031x}"
+    variant = "89ab"[int(digits[15], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[12:15]}-{variant}{digits[16:19]}-{digits[19:31]}"

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .denylist import Denylist
+from .extract import check_b64token
 from .identity import Identity
 from .store.base import Revocation
 from .verify import Verifier
@@ -126,11 +127,12 @@ class Authenticator:
             verifier.jwks.add_listener(cache.drop_issuer)
 
     async def authenticate(self, token: str) -> CachedToken:
-        """The cache entry for a good token (its ``headers`` slot is the caller's to fill)."""
+        """The cache entry for a good token (its ``headers`` slot is the caller's to fill). The
+        token's b64token syntax is checked here, on a miss: what is cached passed it already."""
         entry = self.cache.get(token, self._clock())
         if entry is not None and self.denylist.in_sync:
             return entry
-        identity = await self.verifier.verify(token)
+        identity = await self.verifier.verify(check_b64token(token))
         # No await between the check and the put: a revocation cannot slip in between.
         self.denylist.check(identity)
         until = None
