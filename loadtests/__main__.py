@@ -17,6 +17,7 @@ from gateway.config import ConfigError, load_config
 from gateway.durations import parse_duration_s
 
 from . import drivers, report
+from .benchconfig import LOAD_PATH, SECRET_VAR, write_bench_config
 from .driver import RemoteTarget, check_target
 from .procs import StartFailed
 from .revocation import revoke, revoked_rows
@@ -75,6 +76,13 @@ def cmd_pool(args: argparse.Namespace) -> int:
           f"({', '.join(f'{k} {n}' for k, n in counts.items())})")
     print(f"revoked jtis: {side} ({counts.get('revoked', 0)}); tell the gateway with: "
           f"python -m loadtests revoke --config {args.config} --pool {out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    write_bench_config(Path(args.out), args.routes, args.workers, args.store)
+    print(f"wrote {args.out}: HS256 (secret from ${{{SECRET_VAR}}}), {args.routes} routes, GET {LOAD_PATH} "
+          f"needs role user, store {args.store}, {args.workers} worker(s)")
     return 0
 
 
@@ -158,6 +166,12 @@ def parser() -> argparse.ArgumentParser:
     pool.add_argument("--ttl", type=_duration, help="token lifetime (default: the config's tokens.access_ttl)")
     pool.add_argument("--seed", type=int, help="shuffle seed (default: random)")
     pool.set_defaults(func=cmd_pool)
+    config = sub.add_parser("config", help="write the hot-path benchmark's gateway config")
+    config.add_argument("--out", required=True)
+    config.add_argument("--routes", type=_positive, default=1000, help="routes in all (default 1000)")
+    config.add_argument("--workers", type=_positive, default=1)
+    config.add_argument("--store", default="memory://", help="store URL (default memory://)")
+    config.set_defaults(func=cmd_config)
     revoke = sub.add_parser("revoke", help="revoke the pool's revoked tokens with POST /admin/revoke")
     revoke.add_argument("--config")
     revoke.add_argument("--pool", required=True)
