@@ -114,10 +114,10 @@ def filter_request_headers(headers: MultiMapping[str], policy: HeaderPolicy, pee
     if not has_host and (client_host := headers.get(HOST)):
         kept.append((X_FORWARDED_HOST, client_host))
     kept.append((REQUEST_ID, pick_request_id(request_ids)))
-    out = CIMultiDict(kept)
-    for name, value in identity_headers.items():
-        out[name] = value   # replaces: identity is never what the client said
-    return out
+    # Identity is never what the client said: its header names are in ``drop``, and the config
+    # refuses an identity header named like one the gateway sets above (config._RESERVED_HEADERS).
+    kept.extend(identity_headers.items())
+    return CIMultiDict(kept)
 
 
 _REWRITTEN = frozenset({"x-forwarded-for", "x-request-id", "x-forwarded-proto", "x-forwarded-host"})

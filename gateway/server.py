@@ -126,6 +126,9 @@ def run(cfg: GatewayConfig, main: Bind, admin: Bind, workers: int) -> int:
     if workers == 1:
         run_one(cfg, main, admin)
         return 0
+    if cfg.store.url.startswith("memory://"):
+        log.warning("store is memory:// with %d workers: every worker has a store of its own, so a revocation, "
+                    "session or account made through one worker is unknown to the others; use Redis", workers)
     return _Supervisor(cfg.source, workers, cfg.listen.drain_timeout).run(main, admin)
 
 

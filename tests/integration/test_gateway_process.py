@@ -267,6 +267,7 @@ async def test_workers_share_one_port(start_gateway, recorder, keys_dir, http):
     assert len(pids) == 2
     assert gw.proc.pid not in pids
     assert gw.stop() == 0
+    assert "every worker has a store of its own" in gw.log()   # memory:// is not shared between workers
 
 
 async def test_port_in_use_is_a_clear_error(gateway, recorder, keys_dir, tmp_path):
