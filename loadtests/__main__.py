@@ -16,7 +16,7 @@ from typing import Any
 from gateway.config import ConfigError, load_config
 from gateway.durations import parse_duration_s
 
-from . import drivers, report
+from . import chart, drivers, report
 from .benchconfig import LOAD_PATH, SECRET_VAR, write_bench_config
 from .driver import RemoteTarget, check_target
 from .procs import StartFailed
@@ -109,20 +109,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = check_target(args.url, args.allow_remote)
     pool = read_pool(Path(args.pool))
     with tempfile.TemporaryDirectory(prefix="tokengate-loadtest-") as tmp:
-        data = drivers.loader(args, pool, Path(tmp), keep_results=bool(args.png))(url, True)
-    results = data.pop("_results", None)
+        data = drivers.loader(args, pool, Path(tmp))(url, True)
     print(report.text(data))
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
     if args.png:
-        message = report.render_png(results, data, Path(args.png)) if results else \
-            "no PNG written: the wrk driver gives percentiles, not every request (use --driver asyncio)"
+        title = f"{url}: {data['requests']:,} requests, {data['requests_per_s']:,.0f} req/s (driver {args.driver})"
+        message = chart.render_png([(url, data)], Path(args.png), title)
         if message:
             print(message, file=sys.stderr)
     return 0 if data["correct"] else 1
 
 
 def _check_run_flags(args: argparse.Namespace) -> None:
+    if args.png and not Path(args.png).resolve().parent.is_dir():
+        raise UsageError(f"--png {args.png}: its directory does not exist")
     if not args.start:
         for flag, value in (("--compare", args.compare), ("--workers", args.workers != [1]),
                             ("--cpus", args.cpus), ("--rounds", args.rounds), ("--config", args.config)):
@@ -130,9 +131,6 @@ def _check_run_flags(args: argparse.Namespace) -> None:
                 raise UsageError(f"{flag} needs --start (the kit starts what it compares and measures)")
         if not args.url or not args.pool:
             raise UsageError("name the target with --url and the token pool with --pool (or use --start --config C)")
-    elif args.png:
-        raise UsageError("--png draws one target's run: use it without --start "
-                         "(with --json, --start keeps every round)")
     elif args.url:
         raise UsageError("--url and --start exclude each other: with --start the kit starts the gateway itself")
     elif not args.config:
@@ -201,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=_positive, default=64)
     run.add_argument("--rate", type=_rate, help="fixed rate, like 500/s (default: full speed)")
     run.add_argument("--json", help="write the report as JSON here")
-    run.add_argument("--png", help="write a latency + throughput chart here (needs matplotlib)")
+    run.add_argument("--png", help="write a latency + throughput chart here (needs matplotlib); with --start: "
+                     "the best round of every target, a line each")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--allow-remote", action="store_true", help="allow a target that is not loopback")
     run.set_defaults(func=cmd_run)

@@ -44,8 +44,7 @@ def plan_for(args: Any, url: str) -> Plan:
                 rate=args.rate, progress=progress, max_time_s=args.max_time)
 
 
-def loader(args: Any, pool: Sequence[dict[str, Any]], workdir: Path,
-           keep_results: bool = False) -> Callable[[str, bool], dict[str, Any]]:
+def loader(args: Any, pool: Sequence[dict[str, Any]], workdir: Path) -> Callable[[str, bool], dict[str, Any]]:
     """load(url, tally) -> the report of one timed load of ``url`` (tallied against the pool when asked)."""
     expects = [int(row["expect"]) for row in pool]
 
@@ -53,10 +52,6 @@ def loader(args: Any, pool: Sequence[dict[str, Any]], workdir: Path,
         plan = plan_for(args, url)
         if args.driver == "wrk":
             return run_wrk(plan, pool, expects if tally else None, workdir)
-        results = run_load(plan, pool)
-        data = report.build(results, expects if tally else None, url)
-        if keep_results:
-            data["_results"] = results   # for the PNG; popped before anything is written
-        return data
+        return report.build(run_load(plan, pool), expects if tally else None, url)
 
     return load

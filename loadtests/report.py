@@ -1,5 +1,6 @@
-"""The report of one run: throughput, latency percentiles, errors, status counts and the
-correctness tally per token kind, as text, JSON and a PNG chart (matplotlib, if installed).
+"""The report of one run: throughput (overall and per second), latency percentiles (and the curve
+the chart draws), errors, status counts and the correctness tally per token kind, as text and JSON.
+The PNG chart of reports is chart.py.
 """
 
 from __future__ import annotations
@@ -7,12 +8,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from .driver import ERROR, Results
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+# The latency curve's grid (tally.lua gets the same one from wrk): p1..p99, then ever finer into the tail.
+CURVE_PERCENTILES = (*range(1, 100), 99.5, 99.9, 99.95, 99.99, 99.999)
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:
@@ -23,6 +25,11 @@ def percentile(sorted_values: Sequence[float], p: float) -> float | None:
         raise ValueError("p must be in (0, 100]")
     rank = math.ceil(round(p * len(sorted_values) / 100.0, 9))   # round: 99.9% of 1000 is 999, not 999.0000001
     return sorted_values[max(rank, 1) - 1]
+
+
+def latency_curve(lowest: float, points: Sequence[tuple[float, float]], highest: float) -> list[list[float]]:
+    """[percentile, ms] from 0 (the minimum) through ``points`` to 100 (the maximum), for the chart."""
+    return [[0, round(lowest, 3)], *([p, round(ms, 3)] for p, ms in points), [100, round(highest, 3)]]
 
 
 def _status_name(status: int) -> str:
@@ -74,6 +81,9 @@ def build(results: Results, expects: Sequence[int] | None, url: str) -> dict[str
     data = assemble(url, count, results.elapsed_s, latency, dict(results.error_types),
                     Counter(results.status), driver="asyncio")
     data.update(cut_short=results.cut_short, throughput_per_s=throughput(results))
+    if ordered:
+        points = [(p, percentile(ordered, p) or 0.0) for p in CURVE_PERCENTILES]
+        data["latency_curve_ms"] = latency_curve(ordered[0], points, ordered[-1])
     if expects is not None:
         add_tally(data, tally(results, expects))
     return data
@@ -86,7 +96,8 @@ def assemble(url: str, count: int, elapsed_s: float, latency: dict[str, float | 
             "requests_per_s": round(count / max(elapsed_s, 1e-9), 1), "latency_ms": latency,
             "errors": {"count": sum(error_types.values()), "by_type": error_types},
             "status": {_status_name(s): n for s, n in sorted(statuses.items())},
-            "tally": None, "mismatches": [], "correct": None, "cut_short": False, "throughput_per_s": []}
+            "tally": None, "mismatches": [], "correct": None, "cut_short": False, "throughput_per_s": [],
+            "latency_curve_ms": []}
 
 
 def add_tally(data: dict[str, Any], tallied: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
@@ -133,30 +144,3 @@ def _tally_lines(report: dict[str, Any]) -> list[str]:
                      f"status count against the tokens left unattributed, not per token: {verdict}")
     lines.append("RESULT: all correct" if report["correct"] else "RESULT: NOT correct")
     return lines
-
-
-def render_png(results: Results, report: dict[str, Any], out: Path) -> str | None:
-    """Latency histogram + throughput over time into ``out``; a message instead when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        return "no PNG written: matplotlib is not installed (pip install -e '.[loadtest]')"
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, (hist, rate) = plt.subplots(2, 1, figsize=(8, 7))
-    try:
-        hist.hist(list(results.latency_ms), bins=60, color="tab:blue")
-        hist.set(title=f"latency ({report['requests']} requests)", xlabel="ms", ylabel="requests")
-        for name, colour in (("p50", "green"), ("p99", "red")):
-            if report["latency_ms"][name] is not None:
-                hist.axvline(report["latency_ms"][name], color=colour, linestyle="--", label=name)
-        hist.legend()
-        series = report["throughput_per_s"]
-        rate.plot(range(len(series)), series, marker="o", color="tab:orange")
-        rate.set(title="throughput", xlabel="second of the run", ylabel="requests / s", ylim=(0, None))
-        fig.tight_layout()
-        fig.savefig(out, format="png")
-    finally:
-        plt.close(fig)
-    return None

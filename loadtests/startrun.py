@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import compare, report
+from . import chart, compare, report
 from .procs import StartFailed
 from .revocation import revoke, revoked_rows
 from .stack import Pinning, Stack, Target
@@ -119,7 +119,21 @@ def _report(args: Any, stack: Stack, targets: list[Target], rounds: int,
                 "cpus": {"proxy": sorted(args.cpus.proxy), "load": sorted(args.cpus.load)} if args.cpus else None,
                 "summary": summary, "targets": results}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
+    if args.png:
+        _write_png(Path(args.png), summary, results, rounds)
     return 0 if summary["correct"] else 1
+
+
+def _write_png(out: Path, summary: dict[str, Any], results: dict[str, list[dict[str, Any]]], rounds: int) -> None:
+    """One figure, a line per target: its best round (the one the table shows)."""
+    runs = [(f"{row['target']} (round {row['best_round']})", results[row["target"]][row["best_round"] - 1])
+            for row in summary["rows"]]
+    driver = runs[0][1]["driver"]
+    kept = f"best of {rounds} interleaved rounds per target, by req/s" if rounds > 1 else "one round per target"
+    title = f"run --start: {kept} (driver {driver})"
+    message = chart.render_png(runs, out, title)
+    if message:
+        print(message, file=sys.stderr)
 
 
 def parse_cpus(text: str) -> Pinning:

@@ -38,8 +38,9 @@ def find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def write_inputs(pool: Sequence[dict[str, Any]], workdir: Path) -> tuple[Path, Path, Path]:
-    """The pool as `path<TAB>token` lines (mode 0600), the script, and where its results will go."""
+def write_inputs(pool: Sequence[dict[str, Any]], workdir: Path, run_s: int) -> tuple[Path, Path, Path]:
+    """The pool as `path<TAB>token` lines (mode 0600), the script (counting answers in ``run_s`` 1 s
+    buckets), and where its results will go."""
     pool_path, script_path, out_path = workdir / "wrk-pool.tsv", workdir / "wrk-tally.lua", workdir / "wrk-out.json"
     pool_path.touch(mode=0o600)
     pool_path.chmod(0o600)
@@ -47,7 +48,9 @@ def write_inputs(pool: Sequence[dict[str, Any]], workdir: Path) -> tuple[Path, P
     for path in (pool_path, out_path):
         if "]==]" in str(path):
             raise WrkFailed(f"cannot pass the path {path} to Lua")
-    script_path.write_text(SCRIPT.read_text().replace("@POOL@", str(pool_path)).replace("@OUT@", str(out_path)))
+    curve = "{" + ", ".join(f"{p:g}" for p in report.CURVE_PERCENTILES) + "}"
+    script = SCRIPT.read_text().replace("@SECONDS@", str(run_s)).replace("@CURVE@", curve)
+    script_path.write_text(script.replace("@POOL@", str(pool_path)).replace("@OUT@", str(out_path)))
     out_path.unlink(missing_ok=True)
     return pool_path, script_path, out_path
 
@@ -69,7 +72,7 @@ def run_wrk(plan: Plan, pool: Sequence[dict[str, Any]], expects: Sequence[int] |
     if wrk is None:
         raise WrkFailed(INSTALL_HINT)
     threads = max(1, min(len(os.sched_getaffinity(0)), plan.concurrency))
-    _, script, out_path = write_inputs(pool, workdir)
+    _, script, out_path = write_inputs(pool, workdir, seconds(plan))
     argv = command(wrk, plan, script, threads)
     with open(workdir / "wrk.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -128,6 +131,10 @@ def to_report(raw: dict[str, Any], plan: Plan, kinds: Sequence[str],
     data = report.assemble(plan.url, sum(statuses.values()), raw["duration_us"] / 1e6, lat, errors, statuses,
                            driver="wrk")
     data["cut_short"] = False
+    data["throughput_per_s"] = raw["per_second"]
+    if data["requests"]:
+        data["latency_curve_ms"] = report.latency_curve(
+            lat["min"], [(p, us / 1000.0) for p, us in raw["latency_curve_us"]], lat["max"])
     if expects is not None:
         report.add_tally(data, report.tally_counts(counts, kinds, expects))
         if unattributed:

@@ -19,12 +19,14 @@ import pytest
 
 from gateway.config import load_config
 from gateway.echo import build_echo_app
+from loadtests.chart import per_second, render_png
 from loadtests.driver import ERROR, RemoteTarget, Results, check_target
-from loadtests.report import build, percentile, render_png, text
+from loadtests.report import build, percentile, text
 from loadtests.tokenpool import (KINDS, OTHER_AUDIENCE, PoolError, PoolMaker, generate, parse_mix, read_jsonl,
                                  sidecar_path, split_count, write_pool)
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
+from tests.loadtests.reportchecks import assert_has_a_curve_and_a_rate, assert_is_a_chart
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 60.0
@@ -130,11 +132,23 @@ def test_report_tallies_mismatches_and_errors() -> None:
     assert "MISMATCH valid" in text(data)
 
 
-def test_png_chart(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    results = _fake_results()
-    assert render_png(results, build(results, [200, 401], "http://127.0.0.1:1"), tmp_path / "c.png") is None
-    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_report_keeps_the_latency_curve() -> None:
+    data = build(_fake_results(), [200, 401], "http://127.0.0.1:1")
+    assert_has_a_curve_and_a_rate(data)
+    assert dict(map(tuple, data["latency_curve_ms"]))[50] == 5.0   # nearest rank of 1..10 ms and 5 ms
+
+
+def test_chart_scales_a_short_last_second_and_leaves_out_a_sliver() -> None:
+    assert per_second([5, 6, 3], 2.3) == ([0.0, 1, 2, 2.3], [5.0, 6.0, pytest.approx(10.0)])
+    assert per_second([5, 6, 1], 2.004) == ([0.0, 1, 2.0], [5.0, 6.0])
+    assert per_second([50], 0.25) == ([0.0, 0.25], [200.0])
+    assert per_second([5, 6, 7], 3.01) == ([0.0, 1, 2, 3.0], [5.0, 6.0, 7.0])
+
+
+def test_png_chart_draws_one_line_per_report(tmp_path: Path) -> None:
+    data = build(_fake_results(), [200, 401], "http://127.0.0.1:1")
+    assert render_png([("a", data), ("b", data)], tmp_path / "c.png", "two runs") is None
+    assert_is_a_chart(tmp_path / "c.png")
 
 
 @pytest.mark.parametrize("url", ["http://10.1.2.3:8080", "http://example.com", "http://[2001:db8::1]/"])
@@ -172,7 +186,7 @@ def _config_path(gw: GatewayProcess, tmp_path: Path) -> str:
 
 @pytest.mark.integration
 async def test_kit_against_a_real_gateway(gateway: GatewayProcess, tmp_path: Path) -> None:
-    pool, out = tmp_path / "pool.jsonl", tmp_path / "report.json"
+    pool, out, png = tmp_path / "pool.jsonl", tmp_path / "report.json", tmp_path / "report.png"
     code, said, _ = await kit("pool", "--config", _config_path(gateway, tmp_path), "--out", str(pool),
                               "--count", "200", "--seed", "7")
     assert code == 0 and "wrote 200 tokens" in said and "eyJ" not in said
@@ -180,10 +194,13 @@ async def test_kit_against_a_real_gateway(gateway: GatewayProcess, tmp_path: Pat
     assert code == 0, err
     assert "revoked 10 of 10" in said
     code, said, err = await kit("run", "--url", gateway.url, "--pool", str(pool), "--requests", "400",
-                                "--concurrency", "8", "--json", str(out), "--no-progress")
+                                "--concurrency", "8", "--json", str(out), "--png", str(png), "--no-progress")
     assert code == 0, said + err + gateway.log()
     data = json.loads(out.read_text())
     assert data["requests"] == 400 and data["correct"] is True and data["mismatches"] == []
+    assert_has_a_curve_and_a_rate(data)
+    assert sum(data["throughput_per_s"]) == 400
+    assert_is_a_chart(png)
     assert data["errors"]["count"] == 0 and data["status"] == {"200": 280, "401": 100, "403": 20}
     assert set(data["tally"]) == {"valid", "expired", "revoked", "bad_signature", "wrong_audience",
                                   "unknown_kid", "wrong_role"}

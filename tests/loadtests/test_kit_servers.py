@@ -1,6 +1,7 @@
 """The kit's own servers, as real processes on loopback: the fast upstream answers, echoes
 X-Request-Id, answers pipelined requests in order and refuses chunked bodies; the plain proxy
-forwards. And the wrk results file becomes the kit's report, attribution by echoed id included.
+forwards. And the wrk results file becomes the kit's report, attribution by echoed id, latency curve
+and answers per second included.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 from loadtests.driver import Plan
 from loadtests.procs import Child, free_port, python, spawn, wait_ready
-from loadtests.wrkdriver import by_count, to_report
+from loadtests.report import CURVE_PERCENTILES
+from loadtests.wrkdriver import by_count, to_report, write_inputs
 
 READ_TIMEOUT_S = 5.0
 
@@ -92,6 +94,7 @@ def _raw(tally: list[list[int]], sent: list[list[int]]) -> dict:
     return {"duration_us": 2_000_000, "requests": 0, "bytes": 0,
             "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0},
             "latency_us": {"min": 100, "mean": 900.0, "max": 5000, "p50": 800, "p90": 1500, "p99": 4000, "p99.9": 5000},
+            "latency_curve_us": [[p, 100 + 49 * p] for p in CURVE_PERCENTILES], "per_second": [6, 4],
             "tally": tally, "sent": sent}
 
 
@@ -102,6 +105,17 @@ def test_wrk_results_become_the_report_with_a_strict_tally() -> None:
     assert data["latency_ms"]["p99"] == 4.0 and data["status"] == {"200": 6, "401": 4}
     assert data["mismatches"] == [{"kind": "expired", "expected": 401, "got": "200", "count": 1}]
     assert data["correct"] is False and "unattributed" not in data
+    assert data["throughput_per_s"] == [6, 4] and len(data["latency_curve_ms"]) == len(CURVE_PERCENTILES) + 2
+    assert data["latency_curve_ms"][0] == [0, 0.1] and data["latency_curve_ms"][-1] == [100, 5.0]
+    assert [50, 2.55] in data["latency_curve_ms"]
+
+
+def test_wrk_script_gets_the_paths_the_run_length_and_the_curve_grid(tmp_path: Path) -> None:
+    _, script, out = write_inputs([{"path": "/api/orders", "token": "t"}], tmp_path, 7)
+    lua = script.read_text()
+    assert not any(f"@{name}@" in lua for name in ("POOL", "OUT", "SECONDS", "CURVE"))
+    assert "local seconds = 7\n" in lua and f"[==[{out}]==]" in lua
+    assert "local curve = {1, 2, 3, " in lua and ", 99, 99.5, 99.9, 99.95, 99.99, 99.999}" in lua
 
 
 def test_answers_without_the_echoed_id_are_checked_by_count_only() -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.loadtests.reportchecks import assert_has_a_curve_and_a_rate, assert_is_a_chart
+
 REPO = Path(__file__).resolve().parents[2]
 KIT_TIMEOUT_S = 90.0
 pytestmark = pytest.mark.integration
@@ -31,9 +33,9 @@ def _no_token_printed(out: str) -> None:
 
 def test_compare_reports_three_rows_ratios_cpu_and_a_correct_tally(write_config: Callable[..., Path],
                                                                    tmp_path: Path) -> None:
-    out = tmp_path / "cmp.json"
+    out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
     done = kit("run", "--start", "--config", str(write_config()), "--compare", "--driver", "asyncio",
-               "--requests", "150", "--concurrency", "4", "--json", str(out), "--no-progress")
+               "--requests", "150", "--concurrency", "4", "--json", str(out), "--png", str(png), "--no-progress")
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads(out.read_text())
     rows = {row["target"]: row for row in data["summary"]["rows"]}
@@ -45,6 +47,8 @@ def test_compare_reports_three_rows_ratios_cpu_and_a_correct_tally(write_config:
     gateway_rounds = data["targets"]["gateway, 1 worker"]
     assert all(r["correct"] and r["requests"] == 150 and not r["mismatches"] for r in gateway_rounds)
     assert len(gateway_rounds[0]["tally"]) == 7 and data["targets"]["plain proxy"][0]["tally"] is None
+    assert_has_a_curve_and_a_rate(gateway_rounds[0])
+    assert_is_a_chart(png)   # the best round of each of the three targets
     assert "| gateway, 1 worker |" in done.stdout and "best of 2 interleaved rounds" in done.stdout
     assert "RESULT: all correct" in done.stdout
     _no_token_printed(done.stdout + done.stderr)
@@ -68,15 +72,18 @@ def test_worker_counts_each_get_their_cpu_per_request(write_config: Callable[...
 @pytest.mark.skipif(shutil.which("wrk") is None,
                     reason="wrk is not installed (apt-get install wrk; ./dev.sh test installs it)")
 def test_wrk_driver_end_to_end(write_config: Callable[..., Path], tmp_path: Path) -> None:
-    out = tmp_path / "wrk.json"
-    done = kit("run", "--start", "--config", str(write_config()), "--driver", "wrk", "--duration", "1s",
-               "--concurrency", "4", "--json", str(out), "--no-progress")
+    out, png = tmp_path / "wrk.json", tmp_path / "wrk.png"
+    done = kit("run", "--start", "--config", str(write_config()), "--driver", "wrk", "--duration", "2s",
+               "--concurrency", "4", "--json", str(out), "--png", str(png), "--no-progress")
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads(out.read_text())
     assert data["driver"] == "wrk"
     report = data["targets"]["gateway, 1 worker"][0]
     assert report["requests"] > 0 and report["correct"] is True and report["errors"]["count"] == 0
     assert report["tally"]["valid"]["correct"] == report["tally"]["valid"]["requests"] > 0
+    assert_has_a_curve_and_a_rate(report)
+    assert len(report["throughput_per_s"]) == 2 and sum(report["throughput_per_s"]) == report["requests"]
+    assert_is_a_chart(png)
     if "unattributed" in report:   # the gateway does not echo X-Request-Id on its own errors yet
         assert report["unattributed"]["consistent_by_count"] is True
     else:
@@ -93,6 +100,7 @@ def test_wrk_driver_end_to_end(write_config: Callable[..., Path], tmp_path: Path
     (["--driver", "nope", "--url", "http://127.0.0.1:1", "--pool", "p.jsonl"], "invalid choice"),
     (["--driver", "wrk", "--rate", "10/s", "--url", "http://127.0.0.1:1", "--pool", "p.jsonl"], "fixed rate"),
     (["--cpus", "0-1", "--start", "--config", "c.yaml"], "PROXY:LOAD"),
+    (["--start", "--config", "c.yaml", "--png", "/no/such/dir/c.png"], "its directory does not exist"),
 ])
 def test_bad_input_is_refused_with_exit_2(args: list[str], said: str) -> None:
     done = kit("run", *args)
