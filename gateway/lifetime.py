@@ -15,6 +15,7 @@ from typing import ContextManager
 from dataclasses import dataclass, field
 
 from .identity import Identity
+from .revocable import RevocableIndex
 from .store.base import Revocation
 
 EndCallback = Callable[[str], None]   # called once with "expired" or "revoked"
@@ -41,11 +42,10 @@ class ConnectionWatcher:
     def __init__(self, leeway_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self._leeway_s = leeway_s   # a token is accepted until exp + leeway: it lives that long here too
         self._clock = clock
-        self._by_jti: dict[tuple[str, str], set[_Watch]] = {}
-        self._by_sub: dict[tuple[str, str], set[_Watch]] = {}
+        self._index: RevocableIndex[_Watch] = RevocableIndex()
 
     def __len__(self) -> int:
-        return sum(len(w) for w in self._by_jti.values())
+        return len(self._index)
 
     @contextmanager
     def watch(self, identity: Identity, on_end: EndCallback) -> Iterator[None]:
@@ -56,36 +56,23 @@ class ConnectionWatcher:
             watch.end("expired")
         else:
             watch.timer = asyncio.get_running_loop().call_later(delay_s, watch.end, "expired")
-        jti_key, sub_key = (identity.iss, identity.jti), (identity.iss, identity.sub)
-        self._by_jti.setdefault(jti_key, set()).add(watch)
-        self._by_sub.setdefault(sub_key, set()).add(watch)
+        self._index.add(identity, watch)
         try:
             yield
         finally:
             watch.ended = True
             if watch.timer is not None:
                 watch.timer.cancel()
-            _discard(self._by_jti, jti_key, watch)
-            _discard(self._by_sub, sub_key, watch)
+            self._index.discard(identity, watch)
 
     def revoke(self, revocation: Revocation) -> int:
         """End the connections this revocation kills; returns how many."""
-        if revocation.kind == "jti":
-            hit = list(self._by_jti.get((revocation.iss, revocation.id), ()))
-        else:
-            hit = [w for w in self._by_sub.get((revocation.iss, revocation.id), ())
-                   if w.identity.iat is None or w.identity.iat < revocation.value]
+        hit = self._index.touched_by(revocation)
+        if revocation.kind == "sub":
+            hit = [w for w in hit if w.identity.iat is None or w.identity.iat < revocation.value]
         for watch in hit:
             watch.end("revoked")
         return len(hit)
-
-
-def _discard(index: dict[tuple[str, str], set[_Watch]], key: tuple[str, str], watch: _Watch) -> None:
-    watches = index.get(key)
-    if watches is not None:
-        watches.discard(watch)
-        if not watches:
-            del index[key]
 
 
 class Lifetime:

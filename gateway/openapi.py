@@ -22,14 +22,13 @@ from .config import CredentialsUrlConfig, GatewayConfig
 from .cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
 from .errors import (BadPath, BadRequest, DependencyDown, ExpiredToken, Forbidden, InvalidToken, MissingToken,
                      NoRoute, RateLimited, RevokedToken)
-from .pipeline import GATEWAY
+from .pipeline import GATEWAY, JWKS_PATH
 from .resets import MAX_RESET_TOKEN_CHARS
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused
 from .users import MAX_PASSWORD_CHARS, USERNAME
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_PATH = "/openapi.json"          # under auth.prefix
-JWKS_PATH = "/.well-known/jwks.json"    # app.py serves it (same value)
 JSON = "application/json"
 PUBLIC_CACHE = "public, max-age=300"
 OPENAPI_BODY = web.AppKey("openapi_body", bytes)

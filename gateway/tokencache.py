@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from .denylist import Denylist
 from .extract import check_b64token
 from .identity import Identity
+from .revocable import RevocableIndex
 from .store.base import Revocation
 from .verify import Verifier
-
-Key = tuple[str, str]   # (iss, jti) or (iss, sub)
-
 
 @dataclass(slots=True)
 class CachedToken:
@@ -36,8 +34,7 @@ class TokenCache:
         self.max_entries = max_entries
         self._leeway_s = leeway_s
         self._entries: dict[str, CachedToken] = {}
-        self._by_jti: dict[Key, set[str]] = {}
-        self._by_sub: dict[Key, set[str]] = {}
+        self._index: RevocableIndex[str] = RevocableIndex()
         self.hits = 0
         self.misses = 0
 
@@ -67,14 +64,12 @@ class TokenCache:
             self._drop(next(iter(self._entries)))   # dicts keep insertion order: the oldest first
         limit = identity.exp + self._leeway_s
         entry = self._entries[token] = CachedToken(identity, limit if until is None else min(limit, until))
-        self._by_jti.setdefault((identity.iss, identity.jti), set()).add(token)
-        self._by_sub.setdefault((identity.iss, identity.sub), set()).add(token)
+        self._index.add(identity, token)
         return entry
 
     def revoke(self, revocation: Revocation) -> int:
         """Drop what a revocation touches: the token id, or every token of the subject. Returns how many."""
-        index = self._by_jti if revocation.kind == "jti" else self._by_sub
-        return self._drop_all(list(index.get((revocation.iss, revocation.id), ())))
+        return self._drop_all(self._index.touched_by(revocation))
 
     def drop_issuer(self, issuer: str) -> int:
         """Drop every token of one issuer (its keys were replaced: a key may be gone)."""
@@ -82,8 +77,7 @@ class TokenCache:
 
     def clear(self) -> None:
         self._entries.clear()
-        self._by_jti.clear()
-        self._by_sub.clear()
+        self._index.clear()
 
     def _drop_all(self, tokens: Iterable[str]) -> int:
         count = 0
@@ -95,18 +89,8 @@ class TokenCache:
         entry = self._entries.pop(token, None)
         if entry is None:
             return 0
-        ident = entry.identity
-        _discard(self._by_jti, (ident.iss, ident.jti), token)
-        _discard(self._by_sub, (ident.iss, ident.sub), token)
+        self._index.discard(entry.identity, token)
         return 1
-
-
-def _discard(index: dict[Key, set[str]], key: Key, token: str) -> None:
-    tokens = index.get(key)
-    if tokens is not None:
-        tokens.discard(token)
-        if not tokens:
-            del index[key]
 
 
 class Authenticator:

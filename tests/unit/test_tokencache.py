@@ -167,9 +167,11 @@ def test_indexes_forget_evicted_and_dropped_tokens() -> None:
     cache = TokenCache(2, leeway_s=0)
     for n in range(50):
         cache.put(f"t{n}", _identity(n, exp=1e12, sub=f"s{n % 3}"))
-    assert len(cache._by_jti) == 2 and sum(map(len, cache._by_sub.values())) == 2
+    assert len(cache._index) == 2
+    by_subject = [cache._index.touched_by(Revocation("sub", ISSUER, f"s{n}", 0, 1)) for n in range(3)]
+    assert sorted(t for found in by_subject for t in found) == ["t48", "t49"]
     cache.clear()
-    assert not cache._by_jti and not cache._by_sub
+    assert cache._index.is_empty()
 
 
 def test_replaced_issuer_keys_drop_only_that_issuers_tokens() -> None:
