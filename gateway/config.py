@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 from .auth_config import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, RateLimitsConfig,
                           UsersConfig, UsersFileConfig)
@@ -82,9 +83,21 @@ class ListenConfig(Model):
     trusted_proxies: tuple[Network, ...] = ()  # peers that may set X-Forwarded-*
 
 
+ADMIN_TOKEN_MIN_CHARS = 32
+
+
 class AdminConfig(Model):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
+    token: SecretStr | None = None   # when set, /admin/* needs `Authorization: Bearer <token>`
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN_CHARS:
+            raise ValueError(f"an admin token needs at least {ADMIN_TOKEN_MIN_CHARS} characters; generate one "
+                             "with `head -c 32 /dev/urandom | base64`")
+        return value
 
 
 STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
@@ -110,13 +123,14 @@ class StoreConfig(Model):
 
     @property
     def safe_url(self) -> str:
-        """The URL without its password (in the user part or a ``password=`` parameter), for messages."""
+        """The URL without its passwords (the user part's, and every ``...password=`` parameter such as
+        ``sentinel_password=``), for messages."""
         parts = urlsplit(self.url)
         netloc = parts.netloc
         userinfo, at, hostport = netloc.rpartition("@")
         if at and ":" in userinfo:
             netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        query = re.sub(r"(?i)(^|&)([^&=]*password=)[^&]*", r"\1\2***", parts.query)
         if (netloc, query) == (parts.netloc, parts.query):
             return self.url   # geturl() would turn memory:// into memory:
         return parts._replace(netloc=netloc, query=query).geturl()

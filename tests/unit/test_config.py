@@ -378,6 +378,8 @@ def test_store_url_accepted(make_config: Callable[..., GatewayConfig], url: str)
     ("redis://:p@ss:s3cret@r.test", "redis://:***@r.test"),
     ("redis+sentinel://:s3cret@s1:26379,s2:26379/m", "redis+sentinel://:***@s1:26379,s2:26379/m"),
     ("redis://r.test/0?password=s3cret&db=1", "redis://r.test/0?password=***&db=1"),
+    ("redis+sentinel://s1:26379/m?sentinel_password=s3cret&password=pw2",
+     "redis+sentinel://s1:26379/m?sentinel_password=***&password=***"),
     ("redis://user@r.test", "redis://user@r.test"),
     ("memory://", "memory://"),
 ])
@@ -429,3 +431,8 @@ def test_assertion_header_needs_an_asymmetric_signing_key(write_config):
     assert [p.key for p in exc.value.problems] == ["identity.assertion_header"]
     cfg = load_config(write_config(identity={"assertion_header": "X-Auth-Assertion"}))
     assert cfg.tokens.assertion_signer.kid == "rsa1"
+
+
+def test_admin_token_must_be_long(write_config: Callable[..., Path]) -> None:
+    path = write_config(admin={"token": "short"})
+    assert single(problems_of(path)).key == "admin.token"
