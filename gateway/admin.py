@@ -1,16 +1,20 @@
 """The admin port: /healthz (process up), /readyz (config, keys, store, revocation mirror),
-POST /admin/revoke (the same as `tokengate revoke`). It binds to 127.0.0.1 by default.
+POST /admin/revoke (the same as `tokengate revoke`). It binds to 127.0.0.1 by default; with
+``admin.token`` set, everything but the two probes needs that bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from .errors import GatewayError, InvalidToken, error_middleware
+from .errors import GatewayError, Handler, InvalidToken, error_middleware
+from .extract import bearer_credentials
 from .pipeline import GATEWAY
 from .revocation import NothingToRevoke, apply_revocation, build_revocation
 from .store.base import StoreUnavailable
@@ -25,6 +29,7 @@ class Serving:
 
 
 SERVING = web.AppKey("serving", Serving)
+PROBES = frozenset({"/healthz", "/readyz"})   # kubelets and load balancers call these without credentials
 
 
 class BadRevokeRequest(GatewayError):
@@ -74,8 +79,25 @@ async def _revoke(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
-def build_admin_app(main: web.Application) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+def _token_guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = token.encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PROBES:
+            presented = bearer_credentials(request.headers).encode("utf-8", "surrogateescape")   # MissingToken
+            # Constant time: the comparison must not tell how much of the token a guess got right.
+            if not hmac.compare_digest(presented, expected):
+                raise InvalidToken("the admin token is not right")
+        return await handler(request)
+
+    return guard
+
+
+def build_admin_app(main: web.Application, token: str | None = None) -> web.Application:
+    """The admin app; with ``token``, every path but the probes needs it as a bearer token."""
+    guards = [_token_guard(token)] if token is not None else []
+    app = web.Application(middlewares=[error_middleware, *guards])
     app[SERVING] = Serving(main)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

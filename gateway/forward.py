@@ -135,6 +135,16 @@ def response_header_items(headers: MultiMapping[str], drop: frozenset[str]) -> l
     return [(k, v) for k, v in headers.items() if k.lower() not in drop]
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (bracketed or not) or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def is_trusted(address: str | None, networks: Sequence[Network]) -> bool:
     """Is this peer address inside one of the trusted proxy networks?"""
     if not address or not networks:

@@ -26,6 +26,7 @@ from aiohttp import web
 from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
 from .config import GatewayConfig, load_config
+from .forward import is_loopback
 from .pipeline import GATEWAY
 from .users import FileUsers, UsersFileError
 
@@ -47,7 +48,11 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
                 extra_apps: Sequence[tuple[web.Application, Bind]] = ()) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return."""
     main_app = build_app(cfg)
-    admin_app = build_admin_app(main_app)
+    admin_token = cfg.admin.token.get_secret_value() if cfg.admin.token is not None else None
+    admin_app = build_admin_app(main_app, admin_token)
+    if admin_token is None and not is_loopback(admin.host):
+        log.warning("the admin port listens on %s without admin.token: whoever reaches it can revoke tokens; "
+                    "set admin.token or bind it to 127.0.0.1", admin.host)
     runners: list[web.AppRunner] = []
     try:
         for app, bind in [*extra_apps, (main_app, main), (admin_app, admin)]:

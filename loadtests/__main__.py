@@ -20,7 +20,7 @@ from . import chart, drivers, report
 from .benchconfig import LOAD_PATH, SECRET_VAR, write_bench_config
 from .driver import RemoteTarget, check_target
 from .procs import StartFailed
-from .revocation import revoke, revoked_rows
+from .revocation import admin_token, revoke, revoked_rows
 from .stack import Pinning
 from .startrun import parse_cpus, run_started
 from .tokenpool import DEFAULT_MIX, PoolError, PoolMaker, generate, parse_mix, read_pool, write_pool
@@ -89,12 +89,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     if args.admin is None and args.config is None:
         raise UsageError("name the admin port with --admin URL (or give --config to use its admin section)")
+    cfg = _load(args.config) if args.config is not None else None
     if args.admin is None:
-        cfg = _load(args.config)
         args.admin = f"http://{cfg.admin.host}:{cfg.admin.port}"
     admin = check_target(args.admin, args.allow_remote)
     rows = revoked_rows(Path(args.pool))
-    failures = revoke(admin, rows)
+    failures = revoke(admin, rows, admin_token(cfg))
     for failure in failures[:10]:
         print(f"revoke failed: {failure}", file=sys.stderr)
     print(f"revoked {len(rows) - len(failures)} of {len(rows)} tokens at {admin}")

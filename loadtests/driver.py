@@ -5,7 +5,6 @@ through the pool at full speed or at a fixed rate, bounded in request count and 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from gateway.forward import is_loopback
 
 ERROR = -1            # status recorded for a connection error or a timeout
 REQUEST_TIMEOUT_S = 10.0
@@ -37,15 +38,6 @@ def check_target(url: str, allow_remote: bool = False) -> str:
         raise RemoteTarget(f"refusing to load {parts.hostname}: it is not a loopback address "
                            "(127.0.0.0/8, ::1, localhost); pass --allow-remote if you own that host")
     return url.rstrip("/")
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import chart, compare, report
 from .procs import StartFailed
-from .revocation import revoke, revoked_rows
+from .revocation import admin_token, revoke, revoked_rows
 from .stack import Pinning, Stack, Target
 from .tokenpool import DEFAULT_MIX, PoolMaker, generate, read_pool, write_pool
 
@@ -64,11 +64,12 @@ def settle(target: Target, pool: list[dict[str, Any]]) -> None:
     raise StartFailed(f"{target.name}: a revoked token was still accepted {SETTLE_TIMEOUT_S:g}s after revoking it")
 
 
-def prepare(stack: Stack, pool_path: Path, pool: list[dict[str, Any]]) -> None:
+def prepare(stack: Stack, pool_path: Path, pool: list[dict[str, Any]], token: str | None = None) -> None:
+    """Revoke the pool's revoked tokens on every gateway (``token``: the admin port's bearer token)."""
     rows = revoked_rows(pool_path)
     for target in stack.targets:
         if target.gateway and target.admin_url:
-            failures = revoke(target.admin_url, rows)
+            failures = revoke(target.admin_url, rows, token)
             if failures:
                 raise StartFailed(f"{target.name}: revoking failed: {failures[0]}")
             settle(target, pool)
@@ -84,7 +85,7 @@ def run_started(args: Any, cfg: Any, load_factory: Any) -> int:
             pool = read_pool(pool_path)
             shared = cfg.store.url.startswith("memory:") and max(args.workers) > 1
             with Stack(Path(args.config), args.workers, args.compare, args.cpus, workdir, shared) as stack:
-                prepare(stack, pool_path, pool)
+                prepare(stack, pool_path, pool, admin_token(cfg))
                 if args.cpus:
                     os.sched_setaffinity(0, args.cpus.load)   # the load generator (and wrk, its child)
                 targets = [t for t in stack.targets if args.compare or t.gateway]

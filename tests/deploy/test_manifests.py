@@ -33,6 +33,7 @@ VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 # A test value for every variable the deploy configs read from the environment (never a real secret).
 TEST_ENV = {
     "TOKENGATE_SECRET": "deploy-test-secret-0123456789-abcdefghijklmnop",
+    "TOKENGATE_ADMIN_TOKEN": "deploy-test-admin-token-0123456789-abcdefgh",
     "REDIS_PASSWORD": "deploy-test-redis-password",
     "TOKENGATE_SMTP_URL": "smtp://mailer:deploy-test@smtp.example.test:587",
 }

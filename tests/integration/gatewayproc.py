@@ -71,7 +71,7 @@ def spawn_gateway(config: dict[str, Any], workdir: Path, *args: str,
     """Write ``config`` (ports filled in) and start ``python -m gateway serve`` on it."""
     port, admin_port = port or free_port(), free_port()
     config = {**config, "listen": {**config.get("listen", {}), "host": "127.0.0.1", "port": port},
-              "admin": {"host": "127.0.0.1", "port": admin_port}}
+              "admin": {**config.get("admin", {}), "host": "127.0.0.1", "port": admin_port}}
     path = workdir / f"gateway-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"gateway-{port}.log"

@@ -224,3 +224,14 @@ async def test_a_wrong_expectation_fails_the_run(gateway: GatewayProcess, tmp_pa
     assert code == 1, said + err
     assert "MISMATCH expired: expected 200, got 401 x20" in said
     assert "RESULT: NOT correct" in said
+
+
+def test_the_kit_finds_the_admin_token_in_the_config_or_the_environment(
+        make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadtests.revocation import ADMIN_TOKEN_VAR, admin_token
+
+    monkeypatch.delenv(ADMIN_TOKEN_VAR, raising=False)
+    assert admin_token(make_config()) is None and admin_token(None) is None
+    assert admin_token(make_config(admin={"token": "t" * 40})) == "t" * 40
+    monkeypatch.setenv(ADMIN_TOKEN_VAR, "e" * 40)
+    assert admin_token(None) == "e" * 40
