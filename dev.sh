@@ -38,8 +38,10 @@ ensure_python() {
   fi
 }
 
-ensure_redis() {
-  command -v redis-server >/dev/null || apt_install redis-server
+ensure_redis() {   # redis-cli (redis-tools) joins the test cluster; the sentinels are redis-server too
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt_install redis-server redis-tools
+  fi
 }
 
 ensure_wrk() {   # the load-testing kit's wrk driver (its tests skip without it)

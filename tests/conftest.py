@@ -4,6 +4,8 @@ real redis-servers.
 Redis: a redis-server of our own on a free loopback port for the session, or the one ``REDIS_URL``
 names (never stopped by us; its database is FLUSHed before tests that use it, so point it at one you
 can lose, like redis://127.0.0.1:6379/15). Fault tests start throwaway servers of their own.
+The topology tests (marker ``redis_topology``) also start a 3-master Cluster and a Sentinel setup
+(tests/redis_topologies.py), or use REDIS_CLUSTER_URL / REDIS_SENTINEL_URL (flushed too).
 
 Tokens here are built with PyJWT itself (not with the gateway's minting code) so that the
 verifier is checked against an independent producer.
@@ -12,6 +14,7 @@ verifier is checked against an independent producer.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from redis.asyncio import Redis
 
 from gateway.config import GatewayConfig, load_config
+from gateway.store import build_client, parse_redis_url
+from tests.redis_topologies import start_cluster, start_sentinel
 from tests.redisproc import RedisProc, start_redis
 
 ISSUER = "https://auth.example.test"
@@ -179,8 +184,51 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 async def flush(url: str) -> None:
-    async with Redis.from_url(url) as client:
-        await client.flushdb()
+    """Empty the database ``url`` names: every master of a cluster, the current master of a sentinel setup."""
+    if "+" not in url.partition("://")[0]:
+        async with Redis.from_url(url) as client:
+            await client.flushdb()
+        return
+    client, on_close = build_client(parse_redis_url(url), retries=1)
+    try:
+        await client.flushdb()   # a cluster client sends it to every primary
+    finally:
+        for close in (client.aclose, *on_close):
+            await close()
+
+
+def _topology_tools() -> None:
+    missing = [tool for tool in ("redis-server", "redis-cli") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: install redis-server and redis-tools (./dev.sh test does)")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback for the session (REDIS_CLUSTER_URL, a redis+cluster:// url, when set)."""
+    if url := os.environ.get("REDIS_CLUSTER_URL"):
+        yield url
+        return
+    _topology_tools()
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A master, a replica and three sentinels on loopback for the session (REDIS_SENTINEL_URL when set)."""
+    if url := os.environ.get("REDIS_SENTINEL_URL"):
+        yield url
+        return
+    _topology_tools()
+    setup = start_sentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        yield setup.url
+    finally:
+        setup.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A throwaway redis-server for tests: started on a free loopback port, stopped by its PID.
 
-``start_redis(tmpdir)`` returns a running RedisProc; ``kill()`` and ``restart()`` (same port) let fault
+``start_redis(tmpdir)`` returns a running RedisProc (``conf``: a config file read first, e.g. a sentinel's); ``kill()`` and ``restart()`` (same port) let fault
 tests take it away and bring it back. The calls block (subprocess, polling): from async tests, run them
 with ``asyncio.to_thread``.
 """
@@ -37,8 +37,8 @@ def answers_ping(port: int, timeout_s: float = 0.2) -> bool:
 
 
 class RedisProc:
-    def __init__(self, workdir: Path, port: int, extra_args: tuple[str, ...] = ()) -> None:
-        self.workdir, self.port, self.extra_args = workdir, port, extra_args
+    def __init__(self, workdir: Path, port: int, extra_args: tuple[str, ...] = (), conf: Path | None = None) -> None:
+        self.workdir, self.port, self.extra_args, self.conf = workdir, port, extra_args, conf
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,7 +46,7 @@ class RedisProc:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisProc:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        args = [REDIS_SERVER, *([str(self.conf)] if self.conf else []), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.workdir), *self.extra_args]
         log = open(self.workdir / f"redis-{self.port}.log", "ab")   # the child keeps its own copy
         with log:
