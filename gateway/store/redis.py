@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis import exceptions as rx
+from redis.asyncio import RedisCluster
 
 from . import redis_scripts
 from .base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, FAMILIES, FAMILY, RATE, REFRESH,
@@ -63,6 +64,7 @@ class RedisStore(Store):
         self.feed_ping_s = feed_ping_s   # a feed quiet this long PINGs; no answer in as long again breaks it
         self._feeds: set[RedisFeed] = set()
         self._closed = False
+        self._is_cluster = isinstance(client, RedisCluster)
         self._scripts = {name: client.register_script(getattr(redis_scripts, name.upper()))
                          for name in ("watermark", "index", "live", "add_refresh", "rotate", "find_refresh",
                                       "kill_family", "add_member", "add_user", "put_user", "hit", "put_reset",
@@ -82,6 +84,10 @@ class RedisStore(Store):
         if self._closed:
             raise StoreUnavailable(self.safe_url, "the store is closed")
         try:
+            if self._is_cluster:
+                # A cluster client left to learn its slot map from concurrent first commands breaks some of
+                # their connections (redis-py 8.1): learn it once, under the client's own lock (cheap after).
+                await self._c.initialize()
             yield
         except Exception as exc:
             translated = self.translate(exc)

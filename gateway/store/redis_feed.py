@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio import RedisCluster
+
 from .base import REVOCATIONS_CHANNEL, Revocation, RevocationFeed, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,12 @@ class RedisFeed(RevocationFeed):
             raise StoreUnavailable(self._url, "the revocation feed is closed")
         if self._pubsub is not None:
             return
-        self._pubsub = pubsub = self._subscriber.pubsub()
         try:
+            # A cluster client learns its slot map on its first command, but SUBSCRIBE picks its node from
+            # that map without asking: fetch the map first (classic pub/sub reaches every node of a cluster).
+            if isinstance(self._subscriber, RedisCluster):
+                await self._subscriber.initialize()
+            self._pubsub = pubsub = self._subscriber.pubsub()
             await pubsub.subscribe(REVOCATIONS_CHANNEL)
             await self._confirmed(pubsub)
         except Exception as exc:

@@ -1,4 +1,5 @@
-"""Store fixtures: ``store`` is each backend in turn (memory, then Redis marked ``integration``).
+"""Store fixtures: ``store`` is each backend in turn: memory, then Redis marked ``integration`` (standalone,
+then a 3-master Cluster and a Sentinel setup, also marked ``redis_topology``).
 
 The Redis server itself (``redis_url``, ``spawn_redis``) comes from tests/conftest.py.
 """
@@ -41,7 +42,12 @@ class Clock:
             await asyncio.sleep(0.05)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+TOPOLOGY = (pytest.mark.integration, pytest.mark.redis_topology)
+REDIS_URLS = {"redis": "redis_url", "redis-cluster": "redis_cluster_url", "redis-sentinel": "redis_sentinel_url"}
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration),
+                        pytest.param("redis-cluster", marks=TOPOLOGY), pytest.param("redis-sentinel", marks=TOPOLOGY)])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -53,14 +59,14 @@ def clock(backend: str) -> Clock:
 
 @pytest.fixture
 def store_url(backend: str, request: pytest.FixtureRequest) -> str:
-    return "memory://" if backend == "memory" else request.getfixturevalue("redis_url")
+    return "memory://" if backend == "memory" else request.getfixturevalue(REDIS_URLS[backend])
 
 
 @pytest.fixture
 async def make_store(backend: str, store_url: str, clock: Clock) -> AsyncIterator[MakeStore]:
     """make_store() -> a store on the test's backend. Redis: a new client each time, on clean keys.
     Memory lives in one process, so "another store" is the same one."""
-    if backend == "redis":
+    if backend != "memory":
         await flush(store_url)
     memory = MemoryStore(clock=clock)
     opened: list[Store] = []
