@@ -85,6 +85,16 @@ class SentinelTopology(Topology):
         return ("redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
                 + f"/{SENTINEL_SERVICE}")
 
+    def current_master_port(self) -> int:
+        """The master's port as the first sentinel that answers names it (it changes with a failover)."""
+        for sentinel in self.sentinels:
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=1, decode_responses=True) as client:
+                    return int(client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)[1])
+            except redis.RedisError:
+                continue
+        raise RuntimeError("no sentinel answered")
+
     def knows_master(self) -> bool:
         assert self.master is not None and self.replica is not None
         for sentinel in self.sentinels:

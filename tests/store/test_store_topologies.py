@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from gateway.config import StoreConfig
-from gateway.store import Revocation, open_store
+from gateway.store import Revocation, Store, StoreUnavailable, open_store
+from tests.redis_topologies import start_sentinel
 
 from .conftest import ISS, flush
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis_topology]
+FAILOVER_LIMIT_S = 20.0   # down-after 1 s, then the sentinels elect a leader and promote the replica
 
 
 @pytest.fixture
@@ -49,3 +53,38 @@ async def test_a_feed_opened_before_any_command_hears_a_revoke_made_through_anot
     finally:
         await listener.close()
         await writer.close()
+
+
+async def until_answers(store: Store, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return await store.ping()
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, f"the store did not answer within {limit_s}s"
+            await asyncio.sleep(0.1)
+
+
+async def test_the_store_follows_a_sentinel_failover_to_the_promoted_replica(tmp_path: Path):
+    setup = await asyncio.to_thread(start_sentinel, tmp_path)   # our own: this test kills its master
+    store = await open_store(StoreConfig(url=setup.url))
+    try:
+        before = Revocation("jti", ISS, "before", time.time() + 60, time.time() + 60)
+        await store.revoke(before)
+        async with Redis(port=setup.master.port) as master:
+            assert await master.execute_command("WAIT", 1, 5000) == 1   # the replica holds it too
+        feed = store.revocation_events()
+        await feed.ready()
+        await asyncio.to_thread(setup.master.kill)
+        with pytest.raises(StoreUnavailable):   # the feed breaks: its mirror reloads and subscribes again
+            await asyncio.wait_for(anext(feed), 10)
+        await until_answers(store, FAILOVER_LIMIT_S)
+        assert await asyncio.to_thread(setup.current_master_port) == setup.replica.port
+        after = Revocation("jti", ISS, "after", time.time() + 60, time.time() + 60)
+        async with store.revocation_events() as again:
+            await store.revoke(after)
+            assert await asyncio.wait_for(anext(again), 5) == after
+        assert {r.id for r in await store.live_revocations(time.time())} == {"before", "after"}
+    finally:
+        await store.close()
+        await asyncio.to_thread(setup.stop)
