@@ -15,8 +15,10 @@ from redis.asyncio import Redis
 from gateway.config import StoreConfig
 from gateway.store import Revocation, Store, StoreUnavailable, open_store
 from tests.redis_topologies import start_sentinel
+from tests.redisproc import free_port
 
 from .conftest import ISS, flush
+from .test_store_unavailable import assert_every_call_fails
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis_topology]
 FAILOVER_LIMIT_S = 20.0   # down-after 1 s, then the sentinels elect a leader and promote the replica
@@ -88,3 +90,30 @@ async def test_the_store_follows_a_sentinel_failover_to_the_promoted_replica(tmp
     finally:
         await store.close()
         await asyncio.to_thread(setup.stop)
+
+
+@pytest.mark.parametrize("scheme, path", [("redis+cluster", ""), ("redis+sentinel", "/tokengate")])
+async def test_every_call_fails_promptly_when_no_node_of_the_topology_answers(scheme: str, path: str):
+    store = await open_store(StoreConfig(url=f"{scheme}://127.0.0.1:{free_port()},127.0.0.1:{free_port()}{path}"))
+    try:
+        await assert_every_call_fails(store)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("topology", ["redis_cluster_url", "redis_sentinel_url"])
+async def test_a_quiet_feed_keeps_its_subscription_alive_with_pings(topology: str, request: pytest.FixtureRequest):
+    url = request.getfixturevalue(topology)
+    await flush(url)
+    store = await open_store(StoreConfig(url=url))
+    store.feed_ping_s = 0.1   # several PINGs go out on the subscription before the revoke
+    revocation = Revocation("jti", ISS, "quiet", time.time() + 60, time.time() + 60)
+    try:
+        async with store.revocation_events() as feed:
+            waiting = asyncio.ensure_future(anext(feed))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            await store.revoke(revocation)
+            assert await asyncio.wait_for(waiting, 5) == revocation
+    finally:
+        await store.close()
