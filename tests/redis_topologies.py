@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -23,6 +24,7 @@ from tests.redisproc import RedisProc, free_port
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 READY_TIMEOUT_S = 20.0
 SENTINEL_SERVICE = "tokengate"
+T = TypeVar("T")
 
 
 def info(port: int, *args: str) -> dict[str, str]:
@@ -108,6 +110,26 @@ class SentinelTopology(Topology):
 
 def start_cluster(workdir: Path, masters: int = 3) -> ClusterTopology:
     """``masters`` cluster-enabled servers joined into one cluster that answers (cluster_state:ok)."""
+    return _again_on_failure(lambda: _start_cluster(workdir, masters))
+
+
+def start_sentinel(workdir: Path, sentinels: int = 3, quorum: int = 2) -> SentinelTopology:
+    """A master, its replica and ``sentinels`` sentinels monitoring it as SENTINEL_SERVICE."""
+    return _again_on_failure(lambda: _start_sentinel(workdir, sentinels, quorum))
+
+
+def _again_on_failure(start: Callable[[], T], attempts: int = 2) -> T:
+    """Most likely someone took one of the free ports before our server bound it: start afresh once."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster(workdir: Path, masters: int) -> ClusterTopology:
     cluster = ClusterTopology(workdir)
     try:
         for _ in range(masters):
@@ -115,8 +137,10 @@ def start_cluster(workdir: Path, masters: int = 3) -> ClusterTopology:
             cluster.spawn("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                           "--cluster-port", str(free_port()), port=port)   # no bus on port + 10000
         nodes = [f"127.0.0.1:{p.port}" for p in cluster.procs]
-        subprocess.run([REDIS_CLI, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=READY_TIMEOUT_S)
+        joined = subprocess.run([REDIS_CLI, "--cluster", "create", *nodes, "--cluster-replicas", "0",
+                                 "--cluster-yes"], capture_output=True, text=True, timeout=READY_TIMEOUT_S)
+        if joined.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{joined.stdout}{joined.stderr}")
         wait_for(cluster.is_ok, "the cluster did not report cluster_state:ok")
     except BaseException:
         cluster.stop()
@@ -124,8 +148,7 @@ def start_cluster(workdir: Path, masters: int = 3) -> ClusterTopology:
     return cluster
 
 
-def start_sentinel(workdir: Path, sentinels: int = 3, quorum: int = 2) -> SentinelTopology:
-    """A master, its replica and ``sentinels`` sentinels monitoring it as SENTINEL_SERVICE."""
+def _start_sentinel(workdir: Path, sentinels: int, quorum: int) -> SentinelTopology:
     setup = SentinelTopology(workdir)
     try:
         setup.master = setup.spawn("--repl-diskless-sync-delay", "0")   # the replica syncs at once
