@@ -44,7 +44,15 @@ def build_app(cfg: GatewayConfig) -> web.Application:
 class GatewayRunner(web.AppRunner):
     """Serves ``build_app``'s app behind a FrontDoor: proxied requests skip the router."""
 
+    front_door: FrontDoor | None = None
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()   # starts the app: the Gateway exists from here on
-        server.request_handler = FrontDoor(self.app, server.request_handler)
+        self.front_door = FrontDoor(self.app, server.request_handler)
+        server.request_handler = self.front_door.handler
         return server
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        if self.front_door is not None:
+            self.front_door.access.flush()   # the last access lines, once the last requests are done

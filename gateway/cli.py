@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -132,10 +131,11 @@ def _kid(text: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
     from .server import Bind, ListenFailed, run
 
     cfg = config_from(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(cfg.log)
     main = Bind(args.host or cfg.listen.host, cfg.listen.port if args.port is None else args.port)
     admin = Bind(cfg.admin.host, cfg.admin.port)
     try:

@@ -166,6 +166,12 @@ class IdentityConfig(Model):
         return frozenset(name.lower() for _, name in self._named())
 
 
+class LogConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    access: bool = True          # one line a proxied or auth request (logger tokengate.access)
+
+
 class GatewayConfig(Model):
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
@@ -173,6 +179,7 @@ class GatewayConfig(Model):
     tokens: TokensConfig
     identity: IdentityConfig = IdentityConfig()
     auth: AuthConfig = AuthConfig()
+    log: LogConfig = LogConfig()
     upstreams: dict[UpstreamName, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     _source: str = ""

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .logs import ACCESS_NOTE
 from .request_id import REQUEST_ID, pick_request_id
 
 log = logging.getLogger("tokengate")
@@ -127,9 +128,12 @@ def answer_for(request: web.Request, exc: Exception) -> web.Response:
     """The JSON answer for an exception a handler raised: a GatewayError's own, else a logged
     bare 500. It carries the request's X-Request-Id, so a client can match even a refusal."""
     if isinstance(exc, GatewayError):
-        log.info("denied", extra={"code": exc.code, "method": request.method, "path": request.path})
+        # The access line says it with the status and the code (debug: the same, for the admin port).
+        log.debug("denied", extra={"code": exc.code, "method": request.method, "path": request.rel_url.path})
+        if (note := request.get(ACCESS_NOTE)) is not None:
+            note.code = exc.code
     else:
-        log.error("unhandled error", exc_info=exc, extra={"method": request.method, "path": request.path})
+        log.error("unhandled error", exc_info=exc, extra={"method": request.method, "path": request.rel_url.path})
         exc = GatewayError()
     resp = error_response(exc)
     if REQUEST_ID not in resp.headers:

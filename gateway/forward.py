@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -23,6 +24,7 @@ from .config import GatewayConfig, IdentityConfig, UpstreamConfig
 from .errors import BadPath, UpstreamFailed, UpstreamTimeout
 from .identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
+from .logs import ACCESS_NOTE
 from .request_id import REQUEST_ID, pick_request_id
 from .websocket import is_websocket_upgrade, proxy_websocket
 
@@ -255,7 +257,10 @@ class Forwarder:
         if is_websocket_upgrade(request):
             return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]},
                                          lifetime)
+        sent_at = time.perf_counter()
         resp = await _send(session, request, url, headers)
+        if (note := request.get(ACCESS_NOTE)) is not None:
+            note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
         return await _relay(request, resp, headers[REQUEST_ID], lifetime)
 
     def _peer_of(self, request: web.Request) -> Peer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from .authorize import authorize
 from .config import GatewayConfig
 from .denylist import Denylist
 from .errors import Handler, MethodRefused, answer_for
+from .logs import ACCESS_NOTE, AccessLog, AccessNote
+from .request_id import REQUEST_ID
 from .cookies import extract_access_token
 from .forward import Forwarder
 from .keys import KeyRing
@@ -93,6 +96,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 JWKS_PATH = "/.well-known/jwks.json"
 # TRACE reflects the request (identity headers included) back to the caller; CONNECT opens a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
+CLIENT_GONE = 499   # the access line's status when the client hung up before its answer
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -103,13 +107,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
     if request.method in REFUSED_METHODS:
         raise MethodRefused(headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"})
+    note = request.get(ACCESS_NOTE)                            # the access line's, when it is on
     path = normalise(request.raw_path.partition("?")[0])      # BadPath -> 400
+    if note is not None:
+        note.path = path
     rule = gw.rules.match(request.method, path)                # NoRoute -> 404
+    if note is not None:
+        note.route, note.upstream = rule.label, rule.upstream
     headers, identity = gw.passport.anonymous, None
     if not rule.public:
         token = extract_access_token(request, gw.config)       # MissingToken, BadRequest, CsrfFailed
         known = await gw.authenticator.authenticate(token)     # InvalidToken, RevokedToken -> 401; 503
         identity = known.identity
+        if note is not None:
+            note.subject = identity.sub
         authorize(rule, identity)                              # Forbidden -> 403
         headers = gw.passport.cached_headers_for(known, rule.upstream)
     return await gw.forwarder.forward(request, path, rule.upstream, headers, identity)   # UpstreamFailed -> 502/504
@@ -126,8 +137,26 @@ class FrontDoor:
         self._app_handler = app_handler
         self._own_prefix = app[GATEWAY].config.auth.prefix.rstrip("/") + "/"
         self._own_paths = frozenset({self._own_prefix.rstrip("/"), JWKS_PATH})
+        self.access = AccessLog(self._gw.config.log)
+        # The server's request handler: with the access log off, no wrapper at all.
+        self.handler: Handler = self._logged if self.access.enabled else self._answer
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def _logged(self, request: web.Request) -> web.StreamResponse:
+        started, note = time.perf_counter(), AccessNote()
+        request[ACCESS_NOTE] = note
+        status, resp = CLIENT_GONE, None
+        try:
+            resp = await self._answer(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:   # also when the client hung up (the task is cancelled): 499, as nginx logs it
+            request_id = resp.headers.get(REQUEST_ID) if resp is not None else None
+            self.access.write(request, status, request_id, started, note)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.path   # what the app's router would match on
         if path.startswith(self._own_prefix) or path in self._own_paths:
             return await self._app_handler(request)

@@ -27,6 +27,7 @@ from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
 from .config import GatewayConfig, load_config
 from .forward import is_loopback
+from .logs import configure_logging
 from .pipeline import GATEWAY
 from .users import FileUsers, UsersFileError
 
@@ -118,9 +119,10 @@ def run_one(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = F
 
 
 def _worker(config_path: str, main: Bind, admin: Bind) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_config(config_path)
+    configure_logging(cfg.log)
     try:
-        run_one(load_config(config_path), main, admin, reuse_port=True)
+        run_one(cfg, main, admin, reuse_port=True)
     except ListenFailed as exc:
         log.error("%s", exc)
         raise SystemExit(3) from None

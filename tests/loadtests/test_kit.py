@@ -26,6 +26,7 @@ from loadtests.tokenpool import (KINDS, OTHER_AUDIENCE, PoolError, PoolMaker, ge
                                  sidecar_path, split_count, write_pool)
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
+from tests.integration.test_access_log import written_access_lines
 from tests.loadtests.reportchecks import assert_has_a_curve_and_a_rate, assert_is_a_chart
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,6 +207,10 @@ async def test_kit_against_a_real_gateway(gateway: GatewayProcess, tmp_path: Pat
                                   "unknown_kid", "wrong_role"}
     assert data["latency_ms"]["p50"] <= data["latency_ms"]["p99"] <= data["latency_ms"]["max"]
     assert "RESULT: all correct" in said and "eyJ" not in said
+    await written_access_lines(gateway, 400)   # the gateway's access log has a line a request ...
+    log = gateway.log()
+    for row in map(json.loads, pool.read_text().splitlines()):   # ... and no token of the pool
+        assert row["token"] not in log and row["token"].split(".")[2] not in log
 
 
 @pytest.mark.integration

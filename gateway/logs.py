@@ -1,0 +1,136 @@
+"""Logging: the `log` section's level and format for every logger, and the access log.
+
+JSON lines carry the message and the record's ``extra`` fields; the access log writes one line a
+request (``"logger": "tokengate.access"``), in batches, past the ``logging`` machinery. Nothing here ever writes a token, a cookie, a password or
+an Authorization value: the access line is built from chosen fields only, and its path has no query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from .config import LogConfig
+
+ACCESS_LOGGER = "tokengate.access"
+_json_string = json.encoder.encode_basestring_ascii   # C: a JSON string literal, quotes and escapes included
+FLUSH_EVERY_S = 0.05        # access lines wait at most this long before they are written
+FLUSH_BYTES = 64 * 1024     # ... or until this much is pending
+# What every LogRecord has: anything else on a record came from ``extra`` and goes into the JSON.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ms), level, logger, message, the extras, and a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"time": _utc(record.created), "level": record.levelname.lower(),
+                                "logger": record.name, "message": record.getMessage()}
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+def _utc(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+def configure_logging(cfg: LogConfig) -> None:
+    """Send every logger to stderr in the configured format, at the configured level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.level.upper())
+
+
+@dataclass(slots=True)
+class AccessNote:
+    """What the request's handler learnt for its access line (None: never got that far)."""
+
+    path: str | None = None
+    route: str | None = None
+    upstream: str | None = None
+    subject: str | None = None
+    code: str | None = None
+    upstream_ms: float | None = None
+
+
+ACCESS_NOTE = web.RequestKey("access_note", AccessNote)
+
+
+class AccessLog:
+    """The access lines, built from chosen fields and written to stderr in batches: a line costs a
+    few microseconds, where a ``logging`` record would cost more than the rest of the request."""
+
+    def __init__(self, cfg: LogConfig, out: TextIO | None = None) -> None:
+        self.enabled = cfg.access and cfg.level in ("debug", "info")
+        self._json = cfg.format == "json"
+        self._out = out
+        self._pending: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second, self._stamp = -1, ""
+
+    def write(self, request: web.BaseRequest, status: int, request_id: str | None, started: float,
+              note: AccessNote) -> None:
+        now = time.time()
+        duration_ms = (time.perf_counter() - started) * 1000
+        fields = (("request_id", request_id), ("client", request.remote), ("method", request.method),
+                  ("path", note.path if note.path is not None else request.rel_url.path), ("route", note.route),
+                  ("status", status), ("code", note.code), ("upstream", note.upstream),
+                  ("subject", note.subject), ("duration_ms", duration_ms), ("upstream_ms", note.upstream_ms))
+        line = self._line(now, fields)
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self.flush)
+
+    def flush(self) -> None:
+        """Write what is pending (at once: also called when the server stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            out = self._out or sys.stderr
+            out.write("".join(self._pending))
+            out.flush()
+            self._pending, self._size = [], 0
+
+    def _line(self, now: float, fields: tuple[tuple[str, Any], ...]) -> str:
+        """One line; a field whose value is None is left out, floats get 3 decimals. Written by
+        hand (JSON-escaped strings, plain numbers): json.dumps would be twice the cost."""
+        second = int(now)
+        if second != self._second:   # the timestamp's seconds, formatted once a second
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._stamp}.{int(now % 1 * 1000):03d}Z"
+        if self._json:
+            parts = [f'{{"time":"{stamp}","level":"info","logger":"{ACCESS_LOGGER}","message":"request"']
+            for key, value in fields:
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    parts.append(f',"{key}":{_json_string(value)}')
+                elif isinstance(value, float):
+                    parts.append(f',"{key}":{value:.3f}')
+                else:
+                    parts.append(f',"{key}":{value:d}')
+            parts.append("}\n")
+            return "".join(parts)
+        pairs = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields if v is not None)
+        return f"{stamp} INFO {ACCESS_LOGGER} request {pairs}\n"
