@@ -53,6 +53,12 @@ class Denylist:
         """Called with every revocation the mirror learns (to end long-lived connections)."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: RevocationListener) -> None:
+        self._listeners.remove(listener)
+
+    def remove_resync_listener(self, listener: ResyncListener) -> None:
+        self._resync_listeners.remove(listener)
+
     def add_resync_listener(self, listener: ResyncListener) -> None:
         """Called with no arguments after every full reload from the store (anything derived from
         the mirror, such as a cache of verified tokens, must be dropped then)."""

@@ -209,19 +209,30 @@ class _VerbatimRequest(aiohttp.ClientRequest):
 class Forwarder:
     """One pooled client session per upstream; ``forward`` proxies one request."""
 
-    def __init__(self, cfg: GatewayConfig) -> None:
+    def __init__(self, cfg: GatewayConfig, watcher: ConnectionWatcher | None = None) -> None:
         self._cfg = cfg
         self._policy = HeaderPolicy.from_config(cfg.identity)
         self._trusted = tuple(cfg.listen.trusted_proxies)
         self._targets = {name: Target.from_url(up.url) for name, up in cfg.upstreams.items()}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._closed = False
-        self.watcher = ConnectionWatcher(leeway_s=cfg.tokens.leeway)
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None   # set by the last request in flight once retired
+        # Given on a reload: WebSockets and streams opened before it stay watched.
+        self.watcher = watcher if watcher is not None else ConnectionWatcher(leeway_s=cfg.tokens.leeway)
 
     async def start(self) -> None:
         """Open every upstream's session now (optional: ``forward`` opens them on first use)."""
         for name in self._cfg.upstreams:
             self._session(name)
+
+    async def retire(self) -> None:
+        """Close once every request in flight here (streams and WebSockets too) has ended: a reload
+        swapped in another Forwarder, and what this one started must finish on its connections."""
+        if self._in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        await self.close()
 
     async def close(self) -> None:
         self._closed = True
@@ -254,14 +265,20 @@ class Forwarder:
         peer = self._peer_of(request)
         headers = filter_request_headers(request.headers, self._policy, peer, identity_headers)
         lifetime = Lifetime(self.watcher, identity)
-        if is_websocket_upgrade(request):
-            return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]},
-                                         lifetime)
-        sent_at = time.perf_counter()
-        resp = await _send(session, request, url, headers)
-        if (note := request.get(ACCESS_NOTE)) is not None:
-            note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
-        return await _relay(request, resp, headers[REQUEST_ID], lifetime)
+        self._in_flight += 1
+        try:
+            if is_websocket_upgrade(request):
+                return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]},
+                                             lifetime)
+            sent_at = time.perf_counter()
+            resp = await _send(session, request, url, headers)
+            if (note := request.get(ACCESS_NOTE)) is not None:
+                note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
+            return await _relay(request, resp, headers[REQUEST_ID], lifetime)
+        finally:
+            self._in_flight -= 1
+            if self._idle is not None and not self._in_flight:
+                self._idle.set()
 
     def _peer_of(self, request: web.Request) -> Peer:
         address = request.remote or None

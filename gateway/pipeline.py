@@ -6,10 +6,11 @@ built once from the config by app.py and found on the app under ``GATEWAY``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from .config import GatewayConfig
 from .denylist import Denylist
 from .errors import Handler, MethodRefused, answer_for
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
+from .metrics import RECORDER
 from .request_id import REQUEST_ID
 from .cookies import extract_access_token
 from .forward import Forwarder
@@ -54,6 +56,7 @@ class Gateway:
     users: UserDirectory
     mailer: Mailer
     authenticator: Authenticator
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)   # what a reload replaced, closing
 
     @classmethod
     async def open(cls, cfg: GatewayConfig) -> Gateway:
@@ -78,11 +81,34 @@ class Gateway:
         await denylist.start()
         return gw
 
+    def apply(self, cfg: GatewayConfig) -> None:
+        """Swap in what a reload may change: routes, upstreams, identity, the keys and the rest of
+        ``tokens``. Everything is built before the swap, which happens without an await, so no
+        request sees half of each; requests in flight finish on what they started with (the old
+        Forwarder closes once its last one has ended). Raises ValueError for a key that cannot be used."""
+        keyring = KeyRing.from_config(cfg.tokens)
+        verifier = Verifier(cfg.tokens, cfg.identity, keyring=keyring)
+        authenticator = Authenticator(verifier, self.denylist, TokenCache(cfg.tokens.cache_size, cfg.tokens.leeway))
+        old_forwarder, old_verifier, old_authenticator = self.forwarder, self.verifier, self.authenticator
+        self.config, self.rules, self.verifier, self.authenticator = cfg, RuleSet.compile(cfg.routes), verifier, \
+            authenticator
+        self.passport, self.minter = Passport.from_config(cfg), Minter(cfg.tokens, cfg.identity)
+        self.forwarder = Forwarder(cfg, watcher=old_forwarder.watcher)
+        self.jwks_body = json.dumps(keyring.public_jwks()).encode()
+        old_authenticator.close()
+        for closing in (old_forwarder.retire(), old_verifier.close()):
+            task = asyncio.ensure_future(closing)
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
+
     @property
     def ready(self) -> bool:
         return self.denylist.in_sync
 
     async def close(self) -> None:
+        for task in list(self.retiring):
+            task.cancel()
+        await asyncio.gather(*self.retiring, return_exceptions=True)
         await self.mailer.close()   # bounded: queued mails get a few seconds to go out
         await self.denylist.close()
         await self.forwarder.close()
@@ -138,8 +164,9 @@ class FrontDoor:
         self._own_prefix = app[GATEWAY].config.auth.prefix.rstrip("/") + "/"
         self._own_paths = frozenset({self._own_prefix.rstrip("/"), JWKS_PATH})
         self.access = AccessLog(self._gw.config.log)
-        # The server's request handler: with the access log off, no wrapper at all.
-        self.handler: Handler = self._logged if self.access.enabled else self._answer
+        self._record = RECORDER.request if self._gw.config.admin.metrics else None   # metrics.py
+        # The server's request handler: with neither the access log nor metrics, no wrapper at all.
+        self.handler: Handler = self._logged if self.access.enabled or self._record else self._answer
 
     async def _logged(self, request: web.Request) -> web.StreamResponse:
         started, note = time.perf_counter(), AccessNote()
@@ -153,8 +180,11 @@ class FrontDoor:
             status = exc.status
             raise
         finally:   # also when the client hung up (the task is cancelled): 499, as nginx logs it
-            request_id = resp.headers.get(REQUEST_ID) if resp is not None else None
-            self.access.write(request, status, request_id, started, note)
+            if self.access.enabled:
+                request_id = resp.headers.get(REQUEST_ID) if resp is not None else None
+                self.access.write(request, status, request_id, started, note)
+            if self._record is not None:   # counted in plain dicts; folded into prometheus off the request path
+                self._record(note.route, request.method, status, note.code, note.upstream, note.upstream_ms, started)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.path   # what the app's router would match on

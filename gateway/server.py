@@ -28,6 +28,8 @@ from .app import GatewayRunner, build_app
 from .config import GatewayConfig, load_config
 from .forward import is_loopback
 from .logs import configure_logging
+from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
+from .reload import reload_config
 from .pipeline import GATEWAY
 from .users import FileUsers, UsersFileError
 
@@ -70,7 +72,7 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
         admin_app[SERVING].accepting = True
         log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
                  main.host, main.port, admin.host, admin.port, os.getpid())
-        await _wait_for_stop_signal(lambda: asyncio.ensure_future(reload_accounts(main_app)))
+        await _wait_for_stop_signal(lambda: asyncio.ensure_future(reload(main_app)))
         admin_app[SERVING].accepting = False
         log.info("stopping: draining requests in flight (at most %gs)", cfg.listen.drain_timeout)
     finally:
@@ -97,6 +99,14 @@ async def _wait_for_stop_signal(on_hangup: Callable[[], object]) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def reload(app: web.Application) -> None:
+    """SIGHUP: the config (routes, upstreams, identity, keys), then the users file."""
+    gw = app.get(GATEWAY)
+    if gw is not None:
+        await reload_config(gw)
+    await reload_accounts(app)
 
 
 async def reload_accounts(app: web.Application) -> None:
@@ -170,6 +180,7 @@ class _Supervisor:
         wake_w.setblocking(False)
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
         handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        metrics_dir = make_multiprocess_dir()   # /metrics adds up every worker's values from there
         try:
             procs = [self._spawn(main, admin) for _ in range(self.workers)]
             return self._supervise(procs, main, admin, wake_r)
@@ -179,6 +190,7 @@ class _Supervisor:
                 signal.signal(sig, handler)
             for s in (main_sock, admin_sock, wake_r, wake_w):
                 s.close()
+            remove_multiprocess_dir(metrics_dir)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -213,6 +225,7 @@ class _Supervisor:
                     self._stop(procs)
                     return 1
                 log.warning("worker pid %s exited with %s; starting a new one", proc.pid, proc.exitcode)
+                mark_dead([proc.pid])   # its live gauges stop counting; its counters stay in the sums
                 procs[i] = self._spawn(main, admin)
         return self._stop(procs)
 

@@ -110,6 +110,11 @@ class Authenticator:
         if verifier.jwks is not None:
             verifier.jwks.add_listener(cache.drop_issuer)
 
+    def close(self) -> None:
+        """Stop listening to the mirror (a reload replaced this Authenticator)."""
+        self.denylist.remove_listener(self.cache.revoke)
+        self.denylist.remove_resync_listener(self.cache.clear)
+
     async def authenticate(self, token: str) -> CachedToken:
         """The cache entry for a good token (its ``headers`` slot is the caller's to fill). The
         token's b64token syntax is checked here, on a miss: what is cached passed it already."""
