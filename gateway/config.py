@@ -90,6 +90,7 @@ class AdminConfig(Model):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
     token: SecretStr | None = None   # when set, /admin/* needs `Authorization: Bearer <token>`
+    metrics: bool = True             # /metrics (Prometheus), behind the token when one is set
 
     @field_validator("token")
     @classmethod
@@ -172,6 +173,18 @@ class LogConfig(Model):
     access: bool = True          # one line a proxied or auth request (logger tokengate.access)
 
 
+class ReloadConfig(Model):
+    watch: bool = False          # also reload when the config file changes on disk, as on SIGHUP
+    interval: Duration = 2.0     # how often the file is looked at
+
+    @field_validator("interval")
+    @classmethod
+    def _sane_interval(cls, value: float) -> float:
+        if not 0.1 <= value <= 3600:
+            raise ValueError("must be between 100ms and 1h")
+        return value
+
+
 class GatewayConfig(Model):
     listen: ListenConfig = ListenConfig()
     admin: AdminConfig = AdminConfig()
@@ -180,6 +193,7 @@ class GatewayConfig(Model):
     identity: IdentityConfig = IdentityConfig()
     auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
+    reload: ReloadConfig = ReloadConfig()
     upstreams: dict[UpstreamName, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     _source: str = ""

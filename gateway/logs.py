@@ -1,8 +1,9 @@
 """Logging: the `log` section's level and format for every logger, and the access log.
 
 JSON lines carry the message and the record's ``extra`` fields; the access log writes one line a
-request (``"logger": "tokengate.access"``), in batches, past the ``logging`` machinery. Nothing here ever writes a token, a cookie, a password or
-an Authorization value: the access line is built from chosen fields only, and its path has no query.
+request (``"logger": "tokengate.access"``), in batches, past the ``logging`` machinery. Nothing
+here ever writes a token, a cookie, a password or an Authorization value: the access line is built
+from chosen fields only, and its path has no query.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from .config import GatewayConfig, load_config
 from .forward import is_loopback
 from .logs import configure_logging
 from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
-from .reload import reload_config
+from .reload import reload_config, watch_file
 from .pipeline import GATEWAY
 from .users import FileUsers, UsersFileError
 
@@ -72,7 +72,12 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
         admin_app[SERVING].accepting = True
         log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
                  main.host, main.port, admin.host, admin.port, os.getpid())
+        watcher = None
+        if cfg.reload.watch:
+            watcher = asyncio.create_task(watch_file(cfg.source, cfg.reload.interval, lambda: reload(main_app)))
         await _wait_for_stop_signal(lambda: asyncio.ensure_future(reload(main_app)))
+        if watcher is not None:
+            watcher.cancel()
         admin_app[SERVING].accepting = False
         log.info("stopping: draining requests in flight (at most %gs)", cfg.listen.drain_timeout)
     finally:

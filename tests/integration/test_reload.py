@@ -120,9 +120,20 @@ async def test_a_removed_key_and_sections_bound_to_sockets(start_gateway, echo_u
 
     rewrite(gw, drop_main_key_and_move_the_admin_port)
     gw.proc.send_signal(signal.SIGHUP)
-    await _until_logged(gw, "SIGHUP: config reloaded")
+    await _until_logged(gw, "config reload: reloaded from")
     assert await status(gw, "/api/orders", old) == 401   # the cache does not outlive its key
     assert "admin changed" in gw.log()
     async with aiohttp.ClientSession() as http:          # the admin port stayed where it was
         async with http.get(f"{gw.admin_url}/readyz") as resp:
             assert resp.status == 200
+
+
+async def test_reload_watch_picks_up_a_changed_file_without_a_signal(start_gateway, echo_upstream, keys_dir, mint):
+    cfg = gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/"))
+    cfg["reload"] = {"watch": True, "interval": "200ms"}
+    gw = await start_gateway(cfg)
+    token = mint(roles=["user"])
+    assert await status(gw, "/api/new", token) == 404
+    rewrite(gw, lambda data: data["routes"].append({"path": "/api/new", "upstream": "accounts"}))
+    await until_every_worker(gw, "/api/new", token, 200, 1)
+    assert "changed: reloading" in gw.log() and "config reload: reloaded from" in gw.log()
