@@ -1,6 +1,7 @@
 """The admin port: /healthz (process up), /readyz (config, keys, store, revocation mirror),
 POST /admin/revoke (the same as `tokengate revoke`). It binds to 127.0.0.1 by default; with
-``admin.token`` set, everything but the two probes needs that bearer token.
+``admin.token`` set, everything but the two probes needs that bearer token. With ``admin.metrics``
+(the default), /metrics answers in Prometheus' text format (metrics.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from .errors import GatewayError, Handler, InvalidToken, error_middleware
 from .extract import bearer_credentials
+from .metrics import add_metrics
 from .pipeline import GATEWAY
 from .revocation import NothingToRevoke, apply_revocation, build_revocation
 from .store.base import StoreUnavailable
@@ -94,12 +96,19 @@ def _token_guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     return guard
 
 
-def build_admin_app(main: web.Application, token: str | None = None) -> web.Application:
-    """The admin app; with ``token``, every path but the probes needs it as a bearer token."""
+def build_admin_app(main: web.Application, token: str | None = None, *, metrics: bool | None = None) -> web.Application:
+    """The admin app; with ``token``, every path but the probes needs it as a bearer token;
+    with ``metrics`` (None: the main app's ``admin.metrics``), /metrics."""
+    if metrics is None:
+        from .app import CONFIG
+
+        metrics = CONFIG in main and main[CONFIG].admin.metrics
     guards = [_token_guard(token)] if token is not None else []
     app = web.Application(middlewares=[error_middleware, *guards])
     app[SERVING] = Serving(main)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/admin/revoke", _revoke)
+    if metrics:
+        add_metrics(app, lambda: main.get(GATEWAY))
     return app

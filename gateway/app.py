@@ -10,6 +10,7 @@ from .account_routes import add_account_routes
 from .auth_routes import add_auth_routes
 from .config import GatewayConfig
 from .errors import error_middleware
+from .metrics import RECORDER
 from .openapi import add_openapi_route
 from .pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
 
@@ -50,6 +51,7 @@ class GatewayRunner(web.AppRunner):
         server = await super()._make_server()   # starts the app: the Gateway exists from here on
         self.front_door = FrontDoor(self.app, server.request_handler)
         server.request_handler = self.front_door.handler
+        RECORDER.servers.add(server)   # the open-connections metric reads it
         return server
 
     async def cleanup(self) -> None:

@@ -19,6 +19,7 @@ from .cookies import (clear_session_cookies, csrf_token_for, extract_access_toke
                       set_session_cookies)
 from .errors import BadRequest, GatewayError
 from .identity import Identity
+from .metrics import counted
 from .paths import normalise
 from .pipeline import GATEWAY, Gateway
 from .ratelimit import RateLimiter, client_address
@@ -79,6 +80,7 @@ def sessions_of(gw: Gateway) -> Sessions:
                     grace_s=gw.config.auth.refresh_grace)
 
 
+@counted("login")
 async def login(request: web.Request) -> web.StreamResponse:
     """POST {"username", "password"} -> 200 token answer + cookies; 400, 401 invalid_grant, 429, 503."""
     gw = request.app[GATEWAY]
@@ -98,6 +100,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     return token_response(request, cfg, pair)
 
 
+@counted("refresh")
 async def refresh(request: web.Request) -> web.StreamResponse:
     """POST with the refresh cookie or {"refresh_token"} (the body wins when both come) -> 200 as login."""
     gw = request.app[GATEWAY]
@@ -112,6 +115,7 @@ async def refresh(request: web.Request) -> web.StreamResponse:
     return token_response(request, cfg, pair)
 
 
+@counted("logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     """POST with the access token (+ refresh cookie/body) -> 204: its jti denied, its family dead."""
     gw = request.app[GATEWAY]

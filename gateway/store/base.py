@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 # ---- key layout (Redis) ------------------------------------------------------------------------
 # The part in braces is the hash tag: keys that one atomic step (a Lua script) touches share it.
@@ -61,7 +61,10 @@ REVOCATIONS_CHANNEL = "tokengate:revocations"
 class StoreUnavailable(Exception):
     """The store cannot be reached or did not answer in time. ``url`` never holds a password."""
 
+    raised: ClassVar[int] = 0   # how many this process made: the store errors metric (metrics.py) reads it
+
     def __init__(self, url: str, reason: str) -> None:
+        StoreUnavailable.raised += 1
         self.url, self.reason = url, reason
         super().__init__(f"store {url} is unavailable: {reason}")
 
