@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -160,3 +162,40 @@ async def test_metrics_off_means_no_metrics_endpoint(start_gateway, recorder, ke
         assert resp.status == 404
     async with http.get(f"{gw.url}/api/public/x") as resp:
         assert resp.status == 200
+
+
+async def _worker_pids(gw: GatewayProcess, count: int, limit_s: float = 15) -> set[int]:
+    pids: set[int] = set()
+    deadline = time.monotonic() + limit_s
+    while len(pids) < count and time.monotonic() < deadline:
+        async with aiohttp.ClientSession() as fresh:
+            async with fresh.get(f"{gw.admin_url}/healthz") as resp:
+                pids.add((await resp.json())["pid"])
+    return pids
+
+
+async def test_a_restarted_workers_counts_stay_and_its_live_gauges_go(start_gateway, recorder, keys_dir):  # noqa: F811
+    gw = await start_gateway(config(keys_dir, recorder.url), "--workers", "2")
+    n = 20
+    for _ in range(n):
+        async with aiohttp.ClientSession() as fresh:
+            async with fresh.get(f"{gw.url}/api/public/x") as resp:
+                assert resp.status == 200
+    name = "tokengate_requests_total"
+    await until(gw, lambda s: total(s, name, outcome="forwarded") == n)   # both workers have folded
+    first = await _worker_pids(gw, 2)
+    assert len(first) == 2
+    dead, alive = sorted(first)
+    environ = Path(f"/proc/{alive}/environ").read_bytes().split(b"\0")
+    metrics_dir = Path(next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode())
+    assert any(metrics_dir.glob(f"gauge_live*_{dead}.db"))
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not (await _worker_pids(gw, 2, 2)) - first and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not any(metrics_dir.glob(f"gauge_live*_{dead}.db"))   # marked dead by the supervisor
+    samples = await scrape(gw)
+    assert total(samples, name, outcome="forwarded") == n       # its counters still count
+    assert total(samples, "tokengate_revocation_mirror_in_sync") == 1
+    assert gw.stop() == 0
+    assert not metrics_dir.exists()                              # removed with the supervisor
