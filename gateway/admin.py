@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .errors import GatewayError, Handler, InvalidToken, error_middleware
 from .extract import bearer_credentials
-from .metrics import add_metrics
+from .metrics import METRICS, add_metrics
 from .pipeline import GATEWAY
 from .revocation import NothingToRevoke, apply_revocation, build_revocation
 from .store.base import StoreUnavailable
@@ -96,19 +96,15 @@ def _token_guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     return guard
 
 
-def build_admin_app(main: web.Application, token: str | None = None, *, metrics: bool | None = None) -> web.Application:
+def build_admin_app(main: web.Application, token: str | None = None) -> web.Application:
     """The admin app; with ``token``, every path but the probes needs it as a bearer token;
-    with ``metrics`` (None: the main app's ``admin.metrics``), /metrics."""
-    if metrics is None:
-        from .app import CONFIG
-
-        metrics = CONFIG in main and main[CONFIG].admin.metrics
+    /metrics when the main app counts them (``admin.metrics``)."""
     guards = [_token_guard(token)] if token is not None else []
     app = web.Application(middlewares=[error_middleware, *guards])
     app[SERVING] = Serving(main)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/admin/revoke", _revoke)
-    if metrics:
-        add_metrics(app, lambda: main.get(GATEWAY))
+    if (recorder := main.get(METRICS)) is not None:
+        add_metrics(app, recorder, lambda: main.get(GATEWAY))
     return app

@@ -10,7 +10,7 @@ from .account_routes import add_account_routes
 from .auth_routes import add_auth_routes
 from .config import GatewayConfig
 from .errors import error_middleware
-from .metrics import RECORDER
+from .metrics import METRICS, Recorder
 from .openapi import add_openapi_route
 from .pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
 
@@ -33,6 +33,8 @@ async def _jwks(request: web.Request) -> web.Response:
 def build_app(cfg: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": MAX_HEADER_BYTES})
     app[CONFIG] = cfg
+    if cfg.admin.metrics:
+        app[METRICS] = Recorder()   # the admin app's /metrics reads it
     app.cleanup_ctx.append(_gateway_context)
     app.router.add_get(JWKS_PATH, _jwks)
     add_auth_routes(app, cfg)
@@ -51,7 +53,8 @@ class GatewayRunner(web.AppRunner):
         server = await super()._make_server()   # starts the app: the Gateway exists from here on
         self.front_door = FrontDoor(self.app, server.request_handler)
         server.request_handler = self.front_door.handler
-        RECORDER.servers.add(server)   # the open-connections metric reads it
+        if (recorder := self.app.get(METRICS)) is not None:
+            recorder.servers.add(server)   # the open-connections metric reads it
         return server
 
     async def cleanup(self) -> None:

@@ -83,7 +83,7 @@ class Recorder:
         return taken
 
 
-RECORDER = Recorder()   # this process's (each worker is a process of its own)
+METRICS = web.AppKey("metrics", Recorder)   # on the main app with admin.metrics (build_app)
 
 
 def counted(action: str) -> Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]],
@@ -95,12 +95,15 @@ def counted(action: str) -> Callable[[Callable[[web.Request], Awaitable[web.Stre
              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         @functools.wraps(handler)
         async def counting(request: web.Request) -> web.StreamResponse:
+            recorder = request.app.get(METRICS)
+            if recorder is None:   # an app built without metrics
+                return await handler(request)
             try:
                 resp = await handler(request)
             except GatewayError as exc:
-                RECORDER.auth_action(action, exc.code)
+                recorder.auth_action(action, exc.code)
                 raise
-            RECORDER.auth_action(action, "success")
+            recorder.auth_action(action, "success")
             return resp
         return counting
     return wrap
@@ -113,12 +116,14 @@ def _outcome(status: int, forwarded: bool) -> str:
 
 
 class Exporter:
-    """This process's prometheus metrics, and the fold that feeds them from a Recorder."""
+    """The prometheus metrics, and the fold that feeds them from a Recorder. Multi-process: one
+    Exporter a worker (the admin app's), whose values prometheus-client keeps in the worker's files."""
 
-    def __init__(self, recorder: Recorder | None = None, *, multiprocess: bool | None = None) -> None:
+    def __init__(self, recorder: Recorder, *, multiprocess: bool | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from .store.base import StoreUnavailable
 
-        self.recorder = recorder if recorder is not None else RECORDER
+        self.recorder = recorder
         self.multiprocess = MULTIPROC_ENV in os.environ if multiprocess is None else multiprocess
         # Multi-process: the values live in files; a scrape reads every worker's through its own registry.
         own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
@@ -155,7 +160,7 @@ class Exporter:
         self._children: dict[Any, Any] = {}
         self._cache: Any = None
         self._cache_seen = (0, 0)
-        self._store_seen = 0
+        self._store_seen = StoreUnavailable.raised   # this process's count: only the rise from now on is ours
         self._scrape_registry: Any = None
 
     def fold(self, gateway: Any = None) -> None:
@@ -234,20 +239,10 @@ def _add_histogram(histogram: Any, slots: list[float]) -> None:
     histogram._sum.inc(slots[-1] / 1000.0)
 
 
-_EXPORTER: Exporter | None = None
-
-
-def exporter() -> Exporter:
-    """This process's Exporter (made on first use: prometheus metrics can be defined once a process)."""
-    global _EXPORTER
-    if _EXPORTER is None:
-        _EXPORTER = Exporter()
-    return _EXPORTER
-
-
-def add_metrics(admin: web.Application, gateway_of: Callable[[], Any]) -> None:
-    """``/metrics`` on the admin app, and the fold: every FOLD_EVERY_S, at each scrape, at shutdown."""
-    exp = exporter()
+def add_metrics(admin: web.Application, recorder: Recorder, gateway_of: Callable[[], Any]) -> None:
+    """``/metrics`` on the admin app, and the fold of ``recorder``: every FOLD_EVERY_S, at each
+    scrape, at shutdown."""
+    exp = Exporter(recorder)
 
     async def metrics(request: web.Request) -> web.Response:
         exp.fold(gateway_of())
@@ -255,6 +250,7 @@ def add_metrics(admin: web.Application, gateway_of: Callable[[], Any]) -> None:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def folding(app: web.Application) -> AsyncIterator[None]:
+        exp.fold(gateway_of())   # at once: a worker's gauges count from its start
         task = asyncio.create_task(_fold_every(exp, gateway_of))
         yield
         task.cancel()

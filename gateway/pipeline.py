@@ -19,7 +19,7 @@ from .config import GatewayConfig
 from .denylist import Denylist
 from .errors import Handler, MethodRefused, answer_for
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
-from .metrics import RECORDER
+from .metrics import METRICS
 from .request_id import REQUEST_ID
 from .cookies import extract_access_token
 from .forward import Forwarder
@@ -164,7 +164,8 @@ class FrontDoor:
         self._own_prefix = app[GATEWAY].config.auth.prefix.rstrip("/") + "/"
         self._own_paths = frozenset({self._own_prefix.rstrip("/"), JWKS_PATH})
         self.access = AccessLog(self._gw.config.log)
-        self._record = RECORDER.request if self._gw.config.admin.metrics else None   # metrics.py
+        recorder = app.get(METRICS)   # with admin.metrics
+        self._record = recorder.request if recorder is not None else None
         # The server's request handler: with neither the access log nor metrics, no wrapper at all.
         self.handler: Handler = self._logged if self.access.enabled or self._record else self._answer
 
