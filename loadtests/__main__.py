@@ -80,9 +80,10 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    write_bench_config(Path(args.out), args.routes, args.workers, args.store)
+    write_bench_config(Path(args.out), args.routes, args.workers, args.store, args.lean)
     print(f"wrote {args.out}: HS256 (secret from ${{{SECRET_VAR}}}), {args.routes} routes, GET {LOAD_PATH} "
-          f"needs role user, store {args.store}, {args.workers} worker(s)")
+          f"needs role user, store {args.store}, {args.workers} worker(s), "
+          f"{'no access log, no metrics' if args.lean else 'access log and metrics on (the defaults)'}")
     return 0
 
 
@@ -169,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("--routes", type=_positive, default=1000, help="routes in all (default 1000)")
     config.add_argument("--workers", type=_positive, default=1)
     config.add_argument("--store", default="memory://", help="store URL (default memory://)")
+    config.add_argument("--lean", action="store_true", help="no access log and no metrics: the auth work alone")
     config.set_defaults(func=cmd_config)
     revoke = sub.add_parser("revoke", help="revoke the pool's revoked tokens with POST /admin/revoke")
     revoke.add_argument("--config")

@@ -15,8 +15,9 @@ LOAD_PATH = "/api/orders"
 SECRET_VAR = "TOKENGATE_SECRET"
 
 
-def bench_config(routes: int, workers: int = 1, store: str = "memory://") -> dict[str, Any]:
-    """The config as plain data; the key's secret is read from ${TOKENGATE_SECRET} when it loads."""
+def bench_config(routes: int, workers: int = 1, store: str = "memory://", lean: bool = False) -> dict[str, Any]:
+    """The config as plain data; the key's secret is read from ${TOKENGATE_SECRET} when it loads.
+    ``lean``: no access log and no metrics (the auth work alone against the plain proxy)."""
     if routes < 1:
         raise ValueError("the config needs at least the one route under load")
     rules: list[dict[str, Any]] = [{"path": LOAD_PATH, "upstream": "up", "roles": ["user", "admin"]}]
@@ -25,7 +26,8 @@ def bench_config(routes: int, workers: int = 1, store: str = "memory://") -> dic
         rules.append({"path": path, "upstream": "up", "roles": [f"team{n % 50}"]})
     return {
         "listen": {"host": "127.0.0.1", "port": 8080, "workers": workers},
-        "admin": {"host": "127.0.0.1", "port": 9090},
+        "admin": {"host": "127.0.0.1", "port": 9090, "metrics": not lean},
+        "log": {"access": not lean},
         "store": {"url": store},
         "tokens": {"issuer": "https://auth.example.test", "audience": ["api"], "access_ttl": "1h",
                    "keys": [{"kid": "main", "alg": "HS256", "secret": "${" + SECRET_VAR + "}"}]},
@@ -34,6 +36,7 @@ def bench_config(routes: int, workers: int = 1, store: str = "memory://") -> dic
     }
 
 
-def write_bench_config(out: Path, routes: int, workers: int = 1, store: str = "memory://") -> None:
+def write_bench_config(out: Path, routes: int, workers: int = 1, store: str = "memory://",
+                       lean: bool = False) -> None:
     out.write_text("# written by `python -m loadtests config`: the hot-path benchmark's gateway\n"
-                   + yaml.safe_dump(bench_config(routes, workers, store), sort_keys=False))
+                   + yaml.safe_dump(bench_config(routes, workers, store, lean), sort_keys=False))

@@ -240,3 +240,15 @@ def test_the_kit_finds_the_admin_token_in_the_config_or_the_environment(
     assert admin_token(make_config(admin={"token": "t" * 40})) == "t" * 40
     monkeypatch.setenv(ADMIN_TOKEN_VAR, "e" * 40)
     assert admin_token(None) == "e" * 40
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_the_benchmark_config_loads_with_its_routes_and_switches(tmp_path: Path, lean: bool) -> None:
+    from loadtests.benchconfig import SECRET_VAR, write_bench_config
+
+    path = tmp_path / "bench.yaml"
+    write_bench_config(path, 1000, workers=2, lean=lean)
+    cfg = load_config(path, environ={SECRET_VAR: "s" * 48})
+    assert len(cfg.routes) == 1000 and cfg.listen.workers == 2 and cfg.store.url == "memory://"
+    assert (cfg.log.access, cfg.admin.metrics) == (not lean, not lean)
+    assert PoolMaker(cfg, "/api/orders", "user").rule.roles == frozenset({"user", "admin"})
