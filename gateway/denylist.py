@@ -45,6 +45,7 @@ class Denylist:
         self._task: asyncio.Task[None] | None = None
         self.in_sync = False
         self.last_sync_at: float | None = None
+        self.lag_s: float | None = None   # the last revocation's delay from its publication to this mirror
 
     def __len__(self) -> int:
         return len(self._jti) + len(self._sub)
@@ -110,6 +111,8 @@ class Denylist:
             log.info("revocation mirror in sync: %d entries", len(self))
             last_purge = now
             async for revocation in feed:
+                if revocation.published_at is not None:
+                    self.lag_s = max(0.0, self._clock() - revocation.published_at)
                 self._apply(revocation)
                 if self._clock() - last_purge > PURGE_EVERY_S:
                     last_purge = self._clock()

@@ -152,6 +152,10 @@ class Exporter:
         self.mirror_age = Gauge("tokengate_revocation_mirror_last_sync_age_seconds", "Seconds since the "
                                 "revocation mirror last loaded from the store (the highest over workers)",
                                 registry=own, multiprocess_mode="livemax")
+        self.mirror_lag = Gauge("tokengate_revocation_mirror_lag_seconds", "Delay between a revocation's "
+                                "publication by the store and its arrival in this mirror, for the last one "
+                                "(the highest over workers; -1 before the first)", registry=own,
+                                multiprocess_mode="livemax")
         self.connections = Gauge("tokengate_open_connections", "Client connections open on the proxy port",
                                  registry=own, multiprocess_mode="livesum")
         self.long_lived = Gauge("tokengate_open_long_lived_connections", "WebSockets and streamed answers "
@@ -209,6 +213,7 @@ class Exporter:
         self.mirror_in_sync.set(1 if denylist.in_sync else 0)
         last = denylist.last_sync_at
         self.mirror_age.set(time.time() - last if last is not None else -1)
+        self.mirror_lag.set(denylist.lag_s if denylist.lag_s is not None else -1)
         self.long_lived.set(len(gw.forwarder.watcher))
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:

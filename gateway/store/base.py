@@ -75,6 +75,8 @@ class Revocation:
 
     ``value``: for a jti, the token's exp (the entry's expiry); for a sub, the watermark (tokens
     with iat below it are dead). ``expires_at``: when the entry may be forgotten (epoch seconds).
+    ``published_at``: when the store announced it (on the feed only; what the mirror's lag is
+    measured from). It takes no part in comparisons.
     """
 
     kind: Literal["jti", "sub"]
@@ -82,6 +84,7 @@ class Revocation:
     id: str
     value: float
     expires_at: float
+    published_at: float | None = field(default=None, compare=False)
 
 
 class RevocationFeed(AsyncIterator[Revocation]):

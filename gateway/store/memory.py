@@ -133,8 +133,9 @@ class MemoryStore(Store):
             revocation = dataclasses.replace(revocation, value=max(old.value, revocation.value),
                                              expires_at=max(old.expires_at, revocation.expires_at))
         s.revocations[key] = revocation
+        announced = dataclasses.replace(revocation, published_at=self._clock())
         for feed in self._feeds:
-            feed.put(revocation)
+            feed.put(announced)
 
     async def live_revocations(self, now: float) -> list[Revocation]:
         s = self._open()

@@ -22,10 +22,10 @@ PING_MESSAGE = b"tokengate-feed"
 SUBSCRIBE_TIMEOUT_S = 5.0
 
 
-def encode_revocation(r: Revocation) -> bytes:
-    """The pub/sub message: compact JSON."""
-    return json.dumps({"kind": r.kind, "iss": r.iss, "id": r.id, "value": r.value, "expires_at": r.expires_at},
-                      separators=(",", ":")).encode()
+def encode_revocation(r: Revocation, now: float | None = None) -> bytes:
+    """The pub/sub message: compact JSON, stamped with the time it is published (``at``)."""
+    return json.dumps({"kind": r.kind, "iss": r.iss, "id": r.id, "value": r.value, "expires_at": r.expires_at,
+                       "at": time.time() if now is None else now}, separators=(",", ":")).encode()
 
 
 def decode_revocation(data: bytes) -> Revocation | None:
@@ -33,7 +33,9 @@ def decode_revocation(data: bytes) -> Revocation | None:
         m = json.loads(data)
         if m["kind"] not in ("jti", "sub"):
             raise ValueError(m["kind"])
-        return Revocation(m["kind"], str(m["iss"]), str(m["id"]), float(m["value"]), float(m["expires_at"]))
+        at = m.get("at")   # absent from an older instance's messages
+        return Revocation(m["kind"], str(m["iss"]), str(m["id"]), float(m["value"]), float(m["expires_at"]),
+                          float(at) if at is not None else None)
     except (ValueError, TypeError, KeyError):
         log.warning("ignored a malformed revocation message on %s", REVOCATIONS_CHANNEL)
         return None

@@ -159,3 +159,23 @@ async def test_a_reload_drops_what_is_no_longer_live_and_keeps_the_latest_expiry
     clock.now += 60
     with pytest.raises(RevokedToken):
         mirror.check(identity("a"))
+
+
+async def test_the_mirror_measures_how_late_a_published_revocation_arrives(mirror: Denylist, store: MemoryStore,
+                                                                           clock: FakeClock) -> None:
+    await started(mirror)
+    assert mirror.lag_s is None
+    await store.revoke(jti_revocation("late", clock() + 600))   # stamped with the store's clock
+    clock.now += 0.5                                           # before the mirror's task gets its turn
+    await until(lambda: mirror.lag_s is not None)
+    assert mirror.lag_s == 0.5
+
+
+def test_feed_messages_carry_their_publication_time_and_old_ones_still_decode() -> None:
+    from gateway.store.redis_feed import decode_revocation, encode_revocation
+
+    r = jti_revocation("j9", 2_000_000_000.0)
+    stamped = decode_revocation(encode_revocation(r, now=1_800_000_000.0))
+    assert stamped == r and stamped is not None and stamped.published_at == 1_800_000_000.0
+    old = decode_revocation(b'{"kind":"jti","iss":"i","id":"j","value":1,"expires_at":2}')
+    assert old is not None and old.published_at is None

@@ -100,10 +100,10 @@ def test_counts_are_folded_once(recorder, exporter):
 
 
 def _gateway(hits: int, misses: int, mirror: int, in_sync: bool, synced_s_ago: float | None,
-             cache: Any = None) -> SimpleNamespace:
+             cache: Any = None, lag_s: float | None = None) -> SimpleNamespace:
     cache = cache or SimpleNamespace()
     cache.hits, cache.misses = hits, misses
-    denylist = SimpleNamespace(in_sync=in_sync, __len__=None,
+    denylist = SimpleNamespace(in_sync=in_sync, __len__=None, lag_s=lag_s,
                                last_sync_at=None if synced_s_ago is None else time.time() - synced_s_ago)
     return SimpleNamespace(authenticator=SimpleNamespace(cache=cache),
                            denylist=_Sized(denylist, mirror), forwarder=SimpleNamespace(watcher=[1, 2]))
@@ -121,17 +121,19 @@ class _Sized(SimpleNamespace):
 def test_state_is_read_at_fold_time_and_cache_counters_take_deltas(exporter):
     cache = SimpleNamespace()
     exporter.fold(_gateway(5, 2, 7, True, 3.0, cache))
-    exporter.fold(_gateway(9, 2, 8, False, 4.0, cache))
+    exporter.fold(_gateway(9, 2, 8, False, 4.0, cache, lag_s=0.25))
     assert value(exporter, "tokengate_token_cache_lookups_total", result="hit") == 9
     assert value(exporter, "tokengate_token_cache_lookups_total", result="miss") == 2
     assert value(exporter, "tokengate_revocation_mirror_entries") == 8
     assert value(exporter, "tokengate_revocation_mirror_in_sync") == 0
     assert 4.0 <= value(exporter, "tokengate_revocation_mirror_last_sync_age_seconds") < 60
     assert value(exporter, "tokengate_open_long_lived_connections") == 2
+    assert value(exporter, "tokengate_revocation_mirror_lag_seconds") == 0.25
     # A reload brings a new cache that counts from zero: its counts add on, never subtract.
     exporter.fold(_gateway(1, 0, 8, True, None))
     assert value(exporter, "tokengate_token_cache_lookups_total", result="hit") == 10
     assert value(exporter, "tokengate_revocation_mirror_last_sync_age_seconds") == -1
+    assert value(exporter, "tokengate_revocation_mirror_lag_seconds") == -1
 
 
 def test_store_errors_count_every_store_unavailable_made(exporter):
