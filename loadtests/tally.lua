@@ -79,6 +79,16 @@ local function add_all(into, from)
    for k, v in pairs(from or {}) do into[k] = (into[k] or 0) + v end
 end
 
+
+-- Writes a table of integer keys and counts as JSON pairs: [k, n], [k, n] ...
+local function write_pairs(out, counts)
+   local sep = ""
+   for key, n in pairs(counts) do
+      out:write(string.format('%s[%d, %d]', sep, key, n))
+      sep = ", "
+   end
+end
+
 function done(summary, latency, requests)
    local all_tally, all_sent, all_per_second = {}, {}, {}
    for _, thread in ipairs(threads) do
@@ -107,17 +117,9 @@ function done(summary, latency, requests)
       out:write(string.format('%s%d', second > 1 and ", " or "", all_per_second[second] or 0))
    end
    out:write('], "tally": [')
-   sep = ""
-   for key, n in pairs(all_tally) do
-      out:write(string.format('%s[%d, %d]', sep, key, n))
-      sep = ", "
-   end
+   write_pairs(out, all_tally)
    out:write('], "sent": [')
-   sep = ""
-   for slot, n in pairs(all_sent) do
-      out:write(string.format('%s[%d, %d]', sep, slot, n))
-      sep = ", "
-   end
+   write_pairs(out, all_sent)
    out:write(']}\n')
    out:close()
 end

@@ -203,32 +203,29 @@ def _topology_tools() -> None:
         pytest.fail(f"{' and '.join(missing)} not found: install redis-server and redis-tools (./dev.sh test does)")
 
 
-@pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A 3-master Redis Cluster on loopback for the session (REDIS_CLUSTER_URL, a redis+cluster:// url, when set)."""
-    if url := os.environ.get("REDIS_CLUSTER_URL"):
+def _topology(env: str, start: Callable[[Path], Any], workdir: Path) -> Iterator[str]:
+    """The URL in ``env`` when set (left running), else a setup of ours, stopped at the end."""
+    if url := os.environ.get(env):
         yield url
         return
     _topology_tools()
-    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    setup = start(workdir)
     try:
-        yield cluster.url
+        yield setup.url
     finally:
-        cluster.stop()
+        setup.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback for the session (REDIS_CLUSTER_URL, a redis+cluster:// url, when set)."""
+    yield from _topology("REDIS_CLUSTER_URL", start_cluster, tmp_path_factory.mktemp("redis-cluster"))
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A master, a replica and three sentinels on loopback for the session (REDIS_SENTINEL_URL when set)."""
-    if url := os.environ.get("REDIS_SENTINEL_URL"):
-        yield url
-        return
-    _topology_tools()
-    setup = start_sentinel(tmp_path_factory.mktemp("redis-sentinel"))
-    try:
-        yield setup.url
-    finally:
-        setup.stop()
+    yield from _topology("REDIS_SENTINEL_URL", start_sentinel, tmp_path_factory.mktemp("redis-sentinel"))
 
 
 @pytest.fixture
