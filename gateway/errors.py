@@ -129,7 +129,8 @@ def answer_for(request: web.Request, exc: Exception) -> web.Response:
     bare 500. It carries the request's X-Request-Id, so a client can match even a refusal."""
     if isinstance(exc, GatewayError):
         # The access line says it with the status and the code (debug: the same, for the admin port).
-        log.debug("denied", extra={"code": exc.code, "method": request.method, "path": request.rel_url.path})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("denied", extra={"code": exc.code, "method": request.method, "path": request.rel_url.path})
         if (note := request.get(ACCESS_NOTE)) is not None:
             note.code = exc.code
     else:

@@ -24,7 +24,7 @@ from .config import GatewayConfig, IdentityConfig, UpstreamConfig
 from .errors import BadPath, UpstreamFailed, UpstreamTimeout
 from .identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
-from .logs import ACCESS_NOTE
+from .logs import AccessNote
 from .request_id import REQUEST_ID, pick_request_id
 from .websocket import is_websocket_upgrade, proxy_websocket
 
@@ -252,9 +252,10 @@ class Forwarder:
                 request_class=_VerbatimRequest, trust_env=False)
         return session
 
-    async def forward(self, request: web.Request, path: str, upstream: str,
-                      identity_headers: Mapping[str, str], identity: Identity | None = None) -> web.StreamResponse:
-        """Proxy ``request`` to ``upstream`` at ``path`` (+ the original query).
+    async def forward(self, request: web.Request, path: str, upstream: str, identity_headers: Mapping[str, str],
+                      identity: Identity | None = None, note: AccessNote | None = None) -> web.StreamResponse:
+        """Proxy ``request`` to ``upstream`` at ``path`` (+ the original query); ``note`` gets the
+        upstream's time to answer, for the access line and the metrics.
 
         Raises UpstreamFailed (502) or UpstreamTimeout (504) before the answer starts; after
         that, a failing upstream only cuts the stream short. A WebSocket or streamed answer
@@ -272,7 +273,7 @@ class Forwarder:
                                              lifetime)
             sent_at = time.perf_counter()
             resp = await _send(session, request, url, headers)
-            if (note := request.get(ACCESS_NOTE)) is not None:
+            if note is not None:
                 note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
             return await _relay(request, resp, headers[REQUEST_ID], lifetime)
         finally:

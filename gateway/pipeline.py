@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from .request_id import REQUEST_ID
 from .cookies import extract_access_token
 from .forward import Forwarder
 from .keys import KeyRing
+from .lifetime import ConnectionWatcher
 from .mail import Mailer
 from .passport import Passport
 from .passwords import PasswordHasher
@@ -61,23 +63,22 @@ class Gateway:
     @classmethod
     async def open(cls, cfg: GatewayConfig) -> Gateway:
         """Never fails for a store that is down: the denylist keeps trying (and on_error decides)."""
-        keyring = KeyRing.from_config(cfg.tokens)
         store = await open_store(cfg.store)
         if cfg.store.url.startswith("memory://"):
             log.warning("store is memory://: revocations, refresh sessions and accounts kept in the store "
                         "live in this process only and die with it; use Redis for a fleet or restarts")
         hasher = PasswordHasher()
-        forwarder = Forwarder(cfg)
         denylist = Denylist(store, fail_open=cfg.store.on_error == "allow")
-        denylist.add_listener(forwarder.watcher.revoke)   # revoked tokens' WebSockets and streams end too
-        verifier = Verifier(cfg.tokens, cfg.identity, keyring=keyring)
-        authenticator = Authenticator(verifier, denylist, TokenCache(cfg.tokens.cache_size, cfg.tokens.leeway))
-        gw = cls(config=cfg, rules=RuleSet.compile(cfg.routes), verifier=verifier,
-                 passport=Passport.from_config(cfg), forwarder=forwarder,
-                 jwks_body=json.dumps(keyring.public_jwks()).encode(), store=store, denylist=denylist,
-                 minter=Minter(cfg.tokens, cfg.identity), hasher=hasher,
-                 users=build_directory(cfg, store, hasher), mailer=Mailer(cfg.auth.mail),
-                 authenticator=authenticator)
+        watcher = ConnectionWatcher(leeway_s=cfg.tokens.leeway)
+        denylist.add_listener(watcher.revoke)   # revoked tokens' WebSockets and streams end too
+        try:
+            parts = _from_config(cfg, denylist, watcher)
+        except BaseException:
+            hasher.close()
+            await store.close()
+            raise
+        gw = cls(store=store, denylist=denylist, hasher=hasher, users=build_directory(cfg, store, hasher),
+                 mailer=Mailer(cfg.auth.mail), **parts)
         await denylist.start()
         return gw
 
@@ -86,15 +87,10 @@ class Gateway:
         ``tokens``. Everything is built before the swap, which happens without an await, so no
         request sees half of each; requests in flight finish on what they started with (the old
         Forwarder closes once its last one has ended). Raises ValueError for a key that cannot be used."""
-        keyring = KeyRing.from_config(cfg.tokens)
-        verifier = Verifier(cfg.tokens, cfg.identity, keyring=keyring)
-        authenticator = Authenticator(verifier, self.denylist, TokenCache(cfg.tokens.cache_size, cfg.tokens.leeway))
+        parts = _from_config(cfg, self.denylist, self.forwarder.watcher)
         old_forwarder, old_verifier, old_authenticator = self.forwarder, self.verifier, self.authenticator
-        self.config, self.rules, self.verifier, self.authenticator = cfg, RuleSet.compile(cfg.routes), verifier, \
-            authenticator
-        self.passport, self.minter = Passport.from_config(cfg), Minter(cfg.tokens, cfg.identity)
-        self.forwarder = Forwarder(cfg, watcher=old_forwarder.watcher)
-        self.jwks_body = json.dumps(keyring.public_jwks()).encode()
+        for name, value in parts.items():
+            setattr(self, name, value)
         old_authenticator.close()
         for closing in (old_forwarder.retire(), old_verifier.close()):
             task = asyncio.ensure_future(closing)
@@ -116,6 +112,17 @@ class Gateway:
         await self.users.close()
         self.hasher.close()
         await self.store.close()
+
+
+def _from_config(cfg: GatewayConfig, denylist: Denylist, watcher: ConnectionWatcher) -> dict[str, Any]:
+    """The Gateway's parts that the config alone decides, which a reload builds anew. Raises
+    ValueError for a key that cannot be used (before the Authenticator listens to ``denylist``)."""
+    keyring = KeyRing.from_config(cfg.tokens)
+    verifier = Verifier(cfg.tokens, cfg.identity, keyring=keyring)
+    return {"config": cfg, "rules": RuleSet.compile(cfg.routes), "verifier": verifier,
+            "authenticator": Authenticator(verifier, denylist, TokenCache(cfg.tokens.cache_size, cfg.tokens.leeway)),
+            "passport": Passport.from_config(cfg), "minter": Minter(cfg.tokens, cfg.identity),
+            "forwarder": Forwarder(cfg, watcher=watcher), "jwks_body": json.dumps(keyring.public_jwks()).encode()}
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -149,7 +156,7 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
             note.subject = identity.sub
         authorize(rule, identity)                              # Forbidden -> 403
         headers = gw.passport.cached_headers_for(known, rule.upstream)
-    return await gw.forwarder.forward(request, path, rule.upstream, headers, identity)   # UpstreamFailed -> 502/504
+    return await gw.forwarder.forward(request, path, rule.upstream, headers, identity, note)   # 502/504
 
 
 class FrontDoor:

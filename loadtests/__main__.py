@@ -17,6 +17,7 @@ from gateway.config import ConfigError, load_config
 from gateway.durations import parse_duration_s
 
 from . import chart, drivers, report
+from .arguments import positive
 from .benchconfig import LOAD_PATH, SECRET_VAR, write_bench_config
 from .driver import RemoteTarget, check_target
 from .procs import StartFailed
@@ -47,12 +48,6 @@ def _rate(value: str) -> float:
     if rate <= 0:
         raise argparse.ArgumentTypeError("the rate must be above 0")
     return rate
-
-
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number above 0")
-    return int(value)
 
 
 def _load(path: str) -> Any:
@@ -139,7 +134,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
 
 
 def _workers(value: str) -> list[int]:
-    counts = [_positive(part) for part in value.split(",")]
+    counts = [positive(part) for part in value.split(",")]
     if len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError("name each worker count once")
     return counts
@@ -158,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     pool = sub.add_parser("pool", help="make a labelled token pool for a config")
     pool.add_argument("--config", required=True)
     pool.add_argument("--out", required=True, help="the pool file (JSON lines); revoked jtis go to OUT.revoke.jsonl")
-    pool.add_argument("--count", type=_positive, default=10_000)
+    pool.add_argument("--count", type=positive, default=10_000)
     pool.add_argument("--mix", help="KIND=WEIGHT,... (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()) + ")")
     pool.add_argument("--path", default="/api/orders", help="the GET path every token is sent to")
     pool.add_argument("--role", default="user", help="the role valid tokens carry")
@@ -167,8 +162,8 @@ def parser() -> argparse.ArgumentParser:
     pool.set_defaults(func=cmd_pool)
     config = sub.add_parser("config", help="write the hot-path benchmark's gateway config")
     config.add_argument("--out", required=True)
-    config.add_argument("--routes", type=_positive, default=1000, help="routes in all (default 1000)")
-    config.add_argument("--workers", type=_positive, default=1)
+    config.add_argument("--routes", type=positive, default=1000, help="routes in all (default 1000)")
+    config.add_argument("--workers", type=positive, default=1)
     config.add_argument("--store", default="memory://", help="store URL (default memory://)")
     config.add_argument("--lean", action="store_true", help="no access log and no metrics: the auth work alone")
     config.set_defaults(func=cmd_config)
@@ -188,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
                      "(interleaved rounds, CPU per request of each)")
     run.add_argument("--compare", action="store_true", help="with --start: also load the direct upstream "
                      "and a plain aiohttp proxy, same run, and print ratios")
-    run.add_argument("--rounds", type=_positive, help="with --start: interleaved rounds per target, best one "
+    run.add_argument("--rounds", type=positive, help="with --start: interleaved rounds per target, best one "
                      "kept (default 2 when there are several targets, else 1)")
     run.add_argument("--cpus", type=_cpus, help="with --start: PROXY:LOAD, like 0:1: the proxy under test on "
                      "CPU 0, the upstream and the load generator on CPU 1")
@@ -196,9 +191,9 @@ def parser() -> argparse.ArgumentParser:
                      help="auto (default): wrk when installed and no --rate/--requests, else asyncio")
     bound = run.add_mutually_exclusive_group()
     bound.add_argument("--duration", type=_duration, help="how long to send requests (default 10s)")
-    bound.add_argument("--requests", type=_positive, help="how many requests to send")
+    bound.add_argument("--requests", type=positive, help="how many requests to send")
     run.add_argument("--max-time", type=_duration, help="hard cap on the run (default: duration + 10s, or 130s)")
-    run.add_argument("--concurrency", type=_positive, default=64)
+    run.add_argument("--concurrency", type=positive, default=64)
     run.add_argument("--rate", type=_rate, help="fixed rate, like 500/s (default: full speed)")
     run.add_argument("--json", help="write the report as JSON here")
     run.add_argument("--png", help="write a latency + throughput chart here (needs matplotlib); with --start: "

@@ -44,6 +44,8 @@ from gateway.config import IdentityConfig, TokensConfig
 from gateway.keys import KeyRing, VerificationKey
 from gateway.verify import Verifier
 
+from .arguments import positive
+
 ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "PS256", "ES256", "ES384", "EdDSA")
 COLUMNS = ("crypto", "bare", "decode", "verifier", "cached")
 CACHE_MODULE = "gateway.tokencache"
@@ -350,12 +352,6 @@ def report(rows: Sequence[Row], count: int, repeats: int) -> dict[str, Any]:
 
 # --- command line ---------------------------------------------------------------------------------
 
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number above 0")
-    return int(value)
-
-
 def _seconds(value: str) -> float:
     try:
         seconds = float(value)
@@ -379,8 +375,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench_verify", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algs", type=_algs, default=list(ALGORITHMS), help="comma-separated (default: %(default)s)")
-    p.add_argument("--tokens", type=_positive, default=DEFAULT_TOKENS, help="distinct tokens per algorithm")
-    p.add_argument("--repeat", type=_positive, default=DEFAULT_REPEAT, help="passes per column; the best counts")
+    p.add_argument("--tokens", type=positive, default=DEFAULT_TOKENS, help="distinct tokens per algorithm")
+    p.add_argument("--repeat", type=positive, default=DEFAULT_REPEAT, help="passes per column; the best counts")
     p.add_argument("--max-seconds", type=_seconds, default=DEFAULT_MAX_SECONDS,
                    help="stop repeating after this long (at least one repeat always runs)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -27,6 +27,21 @@ class StartFailed(Exception):
     """A child did not start or did not become ready (the message names it and its log)."""
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM, wait at most ``timeout_s``, then SIGKILL (waited for KILL_TIMEOUT_S); the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                proc.wait(KILL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+    return proc.returncode
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,17 +82,7 @@ class Child:
 
     def stop(self) -> int | None:
         """SIGTERM, wait (bounded), then SIGKILL; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                try:
-                    self.proc.wait(KILL_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    pass
-        return self.proc.returncode
+        return stop_process(self.proc)
 
 
 def spawn(name: str, argv: Sequence[str], workdir: Path, cpus: Collection[int] | None = None,

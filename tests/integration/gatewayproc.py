@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from loadtests.procs import free_port
+from loadtests.procs import free_port, stop_process
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -38,15 +37,8 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        return stop_process(self.proc, timeout_s)
 
 
 async def wait_until_ready(gw: GatewayProcess, timeout_s: float = STARTUP_TIMEOUT_S, probe: str = "/readyz") -> None:
