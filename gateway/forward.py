@@ -1,220 +1,84 @@
-"""Step 6: stream a request to its upstream and the answer back (WebSocket upgrades: websocket.py).
+"""Step 6: send a request to its upstream and the answer back, on one of two paths.
 
 In: the request, its normalised path, the upstream's name and the identity headers to set.
-Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way.
+Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way
+(proxy_headers.py). Most requests take the lean path (lean_path.py: h1client's pooled
+connections); HTTPS upstreams, HEAD, streamed or large request bodies and WebSocket upgrades take
+aiohttp's client (aiohttp_path.py, websocket.py). Both send and relay the same headers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import logging
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 from yarl import URL
 
-from .config import GatewayConfig, IdentityConfig, UpstreamConfig
-from .errors import BadPath, UpstreamFailed, UpstreamTimeout
+from . import aiohttp_path, lean_path
+from .aiohttp_path import BUFFER_MAX_BYTES
+from .config import GatewayConfig
+from .errors import BadPath, UpstreamTimeout
+from .h1client import TimedOut, UpstreamPool
 from .identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
 from .logs import AccessNote
-from .request_id import REQUEST_ID, pick_request_id
+from .proxy_headers import HeaderPolicy, Peer, is_trusted, request_header_items
+from .request_id import REQUEST_ID
 from .websocket import is_websocket_upgrade, proxy_websocket
 
-log = logging.getLogger("tokengate.forward")
-
-X_FORWARDED_FOR = "X-Forwarded-For"
-X_FORWARDED_PROTO = "X-Forwarded-Proto"
-X_FORWARDED_HOST = "X-Forwarded-Host"
-FORWARDED = "Forwarded"
-CONNECTION = "Connection"
-HOST = "Host"
-# RFC 9110 7.6.1 plus the legacy ones every proxy drops; all lower-case for set lookups.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "proxy-authenticate", "proxy-authorization"})
-FORWARDING = frozenset(h.lower() for h in (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, FORWARDED))
-# Host: the upstream gets its own (aiohttp sets it from the URL). Expect: the gateway answered it already.
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "expect"}
-# Added by aiohttp's client unless skipped; a proxy must not invent them.
-_CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-# An answer with a Content-Length up to this size is read whole and sent in one write (headers and
-# body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
-BUFFER_MAX_BYTES = 256 * 1024
-_NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderPolicy:
-    """What the gateway drops from every client request, for trusted and other peers; built once."""
-
-    trusted_drop: frozenset[str]
-    untrusted_drop: frozenset[str]   # + X-Forwarded-*, Forwarded: only a trusted proxy may say who the client is
-
-    @classmethod
-    def from_config(cls, identity: IdentityConfig) -> HeaderPolicy:
-        drop = _NOT_FORWARDED | identity.header_names
-        if identity.strip_authorization:
-            drop |= {"authorization"}
-        return cls(frozenset(drop), frozenset(drop | FORWARDING))
-
-
-class Peer(NamedTuple):
-    """The hop a request came from: its address, the scheme it used, whether it may set X-Forwarded-*."""
-
-    address: str | None
-    scheme: str
-    trusted: bool
-
-
-def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
-    """The header names the ``Connection`` headers list (lower-cased): hop-by-hop for this hop only."""
-    if CONNECTION not in headers:
-        return frozenset()
-    return frozenset(t.strip().lower() for v in headers.getall(CONNECTION) for t in v.split(",") if t.strip())
-
-
-def filter_request_headers(headers: MultiMapping[str], policy: HeaderPolicy, peer: Peer,
-                           identity_headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """The headers the upstream receives: the client's, cleaned, then the gateway's own on top."""
-    drop = policy.trusted_drop if peer.trusted else policy.untrusted_drop
-    if named := connection_tokens(headers):
-        drop = drop | named
-    kept: list[tuple[str, str]] = []
-    chain: list[str] = []
-    request_ids: list[str] = []
-    has_proto = has_host = False
-    for name, value in headers.items():   # one pass: this runs on every proxied request
-        lowered = name.lower()
-        if lowered in drop:
-            continue
-        if lowered in _REWRITTEN:
-            if lowered == "x-forwarded-for":
-                chain.append(value)
-                continue
-            if lowered == "x-request-id":
-                request_ids.append(value)
-                continue
-            has_proto = has_proto or lowered == "x-forwarded-proto"
-            has_host = has_host or lowered == "x-forwarded-host"
-        kept.append((name, value))
-    # The gateway's own headers go in after the removal, so no Connection header can take them out.
-    if peer.address:
-        chain.append(peer.address)
-    if chain:
-        kept.append((X_FORWARDED_FOR, ", ".join(chain)))
-    if not has_proto:
-        kept.append((X_FORWARDED_PROTO, peer.scheme))
-    if not has_host and (client_host := headers.get(HOST)):
-        kept.append((X_FORWARDED_HOST, client_host))
-    kept.append((REQUEST_ID, pick_request_id(request_ids)))
-    # Identity is never what the client said: its header names are in ``drop``, and the config
-    # refuses an identity header named like one the gateway sets above (config._RESERVED_HEADERS).
-    kept.extend(identity_headers.items())
-    return CIMultiDict(kept)
-
-
-_REWRITTEN = frozenset({"x-forwarded-for", "x-request-id", "x-forwarded-proto", "x-forwarded-host"})
-
-
-def filter_response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones (repeated ones such as Set-Cookie kept)."""
-    return CIMultiDict(response_header_items(headers, HOP_BY_HOP))
-
-
-def response_header_items(headers: MultiMapping[str], drop: frozenset[str]) -> list[tuple[str, str]]:
-    """The upstream's response headers minus ``drop`` and whatever its Connection header names."""
-    if named := connection_tokens(headers):
-        drop = drop | named
-    return [(k, v) for k, v in headers.items() if k.lower() not in drop]
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 (bracketed or not) or localhost."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def is_trusted(address: str | None, networks: Sequence[Network]) -> bool:
-    """Is this peer address inside one of the trusted proxy networks?"""
-    if not address or not networks:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped   # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
-    return any(ip in net for net in networks)
+__all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]
 
 
 class Target(NamedTuple):
-    """An upstream's origin (scheme://host:port) and base path (no trailing slash)."""
+    """An upstream's origin (scheme://host:port), base path (no trailing slash), the Host header it
+    gets, and where the lean path connects to it (plain HTTP only)."""
 
     origin: str
     base_path: str
+    host_header: str
+    address: tuple[str, int] | None
 
     @classmethod
     def from_url(cls, url: str) -> Target:
         parts = urlsplit(url)
-        return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"))
+        plain = parts.scheme == "http" and parts.hostname is not None
+        return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"), URL(url).host_port_subcomponent or "",
+                   (parts.hostname, parts.port or 80) if plain and parts.hostname else None)
 
-    def url_for(self, path: str, query: str) -> URL:
-        # The path is already normalised: send it as is, never re-quoted.
+    def request_target(self, path: str, query: str) -> str:
+        """The base path, ``path`` and ``query`` as sent on the request line. The path is already
+        normalised: sent as it is, never re-quoted."""
         if not path.startswith("/") or not path.isascii() or not path.isprintable() or _has_delimiter(path):
             raise BadPath()
-        return URL(f"{self.origin}{self.base_path}{path}{'?' if query else ''}{query}", encoded=True)
+        return f"{self.base_path}{path}{'?' if query else ''}{query}"
+
+    def url_for(self, path: str, query: str) -> URL:
+        return URL(self.origin + self.request_target(path, query), encoded=True)
 
 
 def _has_delimiter(path: str) -> bool:
     return " " in path or "?" in path or "#" in path
 
 
-def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
-    # No total: a stream may last as long as it keeps sending. sock_read starts once the request
-    # body is sent and restarts on every read, so it bounds both the wait for the answer's
-    # headers and each silence inside the body. connect also bounds the wait for a pool slot.
-    return aiohttp.ClientTimeout(total=None, connect=max(up.timeout, up.connect_timeout),
-                                 sock_connect=up.connect_timeout, sock_read=up.timeout)
-
-
-class _VerbatimRequest(aiohttp.ClientRequest):
-    """Sends the headers filter_request_headers built, as they are: aiohttp invents no Accept,
-    Accept-Encoding, User-Agent or Content-Type (``skip_auto_headers`` without rebuilding the skip
-    list on every request), and adds only Host, which the filter always removes."""
-
-    _SKIPPED: CIMultiDict[None] = CIMultiDict((name, None) for name in _CLIENT_AUTO_HEADERS)
-
-    def update_headers(self, headers: object) -> None:
-        assert isinstance(headers, CIMultiDict) and HOST not in headers
-        self.headers = CIMultiDict(((HOST, self.url.host_port_subcomponent),))
-        self.headers.extend(headers)   # one copy in C, instead of a Python loop over every header
-
-    def update_auto_headers(self, skip_auto_headers: object) -> None:
-        self._skip_auto_headers = self._SKIPPED
-
-
 class Forwarder:
-    """One pooled client session per upstream; ``forward`` proxies one request."""
+    """Per upstream, a lean connection pool and an aiohttp session sharing one connection budget
+    (``max_connections``); ``forward`` proxies one request. ``lean=False`` sends everything
+    through aiohttp (the tests run the forwarding suite both ways)."""
 
-    def __init__(self, cfg: GatewayConfig, watcher: ConnectionWatcher | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, watcher: ConnectionWatcher | None = None, *, lean: bool = True) -> None:
         self._cfg = cfg
+        self._lean = lean
         self._policy = HeaderPolicy.from_config(cfg.identity)
         self._trusted = tuple(cfg.listen.trusted_proxies)
         self._targets = {name: Target.from_url(up.url) for name, up in cfg.upstreams.items()}
+        self._timeouts = {name: up.timeout for name, up in cfg.upstreams.items()}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, UpstreamPool | None] = {}
         self._closed = False
         self._in_flight = 0
         self._idle: asyncio.Event | None = None   # set by the last request in flight once retired
@@ -222,9 +86,10 @@ class Forwarder:
         self.watcher = watcher if watcher is not None else ConnectionWatcher(leeway_s=cfg.tokens.leeway)
 
     async def start(self) -> None:
-        """Open every upstream's session now (optional: ``forward`` opens them on first use)."""
+        """Open every upstream's session and pool now (optional: ``forward`` opens them on first use)."""
         for name in self._cfg.upstreams:
             self._session(name)
+            self._pool(name)
 
     async def retire(self) -> None:
         """Close once every request in flight here (streams and WebSockets too) has ended: a reload
@@ -237,20 +102,32 @@ class Forwarder:
     async def close(self) -> None:
         self._closed = True
         sessions, self._sessions = self._sessions, {}
-        await asyncio.gather(*(s.close() for s in sessions.values()))
+        pools, self._pools = self._pools, {}
+        await asyncio.gather(*(s.close() for s in sessions.values()),
+                             *(p.close() for p in pools.values() if p is not None))
 
     def _session(self, name: str) -> aiohttp.ClientSession:
         session = self._sessions.get(name)
         if session is None:
             if self._closed:
                 raise RuntimeError("the Forwarder is closed")
-            up = self._cfg.upstreams[name]
-            # Needs the running loop, hence not in __init__.
-            session = self._sessions[name] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=up.max_connections), timeout=_timeout(up),
-                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                request_class=_VerbatimRequest, trust_env=False)
+            session = self._sessions[name] = aiohttp_path.open_session(self._cfg.upstreams[name])
         return session
+
+    def _pool(self, name: str) -> UpstreamPool | None:
+        """The upstream's lean pool; None for an HTTPS upstream (or ``lean=False``)."""
+        try:
+            return self._pools[name]
+        except KeyError:
+            if self._closed:
+                raise RuntimeError("the Forwarder is closed") from None
+        address, up = self._targets[name].address, self._cfg.upstreams[name]
+        pool = None
+        if self._lean and address is not None:   # needs the running loop, hence not in __init__
+            pool = UpstreamPool(*address, limit=up.max_connections, connect_timeout_s=up.connect_timeout,
+                                wait_s=max(up.timeout, up.connect_timeout))
+        self._pools[name] = pool
+        return pool
 
     async def forward(self, request: web.Request, path: str, upstream: str, identity_headers: Mapping[str, str],
                       identity: Identity | None = None, note: AccessNote | None = None) -> web.StreamResponse:
@@ -261,100 +138,43 @@ class Forwarder:
         that, a failing upstream only cuts the stream short. A WebSocket or streamed answer
         opened with ``identity`` ends when that token expires or is revoked.
         """
-        session = self._session(upstream)
-        url = self._targets[upstream].url_for(path, request.rel_url.raw_query_string)
-        peer = self._peer_of(request)
-        headers = filter_request_headers(request.headers, self._policy, peer, identity_headers)
+        target = self._targets[upstream]
+        request_target = target.request_target(path, request.rel_url.raw_query_string)   # BadPath -> 400
+        headers, request_id = request_header_items(request.headers, self._policy, self._peer_of(request),
+                                                   identity_headers)
         lifetime = Lifetime(self.watcher, identity)
+        pool = self._pool(upstream)
         self._in_flight += 1
         try:
-            if is_websocket_upgrade(request):
-                return await proxy_websocket(request, session, url, headers, {REQUEST_ID: headers[REQUEST_ID]},
-                                             lifetime)
-            sent_at = time.perf_counter()
-            resp = await _send(session, request, url, headers)
-            if note is not None:
-                note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
-            return await _relay(request, resp, headers[REQUEST_ID], lifetime)
+            if pool is not None and lean_path.fits(request) and not is_websocket_upgrade(request):
+                return await lean_path.forward(request, pool, request_target, target.host_header, headers,
+                                               request_id, self._timeouts[upstream], lifetime, note)
+            url = URL(target.origin + request_target, encoded=True)
+            return await self._forward_general(request, pool, upstream, url, CIMultiDict(headers), request_id,
+                                               lifetime, note)
         finally:
             self._in_flight -= 1
             if self._idle is not None and not self._in_flight:
                 self._idle.set()
 
+    async def _forward_general(self, request: web.Request, pool: UpstreamPool | None, upstream: str, url: URL,
+                               headers: CIMultiDict[str], request_id: str, lifetime: Lifetime,
+                               note: AccessNote | None) -> web.StreamResponse:
+        session = self._session(upstream)
+        echo = {REQUEST_ID: request_id}
+        if pool is not None:   # aiohttp's requests count against the lean pool's budget too
+            try:
+                await pool.acquire_slot()
+            except TimedOut as exc:
+                raise UpstreamTimeout(headers=echo) from exc
+        try:
+            if is_websocket_upgrade(request):
+                return await proxy_websocket(request, session, url, headers, echo, lifetime)
+            return await aiohttp_path.forward(request, session, url, headers, request_id, lifetime, note)
+        finally:
+            if pool is not None:
+                pool.release_slot()
+
     def _peer_of(self, request: web.Request) -> Peer:
         address = request.remote or None
         return Peer(address, request.scheme, is_trusted(address, self._trusted))
-
-
-async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
-                headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
-    body = request.content if request.body_exists else None   # streamed, never read whole
-    echo = {REQUEST_ID: headers[REQUEST_ID]}
-    try:
-        return await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
-    except asyncio.TimeoutError as exc:   # first: aiohttp's timeout errors are ClientErrors too
-        raise UpstreamTimeout(headers=echo) from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(headers=echo) from exc
-
-
-def _is_small(request: web.Request, resp: aiohttp.ClientResponse) -> bool:
-    # HEAD, 204 and 304 answers carry a Content-Length but no body: they keep the streaming path,
-    # which sends the upstream's headers as they are.
-    length = resp.content_length
-    return (length is not None and length <= BUFFER_MAX_BYTES and request.method != "HEAD"
-            and resp.status not in (204, 304) and resp.status >= 200)
-
-
-async def _read_whole(request: web.Request, resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
-    """The answer in one piece; nothing is sent to the client unless the whole body arrived."""
-    try:
-        body = await resp.read()
-    except asyncio.TimeoutError as exc:
-        raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
-    finally:
-        resp.release()
-    headers = response_header_items(resp.headers, _NOT_RELAYED)
-    headers.append((REQUEST_ID, request_id))
-    return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
-
-
-async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
-                 lifetime: Lifetime) -> web.StreamResponse:
-    if _is_small(request, resp):
-        return await _read_whole(request, resp, request_id)
-    complete = False
-    try:
-        out = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                 headers=filter_response_headers(resp.headers))
-        out.headers[REQUEST_ID] = request_id
-        if resp.content_length is None:   # a stream (chunked, SSE): it may outlive the token
-            with lifetime.cancel_on_end():
-                complete = await _copy_body(request, resp, out)
-        else:
-            complete = await _copy_body(request, resp, out)
-        return out
-    finally:
-        # Release keeps the connection for reuse; anything unfinished (an error, the client gone,
-        # this task cancelled) closes it so the upstream sees the request end.
-        if complete:
-            resp.release()
-        else:
-            resp.close()
-
-
-async def _copy_body(request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> bool:
-    try:
-        await out.prepare(request)
-        async for chunk in resp.content.iter_any():   # each chunk as it arrives: SSE stays live
-            await out.write(chunk)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-        # The status line is gone already; cutting the connection is the only honest signal left
-        # (a clean end would pass a truncated body off as complete).
-        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
-        if request.transport is not None:
-            request.transport.close()
-        return False
-    return True

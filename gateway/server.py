@@ -26,7 +26,7 @@ from aiohttp import web
 from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
 from .config import GatewayConfig, load_config
-from .forward import is_loopback
+from .proxy_headers import is_loopback
 from .logs import configure_logging
 from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
 from .reload import reload_config, watch_file

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from gateway.echo import ECHO, EchoState, build_echo_app
 from gateway.errors import error_middleware
 from gateway.forward import Forwarder
+from tests.integration.rawupstream import StartUpstream, raw_upstreams
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
@@ -34,6 +35,13 @@ async def echo_upstream(aiohttp_server: Any) -> TestServer:
 @pytest.fixture
 def echo_state(echo_upstream: TestServer) -> EchoState:
     return echo_upstream.app[ECHO]
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[StartUpstream]:
+    """raw_upstream(script) -> a RawUpstream (rawupstream.py) on a free loopback port."""
+    async with raw_upstreams() as start:
+        yield start
 
 
 @pytest.fixture
@@ -60,8 +68,15 @@ def build_proxy_app(forwarder: Forwarder, identity: Mapping[str, str]) -> web.Ap
     return app
 
 
+@pytest.fixture(params=["lean", "aiohttp"])
+def forward_path(request: pytest.FixtureRequest) -> str:
+    """Which upstream client carries what the lean path may carry: every forwarding test runs on both."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_client: Any) -> MakeProxy:
+def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_client: Any,
+               forward_path: str) -> MakeProxy:
     """make_proxy(url, identity_headers=..., upstream={...}, **config sections) -> a client of a proxy app.
 
     The app forwards every request to the upstream "accounts" at ``url`` with ``identity_headers``.
@@ -71,7 +86,7 @@ def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_cli
                    upstream: Mapping[str, Any] | None = None, **sections: Any) -> TestClient:
         upstreams = {"accounts": {"url": url, **(upstream or {})}}
         cfg = await asyncio.to_thread(make_config, upstreams=upstreams, **sections)   # writes and reads a file
-        server = await aiohttp_server(build_proxy_app(Forwarder(cfg), identity_headers))
+        server = await aiohttp_server(build_proxy_app(Forwarder(cfg, lean=forward_path == "lean"), identity_headers))
         return await aiohttp_client(server)
 
     return make

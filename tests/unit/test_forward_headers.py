@@ -1,4 +1,4 @@
-"""Header filtering of forward.py, both ways: hop-by-hop, identity spoofing, X-Forwarded-*, request ids."""
+"""Header filtering (proxy_headers.py), both ways: hop-by-hop, identity spoofing, X-Forwarded-*, request ids."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config import IdentityConfig
-from gateway.forward import (REQUEST_ID, HeaderPolicy, Peer, Target, filter_request_headers,
-                             filter_response_headers, is_trusted, pick_request_id)
+from gateway.forward import Target
+from gateway.proxy_headers import (HeaderPolicy, Peer, filter_request_headers, filter_response_headers,
+                                   is_trusted)
+from gateway.request_id import REQUEST_ID, pick_request_id
 from gateway.errors import BadPath
 
 POLICY = HeaderPolicy.from_config(IdentityConfig())

@@ -1,0 +1,153 @@
+"""Step 6, the general path: aiohttp's client carries what the lean path (lean_path.py) does not:
+HTTPS upstreams, HEAD, request bodies streamed or larger than a buffer, and WebSocket upgrades.
+
+In: a client session per upstream, the request, its upstream URL and the filtered headers.
+Out: the upstream's answer, read whole when small, else streamed as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .config import UpstreamConfig
+from .errors import UpstreamFailed, UpstreamTimeout
+from .lifetime import Lifetime
+from .logs import AccessNote
+from .proxy_headers import HOP_BY_HOP, HOST, filter_response_headers, response_header_items
+from .request_id import REQUEST_ID
+
+log = logging.getLogger("tokengate.forward")
+
+# Added by aiohttp's client unless skipped; a proxy must not invent them.
+_CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# An answer with a Content-Length up to this size is read whole and sent in one write (headers and
+# body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
+BUFFER_MAX_BYTES = 256 * 1024
+NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
+
+
+def open_session(up: UpstreamConfig) -> aiohttp.ClientSession:
+    """The upstream's client session (needs the running loop)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=up.max_connections), timeout=_timeout(up),
+        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        request_class=_VerbatimRequest, trust_env=False)
+
+
+def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
+    # No total: a stream may last as long as it keeps sending. sock_read starts once the request
+    # body is sent and restarts on every read, so it bounds both the wait for the answer's
+    # headers and each silence inside the body. connect also bounds the wait for a pool slot.
+    return aiohttp.ClientTimeout(total=None, connect=max(up.timeout, up.connect_timeout),
+                                 sock_connect=up.connect_timeout, sock_read=up.timeout)
+
+
+class _VerbatimRequest(aiohttp.ClientRequest):
+    """Sends the headers filter_request_headers built, as they are: aiohttp invents no Accept,
+    Accept-Encoding, User-Agent or Content-Type (``skip_auto_headers`` without rebuilding the skip
+    list on every request), and adds only Host, which the filter always removes."""
+
+    _SKIPPED: CIMultiDict[None] = CIMultiDict((name, None) for name in _CLIENT_AUTO_HEADERS)
+
+    def update_headers(self, headers: object) -> None:
+        assert isinstance(headers, CIMultiDict) and HOST not in headers
+        self.headers = CIMultiDict(((HOST, self.url.host_port_subcomponent),))
+        self.headers.extend(headers)   # one copy in C, instead of a Python loop over every header
+
+    def update_auto_headers(self, skip_auto_headers: object) -> None:
+        self._skip_auto_headers = self._SKIPPED
+
+
+
+async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str],
+                  request_id: str, lifetime: Lifetime, note: AccessNote | None) -> web.StreamResponse:
+    sent_at = time.perf_counter()
+    resp = await _send(session, request, url, headers)
+    if note is not None:
+        note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
+    return await _relay(request, resp, request_id, lifetime)
+
+
+async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
+                headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
+    body = request.content if request.body_exists else None   # streamed, never read whole
+    echo = {REQUEST_ID: headers[REQUEST_ID]}
+    try:
+        resp = await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
+    except asyncio.TimeoutError as exc:   # first: aiohttp's timeout errors are ClientErrors too
+        raise UpstreamTimeout(headers=echo) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(headers=echo) from exc
+    if resp.status == 101:   # switching protocols, though no upgrade was asked for (WebSockets: websocket.py)
+        resp.close()
+        raise UpstreamFailed(headers=echo)
+    return resp
+
+
+def _is_small(request: web.Request, resp: aiohttp.ClientResponse) -> bool:
+    # HEAD, 204 and 304 answers carry a Content-Length but no body: they keep the streaming path,
+    # which sends the upstream's headers as they are.
+    length = resp.content_length
+    return (length is not None and length <= BUFFER_MAX_BYTES and request.method != "HEAD"
+            and resp.status not in (204, 304) and resp.status >= 200)
+
+
+async def _read_whole(request: web.Request, resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
+    """The answer in one piece; nothing is sent to the client unless the whole body arrived."""
+    try:
+        body = await resp.read()
+    except asyncio.TimeoutError as exc:
+        raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
+    finally:
+        resp.release()
+    headers = response_header_items(resp.headers.items(), NOT_RELAYED)
+    headers.append((REQUEST_ID, request_id))
+    return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
+
+
+async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
+                 lifetime: Lifetime) -> web.StreamResponse:
+    if _is_small(request, resp):
+        return await _read_whole(request, resp, request_id)
+    complete = False
+    try:
+        out = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                 headers=filter_response_headers(resp.headers))
+        out.headers[REQUEST_ID] = request_id
+        if resp.content_length is None:   # a stream (chunked, SSE): it may outlive the token
+            with lifetime.cancel_on_end():
+                complete = await _copy_body(request, resp, out)
+        else:
+            complete = await _copy_body(request, resp, out)
+        return out
+    finally:
+        # Release keeps the connection for reuse; anything unfinished (an error, the client gone,
+        # this task cancelled) closes it so the upstream sees the request end.
+        if complete:
+            resp.release()
+        else:
+            resp.close()
+
+
+async def _copy_body(request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> bool:
+    try:
+        await out.prepare(request)
+        async for chunk in resp.content.iter_any():   # each chunk as it arrives: SSE stays live
+            await out.write(chunk)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+        # The status line is gone already; cutting the connection is the only honest signal left
+        # (a clean end would pass a truncated body off as complete).
+        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
+        if request.transport is not None:
+            request.transport.close()
+        return False
+    return True

@@ -1,0 +1,120 @@
+"""h1client.UpstreamPool on its own over real sockets: the connection budget shared with aiohttp's
+requests, idle connections closed, the request head guarded against CR/LF."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.h1client import TimedOut, Unreachable, UpstreamPool, request_head
+
+from .rawupstream import BOUND_S, OK, RawUpstream, StartUpstream, read_request
+
+pytestmark = pytest.mark.integration
+HEAD = request_head("GET", "/x", "upstream.test", [("X-Request-Id", "r1")])
+
+
+def pool_for(up: RawUpstream, *, limit: int = 2, wait_s: float = 1.0, idle_s: float = 15.0) -> UpstreamPool:
+    host, port = up.url.removeprefix("http://").split(":")
+    return UpstreamPool(host, int(port), limit=limit, connect_timeout_s=1.0, wait_s=wait_s, idle_s=idle_s)
+
+
+async def get(pool: UpstreamPool, timeout_s: float = 1.0) -> bytes:
+    answer = await pool.send("GET", HEAD, b"", timeout_s)
+    try:
+        return await answer.read()
+    finally:
+        answer.finish()
+
+
+@pytest.fixture
+async def answering(raw_upstream: StartUpstream) -> RawUpstream:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await up.answer_each(reader, writer, OK)
+
+    up = await raw_upstream(script)
+    return up
+
+
+def test_request_head_is_the_request_line_and_headers() -> None:
+    assert HEAD == b"GET /x HTTP/1.1\r\nHost: upstream.test\r\nX-Request-Id: r1\r\n\r\n"
+    assert request_head("GET", "/", "h", [("X-Raw", "\udcff")]).endswith(b"X-Raw: \xff\r\n\r\n")   # bytes kept
+
+
+@pytest.mark.parametrize(("target", "headers"), [
+    ("/x\r\nX-Evil: 1", []), ("/x", [("X-A", "1\r\nX-Evil: 1")]), ("/x", [("X-A", "1\nX")]), ("/x", [("X-A\r", "1")]),
+])
+def test_request_head_refuses_a_cr_or_lf_inside_a_part(target: str, headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError):
+        request_head("GET", target, "h", headers)
+
+
+async def test_a_request_sent_by_aiohttp_takes_the_slot_of_an_idle_connection(answering: RawUpstream) -> None:
+    pool = pool_for(answering, limit=1)
+    async with asyncio.timeout(BOUND_S):
+        assert await get(pool) == b"ok"
+        assert pool.slots_used == 1              # the idle connection holds the only slot ...
+        await pool.acquire_slot()                # ... and gives it up at once
+        while answering.open:                    # (its socket closed)
+            await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(get(pool))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()                # the budget is spent: the lean request waits
+        pool.release_slot()
+        assert await waiting == b"ok"
+    assert pool.slots_used == 1
+    await pool.close()
+
+
+async def test_a_request_that_finds_no_slot_in_time_gets_timed_out(answering: RawUpstream) -> None:
+    pool = pool_for(answering, limit=1, wait_s=0.1)
+    async with asyncio.timeout(BOUND_S):
+        await pool.acquire_slot()
+        with pytest.raises(TimedOut):
+            await get(pool)
+        pool.release_slot()
+        assert await get(pool) == b"ok"          # nothing leaked: the slot is usable again
+    await pool.close()
+
+
+async def test_idle_connections_are_closed_after_idle_s(answering: RawUpstream) -> None:
+    pool = pool_for(answering, idle_s=0.1)
+    async with asyncio.timeout(BOUND_S):
+        await asyncio.gather(get(pool), get(pool))
+        assert answering.open == 2
+        while answering.open:   # the reaper closes both
+            await asyncio.sleep(0.01)
+    assert pool.slots_used == 0
+    await pool.close()
+
+
+async def test_a_closed_pool_refuses_and_closes_its_idle_connections(answering: RawUpstream) -> None:
+    pool = pool_for(answering)
+    async with asyncio.timeout(BOUND_S):
+        await get(pool)
+        await pool.close()
+        with pytest.raises(Unreachable):
+            await get(pool)
+        while answering.open:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_cancelled_request_closes_its_connection(raw_upstream: StartUpstream) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        await reader.read()   # until the gateway closes
+
+    up = await raw_upstream(silent)
+    pool = pool_for(up)
+    async with asyncio.timeout(BOUND_S):
+        call = asyncio.create_task(get(pool, timeout_s=30))
+        while not up.open:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        while up.open:
+            await asyncio.sleep(0.01)
+    assert pool.slots_used == 0
+    await pool.close()
