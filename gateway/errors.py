@@ -70,6 +70,10 @@ class MethodRefused(GatewayError):
     status, error, code, description = 405, "invalid_request", "method_refused", "this method is never proxied"
 
 
+class ExpectationFailed(BadRequest):
+    status, code, description = 417, "expectation_failed", "the only expectation understood is 100-continue"
+
+
 class NoRoute(GatewayError):
     status, error, code, description = 404, "not_found", "no_route", "no route matches this request"
 

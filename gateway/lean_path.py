@@ -26,13 +26,14 @@ log = logging.getLogger("tokengate.forward")
 
 def fits(request: web.Request) -> bool:
     """Can the lean path carry this request? Not HEAD (its answer has a length but no body), and a
-    body only with a Content-Length up to the buffer (read whole, then sent) and no Expect."""
+    body only with a Content-Length up to the buffer (read whole, then sent; an ``Expect:
+    100-continue`` was answered before the request got here)."""
     if request.method == "HEAD":
         return False
     if not request.body_exists:
         return True
     length = request.content_length
-    return length is not None and length <= BUFFER_MAX_BYTES and "Expect" not in request.headers
+    return length is not None and length <= BUFFER_MAX_BYTES
 
 
 async def forward(request: web.Request, pool: UpstreamPool, target: str, host: str,

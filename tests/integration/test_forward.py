@@ -43,6 +43,11 @@ async def test_method_path_query_and_body_reach_the_upstream_unchanged(proxy: Te
     assert seen_headers(seen)["Content-Length"] == "10"
 
 
+async def test_a_body_sent_after_100_continue_reaches_the_upstream(proxy: TestClient) -> None:
+    seen = await echoed(proxy, "POST", "/x", data=b"after continue", expect100=True)
+    assert seen["body"] == "after continue" and "Expect" not in seen_headers(seen)
+
+
 async def test_upstream_base_path_prefixes_the_path(make_proxy: MakeProxy, echo_upstream: TestServer) -> None:
     proxy = await make_proxy(str(echo_upstream.make_url("/base/")))
     assert (await echoed(proxy, path="/x/y?q=1"))["path"] == "/base/x/y"

@@ -385,3 +385,24 @@ async def test_paths_under_the_auth_prefix_that_are_no_endpoint_still_follow_the
     async with http.get(f"{gateway.url}/.well-known/jwks.json") as resp:
         assert resp.status == 200 and "keys" in await resp.json()
     assert recorder.received == []
+
+
+async def test_expect_100_continue_gets_its_interim_answer_and_the_body_goes_through(gateway, recorder):
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        async with asyncio.timeout(5):
+            writer.write(b"POST /api/public/x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n"
+                         b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"   # before the body
+            writer.write(b"hello")
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert recorder.received[-1]["body"] == b"hello"
+
+
+async def test_an_unknown_expectation_gets_417(gateway, recorder):
+    status, _ = await raw_request(gateway.port, "POST /api/public/x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 0\r\n"
+                                                "Expect: something-else\r\nConnection: close\r\n\r\n")
+    assert status == 417 and not recorder.received
