@@ -64,6 +64,7 @@ class Answer:
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
+        self._pausable = True
         self.head_done = False
         self.complete = False
         self.received = False         # any byte of an answer came: never send this request again
@@ -114,7 +115,7 @@ class Answer:
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > PAUSE_BYTES and not self._paused and self._conn.transport is not None:
+        if self._buffered > PAUSE_BYTES and self._pausable and not self._paused and self._conn.transport is not None:
             self._paused = True
             self._conn.transport.pause_reading()
         self._wake()
@@ -200,7 +201,9 @@ class Answer:
             await self._wait()
 
     async def read(self) -> bytes:
-        """The whole body (the caller knows it is small)."""
+        """The whole body (the caller knows it is small); read without pausing."""
+        self._pausable = False
+        self._resume()
         while not self.complete:
             if self.error is not None:
                 raise self.error
@@ -216,10 +219,7 @@ class Answer:
                 chunk = self._chunks.popleft()
                 self._buffered -= len(chunk)
                 if self._paused and self._buffered <= PAUSE_BYTES // 2:
-                    self._paused = False
-                    self._last_data = self._loop.time()
-                    if self._conn.transport is not None:
-                        self._conn.transport.resume_reading()
+                    self._resume()
                 yield chunk
             elif self.complete:
                 return
@@ -227,6 +227,13 @@ class Answer:
                 raise self.error
             else:
                 await self._wait()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._last_data = self._loop.time()
+            if self._conn.transport is not None:
+                self._conn.transport.resume_reading()
 
     def finish(self) -> None:
         """Done with the answer: the connection goes back to the pool if it may, else it closes

@@ -154,3 +154,27 @@ async def test_a_large_answer_reaches_a_slow_reader_whole(make_proxy: MakeProxy,
         assert got == body
         assert (await proxy.get("/again")).status == 200
     assert up.connections == 1   # read to its end, the connection went back to the pool
+
+
+async def test_a_reader_that_stops_stops_the_upstream_too(make_proxy: MakeProxy, raw_upstream: StartUpstream) -> None:
+    """Flow control: what the client does not read stays with the upstream, not in the gateway."""
+    size = 48 * 1024 * 1024
+    writers: list[asyncio.StreamWriter] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writers.append(writer)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + bytes(size))
+        await writer.drain()
+
+    proxy, _ = await proxy_for(make_proxy, raw_upstream, script)
+    async with asyncio.timeout(BOUND_S * 3):
+        resp = await proxy.get("/x")
+        assert resp.status == 200
+        await asyncio.sleep(0.5)   # the client reads nothing meanwhile
+        unsent = writers[0].transport.get_write_buffer_size()
+        assert unsent > size // 2   # socket buffers and the gateway's together hold less than half
+        got = 0
+        while chunk := await resp.content.read(1024 * 1024):
+            got += len(chunk)
+    assert got == size
