@@ -47,6 +47,11 @@ def _decode(raw: bytes) -> str:
 class Answer:
     """One request's answer on one connection; also the parser's callbacks (``on_*``)."""
 
+    __slots__ = ("_conn", "_loop", "_parser", "_timeout_s", "status", "reason", "_reason", "_raw_headers", "headers",
+                 "content_length", "_until_eof", "_head_bytes", "_fed_before_head", "_chunks", "_buffered",
+                 "_paused", "_pausable", "head_done", "complete", "received", "_keep_alive", "error", "_waiter",
+                 "last_data", "_finished")
+
     def __init__(self, conn: _Conn, timeout_s: float) -> None:
         self._conn = conn
         self._loop = conn.loop
@@ -71,8 +76,7 @@ class Answer:
         self._keep_alive = False
         self.error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._last_data = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = self._loop.call_at(self._last_data + timeout_s, self._check_silence)
+        self.last_data = self._loop.time()   # the upstream's silence is timed from here (_Conn's timer)
         self._finished = False
 
     # -- the parser's callbacks ------------------------------------------------------------------
@@ -125,13 +129,12 @@ class Answer:
             return
         self.complete = True
         self._keep_alive = self._parser.should_keep_alive()
-        self._stop_timer()
         self._wake()
 
     # -- what the connection tells it ------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         self.received = True
-        self._last_data = self._loop.time()
+        self.last_data = self._loop.time()
         if self.complete:   # bytes after a whole answer: nothing was asked for
             self.fail(UpstreamError("bytes after the answer"))
             return
@@ -151,7 +154,6 @@ class Answer:
             return
         if self.head_done and self._until_eof and exc is None:   # a body that runs until the close
             self.complete = True
-            self._stop_timer()
             self._wake()
             return
         self.fail(Unreachable("the upstream closed the connection"))
@@ -160,26 +162,19 @@ class Answer:
         """End the exchange and close the connection; a whole answer stays good to relay."""
         if self.error is None and not self.complete:
             self.error = error
-        self._stop_timer()
         self._conn.abort()
         self._wake()
 
-    def _check_silence(self) -> None:
-        self._timer = None
-        if self.complete or self.error is not None:
-            return
+    def silence_deadline(self) -> float | None:
+        """When the upstream's silence must be checked again; None once it was too long (the
+        exchange failed with TimedOut). Waiting on a client that is behind does not count."""
         now = self._loop.time()
-        if self._paused:   # the client is behind, not the upstream: the clock starts on resuming
-            self._last_data = now
-        elif now - self._last_data >= self._timeout_s:
+        if self.complete or self.error is not None or self._paused:
+            self.last_data = now
+        elif now - self.last_data >= self._timeout_s:
             self.fail(TimedOut("the upstream was silent too long"))
-            return
-        self._timer = self._loop.call_at(self._last_data + self._timeout_s, self._check_silence)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            return None
+        return self.last_data + self._timeout_s
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -231,7 +226,7 @@ class Answer:
     def _resume(self) -> None:
         if self._paused:
             self._paused = False
-            self._last_data = self._loop.time()
+            self.last_data = self._loop.time()
             if self._conn.transport is not None:
                 self._conn.transport.resume_reading()
 
@@ -241,7 +236,6 @@ class Answer:
         if self._finished:
             return
         self._finished = True
-        self._stop_timer()
         reusable = self.complete and self._keep_alive and not self._chunks
         self._conn.done(reusable)
 
@@ -258,6 +252,7 @@ class _Conn(asyncio.Protocol):
         self.served = 0
         self.holds_slot = True   # each open connection holds one of the pool's slots
         self.closed = False
+        self._timer: asyncio.TimerHandle | None = None   # armed while an answer is in progress
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)   # uvloop's is not an asyncio.Transport subclass
@@ -273,6 +268,9 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.pool.lost(self)
         if self.answer is not None:
             self.answer.ended(exc)
@@ -282,7 +280,16 @@ class _Conn(asyncio.Protocol):
         self.answer = answer = Answer(self, timeout_s)
         self.transport.write(head + body if body else head)
         self.served += 1
+        if self._timer is None:   # one timer for the connection's life, not one per request
+            self._timer = self.loop.call_at(answer.last_data + timeout_s, self._check_silence)
         return answer
+
+    def _check_silence(self) -> None:
+        self._timer = None
+        if self.answer is not None and not self.closed:   # idle: the next request arms it again
+            deadline = self.answer.silence_deadline()
+            if deadline is not None:
+                self._timer = self.loop.call_at(deadline, self._check_silence)
 
     def done(self, reusable: bool) -> None:
         self.answer = None
