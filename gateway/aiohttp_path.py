@@ -1,5 +1,5 @@
 """Step 6, the general path: aiohttp's client carries what the lean path (lean_path.py) does not:
-HTTPS upstreams, HEAD, request bodies streamed or larger than a buffer, and WebSocket upgrades.
+HTTPS upstreams, HEAD, chunked request bodies, and WebSocket upgrades (with websocket.py).
 
 In: a client session per upstream, the request, its upstream URL and the filtered headers.
 Out: the upstream's answer, read whole when small, else streamed as it arrives.

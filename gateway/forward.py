@@ -2,9 +2,9 @@
 
 In: the request, its normalised path, the upstream's name and the identity headers to set.
 Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way
-(proxy_headers.py). Most requests take the lean path (lean_path.py: h1client's pooled
-connections); HTTPS upstreams, HEAD, streamed or large request bodies and WebSocket upgrades take
-aiohttp's client (aiohttp_path.py, websocket.py). Both send and relay the same headers.
+(proxy_headers.py). Most requests take the lean path (lean_path.py: h1client.py on the keep-alive
+connections of upstream_pool.py); HTTPS upstreams, HEAD, chunked request bodies and WebSocket
+upgrades take aiohttp's client (aiohttp_path.py, websocket.py). Both send and relay the same headers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from . import aiohttp_path, lean_path
 from .aiohttp_path import BUFFER_MAX_BYTES
 from .config import GatewayConfig
 from .errors import BadPath, UpstreamTimeout
-from .h1client import TimedOut, UpstreamPool
+from .h1client import TimedOut
+from .upstream_pool import UpstreamPool
 from .identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
 from .logs import AccessNote

@@ -1,8 +1,9 @@
-"""Step 6, the lean path: most proxied requests go over h1client's pooled keep-alive connections
-(forward.py decides which ones: see ``fits``).
+"""Step 6, the lean path: most proxied requests go over h1client.py, on the keep-alive connections
+of upstream_pool.py (forward.py decides which ones: see ``fits``).
 
 In: the request, its upstream pool and target, the filtered headers. Out: the upstream's answer,
-read whole when small and sent in one write, else streamed as it arrives.
+read whole when small and sent in one write, else streamed as it arrives. The request body is
+streamed as it comes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from multidict import CIMultiDict
 
 from .aiohttp_path import BUFFER_MAX_BYTES, NOT_RELAYED
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
-from .h1client import Answer, TimedOut, UpstreamError, UpstreamPool, request_head
+from .h1client import Answer, TimedOut, UpstreamError, request_head
+from .upstream_pool import UpstreamPool
 from .lifetime import Lifetime
 from .logs import AccessNote
 from .proxy_headers import HOP_BY_HOP, response_header_items
@@ -26,14 +28,8 @@ log = logging.getLogger("tokengate.forward")
 
 def fits(request: web.Request) -> bool:
     """Can the lean path carry this request? Not HEAD (its answer has a length but no body), and a
-    body only with a Content-Length up to the buffer (read whole, then sent; an ``Expect:
-    100-continue`` was answered before the request got here)."""
-    if request.method == "HEAD":
-        return False
-    if not request.body_exists:
-        return True
-    length = request.content_length
-    return length is not None and length <= BUFFER_MAX_BYTES
+    body only with a Content-Length (a chunked one goes through aiohttp, which re-chunks it)."""
+    return request.method != "HEAD" and (not request.body_exists or request.content_length is not None)
 
 
 async def forward(request: web.Request, pool: UpstreamPool, target: str, host: str,
@@ -44,7 +40,7 @@ async def forward(request: web.Request, pool: UpstreamPool, target: str, host: s
         head = request_head(request.method, target, host, headers)
     except ValueError as exc:   # unreachable through aiohttp's server parser; kept as a guard
         raise BadRequest(headers=echo) from exc
-    body = await request.read() if request.body_exists else b""
+    body = request.content.iter_any() if request.body_exists else None   # streamed, never read whole
     sent_at = time.perf_counter()
     try:
         answer = await pool.send(request.method, head, body, timeout_s)

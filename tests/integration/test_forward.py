@@ -76,6 +76,21 @@ async def test_request_body_is_streamed_not_buffered(proxy: TestClient) -> None:
         assert await resp.read() == b"b" * 1000
 
 
+async def test_a_body_with_a_length_is_streamed_too(proxy: TestClient) -> None:
+    first_back = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a" * 1000
+        await first_back.wait()
+        yield b"b" * 1000
+
+    async with asyncio.timeout(BOUND_S):
+        resp = await proxy.post("/_echo/stream", data=body(), headers={"Content-Length": "2000"})
+        assert await resp.content.readexactly(1000) == b"a" * 1000
+        first_back.set()
+        assert await resp.read() == b"b" * 1000
+
+
 async def test_headers_pass_and_host_is_the_upstreams(proxy: TestClient, echo_upstream: TestServer) -> None:
     headers = CIMultiDict([("X-Multi", "1"), ("Cookie", "sid=1"), ("X-Multi", "2"), ("Host", "gw.example.test")])
     seen = seen_headers(await echoed(proxy, headers=headers, skip_auto_headers=["User-Agent", "Accept-Encoding"]))

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from gateway.h1client import TimedOut, Unreachable, UpstreamPool, request_head
+from gateway.h1client import TimedOut, Unreachable, request_head
+from gateway.upstream_pool import UpstreamPool
 
 from .rawupstream import BOUND_S, OK, RawUpstream, StartUpstream, read_request
 
@@ -21,7 +22,7 @@ def pool_for(up: RawUpstream, *, limit: int = 2, wait_s: float = 1.0, idle_s: fl
 
 
 async def get(pool: UpstreamPool, timeout_s: float = 1.0) -> bytes:
-    answer = await pool.send("GET", HEAD, b"", timeout_s)
+    answer = await pool.send("GET", HEAD, None, timeout_s)
     try:
         return await answer.read()
     finally:

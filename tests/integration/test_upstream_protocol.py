@@ -178,3 +178,27 @@ async def test_a_reader_that_stops_stops_the_upstream_too(make_proxy: MakeProxy,
         while chunk := await resp.content.read(1024 * 1024):
             got += len(chunk)
     assert got == size
+
+
+async def test_a_body_that_breaks_off_never_reaches_the_upstream_whole(make_proxy: MakeProxy,
+                                                                      raw_upstream: StartUpstream) -> None:
+    part_arrived = asyncio.Event()
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        received = await reader.readuntil(b"\r\n\r\n")
+        try:
+            while chunk := await reader.read(65536):   # until the gateway closes the connection
+                received += chunk
+                part_arrived.set()
+        finally:   # (an abort may come as a reset)
+            got.set_result(received)
+
+    proxy, _ = await proxy_for(make_proxy, raw_upstream, script)
+    async with asyncio.timeout(BOUND_S):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        await part_arrived.wait()
+        writer.close()   # 60 bytes short
+        received = await got
+    assert b"Content-Length: 100\r\n" in received and received.endswith(b"\r\n\r\n" + b"x" * 40)
