@@ -183,7 +183,7 @@ class Answer:
                 conn.transport.write(chunk)   # type: ignore[union-attr]   # set once connected
                 await conn.drain()
             self._sent = True
-        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+        except Exception as exc:   # (aiohttp raises ConnectionResetError for a client gone mid-body)
             # The client's body broke off: the upstream must not take a part for the whole.
             self.fail(Unreachable(f"the request body broke off: {type(exc).__name__}"))
         finally:

@@ -103,7 +103,7 @@ class UpstreamPool:
     """Keep-alive connections to one plain-HTTP upstream, and the upstream's connection budget.
 
     ``limit`` bounds this pool's open connections plus the requests in flight that go through
-    aiohttp instead (``slot``); a request over the budget waits up to ``wait_s`` for one.
+    aiohttp instead (``acquire_slot``); a request over the budget waits up to ``wait_s`` for one.
     """
 
     def __init__(self, host: str, port: int, *, limit: int, connect_timeout_s: float, wait_s: float,
