@@ -39,6 +39,11 @@ class Connection(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    @property
+    def usable(self) -> bool:
+        """Open, and not closing with its connection_lost still to come."""
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
     def data_received(self, data: bytes) -> None:
         if self.answer is None:   # an idle connection that talks: nothing can be trusted on it
             self.abort()
@@ -72,8 +77,12 @@ class Connection(asyncio.Protocol):
     def send(self, head: bytes, timeout_s: float) -> Answer:
         assert self.transport is not None and self.answer is None
         self.answer = answer = Answer(self, timeout_s)
-        self.transport.write(head)
         self.served += 1
+        try:
+            self.transport.write(head)
+        except RuntimeError:   # uvloop: the socket closed and connection_lost is still to come
+            answer.fail(Unreachable("the upstream closed the connection"))
+            return answer
         if self._timer is None:   # one timer for the connection's life, not one per request
             self._timer = self.loop.call_at(answer.last_data + timeout_s, self._check_silence)
         return answer
@@ -132,7 +141,8 @@ class UpstreamPool:
         retry = body is None and method in IDEMPOTENT
         while True:
             conn = self._take_idle() or await self._acquire()
-            if conn.closed:   # it closed while being handed over
+            if not conn.usable:   # it closed while being handed over
+                conn.abort()
                 continue
             answer = conn.send(head, timeout_s)
             if body is not None:
@@ -210,7 +220,7 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             conn = idle.pop()   # the most recently used: the least likely to have been closed
-            if not conn.closed and self.loop.time() - conn.idle_since < self._idle_s:
+            if conn.usable and self.loop.time() - conn.idle_since < self._idle_s:
                 return conn
             conn.abort()
         return None
