@@ -44,8 +44,8 @@ ensure_redis() {   # redis-cli (redis-tools) joins the test cluster; the sentine
   fi
 }
 
-ensure_wrk() {   # the load-testing kit's wrk driver (its tests skip without it)
-  command -v wrk >/dev/null || apt_install wrk
+ensure_bench_tools() {   # the load-testing kit's wrk driver and its callgrind count (their tests skip without them)
+  if ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null; then apt_install wrk valgrind; fi
 }
 
 case "${1:-}" in
@@ -57,7 +57,7 @@ case "${1:-}" in
   test)
     ensure_python
     ensure_redis
-    ensure_wrk
+    ensure_bench_tools
     shift
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;

@@ -53,7 +53,7 @@ def gateway_config(original: Path, upstream: str, port: int, admin_port: int, wo
     return raw
 
 
-def _write_private(path: Path, data: dict[str, Any]) -> None:
+def write_private(path: Path, data: dict[str, Any]) -> None:
     path.touch(mode=0o600)   # it may hold a secret written inline in the original
     path.chmod(0o600)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -136,7 +136,7 @@ class Stack:
         copy = self.config.parent / f".loadtest-{os.getpid()}-{port}.yaml"   # key paths stay relative to it
         self._exit.callback(copy.unlink, missing_ok=True)
         try:
-            _write_private(copy, gateway_config(self.config, upstream, port, admin_port, workers, store_url))
+            write_private(copy, gateway_config(self.config, upstream, port, admin_port, workers, store_url))
         except OSError as exc:
             raise StartFailed(f"cannot write the config copy {copy}: {exc.strerror or exc}") from None
         child = self._child(f"gateway-w{workers}", python("gateway", "serve", "--config", str(copy)), cpus)
