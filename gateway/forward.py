@@ -24,12 +24,12 @@ from .aiohttp_path import BUFFER_MAX_BYTES
 from .config import GatewayConfig
 from .errors import BadPath, UpstreamTimeout
 from .h1client import TimedOut
-from .upstream_pool import UpstreamPool
 from .identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
 from .logs import AccessNote
 from .proxy_headers import HeaderPolicy, Peer, is_trusted, request_header_items
 from .request_id import REQUEST_ID
+from .upstream_pool import UpstreamPool
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 __all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]

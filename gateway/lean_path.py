@@ -17,11 +17,11 @@ from multidict import CIMultiDict
 from .aiohttp_path import BUFFER_MAX_BYTES, NOT_RELAYED
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
 from .h1client import Answer, TimedOut, UpstreamError, request_head
-from .upstream_pool import UpstreamPool
 from .lifetime import Lifetime
 from .logs import AccessNote
 from .proxy_headers import HOP_BY_HOP, response_header_items
 from .request_id import REQUEST_ID
+from .upstream_pool import UpstreamPool
 
 log = logging.getLogger("tokengate.forward")
 
