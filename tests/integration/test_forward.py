@@ -293,3 +293,25 @@ async def test_many_requests_reuse_a_small_pool(make_proxy: MakeProxy, echo_upst
             assert (await resp.read()).count(b"chunk") == 5
     # Every answer went back to the pool: nothing beyond the limit was ever opened.
     assert len(echo_upstream.runner.server.connections) <= 2
+
+
+async def test_concurrent_mixed_requests_each_get_their_own_answer(make_proxy: MakeProxy,
+                                                                   echo_upstream: TestServer) -> None:
+    """Few connections, many requests of every kind at once: no answer ever reaches another request."""
+    proxy = await make_proxy(str(echo_upstream.make_url("")), upstream={"max_connections": 4})
+
+    async def one(i: int) -> None:
+        kind = i % 3
+        if kind == 0:
+            assert (await echoed(proxy, path=f"/mix/{i}?n={i}"))["path"] == f"/mix/{i}"
+        elif kind == 1:
+            body = bytes([i % 251]) * (i * 997 % 300_000)   # small ones read whole, large ones streamed
+            resp = await proxy.post("/_echo/stream", data=body, headers={"X-Seq": str(i)})
+            assert resp.status == 200 and await resp.read() == body
+        else:
+            resp = await proxy.get(f"/_echo/chunked?n={i % 7 + 1}")
+            assert (await resp.read()).count(b"chunk") == i % 7 + 1
+
+    async with asyncio.timeout(BOUND_S * 4):
+        await asyncio.gather(*(one(i) for i in range(150)))
+    assert len(echo_upstream.runner.server.connections) <= 4

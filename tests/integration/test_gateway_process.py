@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from loadtests.procs import Child, python, spawn, wait_ready
 from tests.conftest import ISSUER, base_config, bearer
 from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway
 
@@ -218,6 +219,34 @@ async def test_upstream_down_gets_502(start_gateway, keys_dir, http, mint):
     async with http.get(f"{gw.url}/api/public/x") as resp:
         assert resp.status == 502
         assert (await resp.json())["code"] == "upstream_unavailable"
+
+
+async def test_an_upstream_that_dies_and_comes_back_is_reached_again(start_gateway, keys_dir, http, tmp_path):
+    """Pooled connections to a dead upstream are dropped, not reused: 502 while it is down, 200 again
+    from the first request after it is back on the same port."""
+    port = free_port()
+
+    def start_upstream() -> Child:
+        child = spawn("upstream", python("loadtests.upstream", "--port", str(port)), tmp_path)
+        wait_ready(child, port)
+        return child
+
+    upstream = await asyncio.to_thread(start_upstream)
+    try:
+        gw = await start_gateway(gateway_config(keys_dir, f"http://127.0.0.1:{port}"))
+        for _ in range(3):
+            async with http.get(f"{gw.url}/api/public/x") as resp:
+                assert resp.status == 200
+        upstream.proc.kill()
+        await asyncio.to_thread(upstream.proc.wait, 10)
+        async with http.get(f"{gw.url}/api/public/x") as resp:
+            assert resp.status == 502
+        upstream = await asyncio.to_thread(start_upstream)
+        for _ in range(3):
+            async with http.get(f"{gw.url}/api/public/x") as resp:
+                assert resp.status == 200
+    finally:
+        await asyncio.to_thread(upstream.stop)
 
 
 async def test_sigterm_drains_requests_in_flight_then_exits_0(gateway, recorder, http, mint):
