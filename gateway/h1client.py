@@ -55,7 +55,7 @@ class Answer:
     def __init__(self, conn: Connection, timeout_s: float) -> None:
         self._conn = conn
         self._loop = conn.loop
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._timeout_s = timeout_s
         self.status = 0
         self.reason = ""
@@ -98,7 +98,7 @@ class Answer:
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        status = self._parser.get_status_code()   # type: ignore[union-attr]   # set while parsing
         if 100 <= status < 200:   # 100 Continue, 103 Early Hints: the answer is still to come
             self._raw_headers.clear()
             self._reason = b""
@@ -131,7 +131,7 @@ class Answer:
         if not self.head_done:   # an informational answer ended
             return
         self.complete = True
-        self._keep_alive = self._parser.should_keep_alive()
+        self._keep_alive = self._parser.should_keep_alive()   # type: ignore[union-attr]
         self._wake()
 
     # -- what the connection tells it ------------------------------------------------------------
@@ -141,8 +141,11 @@ class Answer:
         if self.complete:   # bytes after a whole answer: nothing was asked for
             self.fail(UpstreamError("bytes after the answer"))
             return
+        parser = self._parser
+        if parser is None:   # finished: the connection no longer passes data here
+            return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self.fail(UpstreamError(f"malformed answer: {type(exc).__name__}"))
             return
@@ -265,6 +268,7 @@ class Answer:
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
         reusable = self.complete and self._keep_alive and self._sent and not self._chunks
+        self._parser = None   # it holds this answer as its protocol: no cycle left for the collector
         self._conn.done(reusable)
 
 
