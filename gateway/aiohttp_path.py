@@ -1,5 +1,5 @@
 """Step 6, the general path: aiohttp's client carries what the lean path (lean_path.py) does not:
-HTTPS upstreams, HEAD, chunked request bodies, and WebSocket upgrades (with websocket.py).
+HEAD, chunked request bodies, and WebSocket upgrades (with websocket.py).
 
 In: a client session per upstream, the request, its upstream URL and the filtered headers.
 Out: the upstream's answer, read whole when small, else streamed as it arrives.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 import aiohttp
@@ -33,10 +34,11 @@ BUFFER_MAX_BYTES = 256 * 1024
 NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
 
 
-def open_session(up: UpstreamConfig) -> aiohttp.ClientSession:
-    """The upstream's client session (needs the running loop)."""
+def open_session(up: UpstreamConfig, tls: ssl.SSLContext | None) -> aiohttp.ClientSession:
+    """The upstream's client session (needs the running loop); ``tls``: the context for HTTPS."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=up.max_connections), timeout=_timeout(up),
+        connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=tls if tls is not None else True),
+        timeout=_timeout(up),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
         request_class=_VerbatimRequest, trust_env=False)
 

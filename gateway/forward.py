@@ -3,13 +3,14 @@
 In: the request, its normalised path, the upstream's name and the identity headers to set.
 Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way
 (proxy_headers.py). Most requests take the lean path (lean_path.py: h1client.py on the keep-alive
-connections of upstream_pool.py); HTTPS upstreams, HEAD, chunked request bodies and WebSocket
-upgrades take aiohttp's client (aiohttp_path.py, websocket.py). Both send and relay the same headers.
+connections of upstream_pool.py, over TLS for HTTPS upstreams); HEAD, chunked request bodies and
+WebSocket upgrades take aiohttp's client (aiohttp_path.py, websocket.py). Both send and relay the same headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -37,19 +38,20 @@ __all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]
 
 class Target(NamedTuple):
     """An upstream's origin (scheme://host:port), base path (no trailing slash), the Host header it
-    gets, and where the lean path connects to it (plain HTTP only)."""
+    gets, where the lean path connects to it, and whether over TLS."""
 
     origin: str
     base_path: str
     host_header: str
-    address: tuple[str, int] | None
+    address: tuple[str, int]
+    tls: bool
 
     @classmethod
     def from_url(cls, url: str) -> Target:
         parts = urlsplit(url)
-        plain = parts.scheme == "http" and parts.hostname is not None
+        tls = parts.scheme == "https"
         return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"), URL(url).host_port_subcomponent or "",
-                   (parts.hostname, parts.port or 80) if plain and parts.hostname else None)
+                   (parts.hostname or "", parts.port or (443 if tls else 80)), tls)
 
     def request_target(self, path: str, query: str) -> str:
         """The base path, ``path`` and ``query`` as sent on the request line. The path is already
@@ -81,6 +83,7 @@ class Forwarder:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._pools: dict[str, UpstreamPool | None] = {}
         self._closed = False
+        self._tls: ssl.SSLContext | None = None   # for HTTPS upstreams: the system's trusted CAs
         self._in_flight = 0
         self._idle: asyncio.Event | None = None   # set by the last request in flight once retired
         # Given on a reload: WebSockets and streams opened before it stay watched.
@@ -112,21 +115,29 @@ class Forwarder:
         if session is None:
             if self._closed:
                 raise RuntimeError("the Forwarder is closed")
-            session = self._sessions[name] = aiohttp_path.open_session(self._cfg.upstreams[name])
+            tls = self._tls_context() if self._targets[name].tls else None
+            session = self._sessions[name] = aiohttp_path.open_session(self._cfg.upstreams[name], tls)
         return session
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """One verifying context for both clients (made on first use: it reads SSL_CERT_FILE/_DIR then)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
     def _pool(self, name: str) -> UpstreamPool | None:
-        """The upstream's lean pool; None for an HTTPS upstream (or ``lean=False``)."""
+        """The upstream's lean pool; None with ``lean=False``."""
         try:
             return self._pools[name]
         except KeyError:
             if self._closed:
                 raise RuntimeError("the Forwarder is closed") from None
-        address, up = self._targets[name].address, self._cfg.upstreams[name]
+        target, up = self._targets[name], self._cfg.upstreams[name]
         pool = None
-        if self._lean and address is not None:   # needs the running loop, hence not in __init__
-            pool = UpstreamPool(*address, limit=up.max_connections, connect_timeout_s=up.connect_timeout,
-                                wait_s=max(up.timeout, up.connect_timeout))
+        if self._lean:   # needs the running loop, hence not in __init__
+            pool = UpstreamPool(*target.address, limit=up.max_connections, connect_timeout_s=up.connect_timeout,
+                                wait_s=max(up.timeout, up.connect_timeout),
+                                tls=self._tls_context() if target.tls else None)
         self._pools[name] = pool
         return pool
 

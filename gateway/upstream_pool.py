@@ -1,4 +1,4 @@
-"""Keep-alive connections to one plain-HTTP upstream and the upstream's connection budget, for
+"""Keep-alive connections to one upstream (TLS for HTTPS) and the upstream's connection budget, for
 h1client's exchanges: a request takes an idle connection or opens one within the budget, and its
 ``Answer.finish`` puts the connection back (or closes it).
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import cast
@@ -109,16 +110,17 @@ class Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one plain-HTTP upstream, and the upstream's connection budget.
+    """Keep-alive connections to one upstream, and the upstream's connection budget.
 
     ``limit`` bounds this pool's open connections plus the requests in flight that go through
     aiohttp instead (``acquire_slot``); a request over the budget waits up to ``wait_s`` for one.
     """
 
     def __init__(self, host: str, port: int, *, limit: int, connect_timeout_s: float, wait_s: float,
-                 idle_s: float = IDLE_S) -> None:
+                 idle_s: float = IDLE_S, tls: ssl.SSLContext | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self._host, self._port = host, port
+        self._tls = tls   # HTTPS: verified against the context's CAs, for ``host``
         self._limit = limit
         self._used = 0
         self._connect_timeout_s = connect_timeout_s
@@ -263,10 +265,12 @@ class UpstreamPool:
     async def _connect(self) -> Connection:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                _, conn = await self.loop.create_connection(lambda: Connection(self), self._host, self._port)
+                _, conn = await self.loop.create_connection(
+                    lambda: Connection(self), self._host, self._port, ssl=self._tls,
+                    ssl_handshake_timeout=self._connect_timeout_s if self._tls is not None else None)
         except TimeoutError as exc:
             raise TimedOut("connecting to the upstream timed out") from exc
-        except OSError as exc:
+        except OSError as exc:   # ssl.SSLError (a certificate that cannot be verified ...) included
             raise Unreachable(f"cannot connect to the upstream: {exc.strerror or type(exc).__name__}") from exc
         return conn
 

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from loadtests.procs import Child, python, spawn, wait_ready
 from tests.conftest import ISSUER, base_config, bearer
-from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway
+from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway, wait_until_ready
+from tests.tlsfiles import server_context, write_tls_files
 
 pytestmark = pytest.mark.integration
 
@@ -247,6 +248,24 @@ async def test_an_upstream_that_dies_and_comes_back_is_reached_again(start_gatew
                 assert resp.status == 200
     finally:
         await asyncio.to_thread(upstream.stop)
+
+
+async def test_an_https_upstream_is_reached_with_the_cas_the_environment_names(keys_dir, http, aiohttp_server,
+                                                                                 tmp_path):
+    ca, cert, key = write_tls_files(tmp_path)
+    rec = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rec.handle)
+    upstream = await aiohttp_server(app, ssl=server_context(cert, key))
+    gw = spawn_gateway(gateway_config(keys_dir, f"https://127.0.0.1:{upstream.port}"), tmp_path,
+                       env={"SSL_CERT_FILE": str(ca)})
+    try:
+        await wait_until_ready(gw)
+        async with http.post(f"{gw.url}/api/public/x", data=b"sealed") as resp:
+            assert resp.status == 200
+        assert rec.received[-1]["body"] == b"sealed"
+    finally:
+        gw.stop()
 
 
 async def test_sigterm_drains_requests_in_flight_then_exits_0(gateway, recorder, http, mint):

@@ -184,16 +184,17 @@ def test_target_url_keeps_path_and_query_bytes(base: str, path: str, query: str,
     assert str(Target.from_url(base).url_for(path, query)) == url
 
 
-@pytest.mark.parametrize(("url", "host_header", "address"), [
-    ("http://[::1]:9000/base/", "[::1]:9000", ("::1", 9000)),
-    ("http://localhost", "localhost", ("localhost", 80)),
-    ("http://Example.TEST:80/x", "example.test", ("example.test", 80)),   # the default port is not said
-    ("https://api.example.test:8443", "api.example.test:8443", None),     # the lean client speaks plain HTTP only
+@pytest.mark.parametrize(("url", "host_header", "address", "tls"), [
+    ("http://[::1]:9000/base/", "[::1]:9000", ("::1", 9000), False),
+    ("http://localhost", "localhost", ("localhost", 80), False),
+    ("http://Example.TEST:80/x", "example.test", ("example.test", 80), False),   # the default port is not said
+    ("https://api.example.test:8443", "api.example.test:8443", ("api.example.test", 8443), True),
+    ("https://api.example.test", "api.example.test", ("api.example.test", 443), True),
 ])
 def test_target_knows_its_host_header_and_where_the_lean_client_connects(
-        url: str, host_header: str, address: tuple[str, int] | None) -> None:
+        url: str, host_header: str, address: tuple[str, int], tls: bool) -> None:
     target = Target.from_url(url)
-    assert (target.host_header, target.address) == (host_header, address)
+    assert (target.host_header, target.address, target.tls) == (host_header, address, tls)
 
 
 @pytest.mark.parametrize("path", ["a", "/a b", "/a#b", "/a?b", "/a\r\nX: 1", "/é"])
