@@ -5,15 +5,23 @@ what those would refuse. Entries are keyed by the token's exact text, only a tok
 both checks goes in, and each one dies when the verifier would start refusing it (``exp`` plus
 the leeway), when the revocation mirror learns a revocation that touches it (its ``jti`` or its
 subject), when the mirror reloads from the store, and when its issuer's keys are replaced.
+
+Refusals that hold for good are kept too, beside the accepted tokens and as many: a genuinely
+signed token that expired (it stays expired), and one that was revoked (until it expires, when
+the verifier would call it expired instead). A client retrying with such a token is refused
+without the signature check. Any other refusal (bad signature, unknown key, not yet valid ...)
+may change with the keys or the clock and is checked again every time.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .denylist import Denylist
+from .errors import ExpiredToken, InvalidToken, RevokedToken
 from .extract import check_b64token
 from .identity import Identity
 from .revocable import RevocableIndex
@@ -32,9 +40,10 @@ class TokenCache:
 
     def __init__(self, max_entries: int, leeway_s: float) -> None:
         self.max_entries = max_entries
-        self._leeway_s = leeway_s
+        self.leeway_s = leeway_s
         self._entries: dict[str, CachedToken] = {}
         self._index: RevocableIndex[str] = RevocableIndex()
+        self._refused: dict[str, tuple[type[InvalidToken], str, float]] = {}   # token -> (error, description, until)
         self.hits = 0
         self.misses = 0
 
@@ -62,10 +71,30 @@ class TokenCache:
             self._drop(token)
         while len(self._entries) >= self.max_entries:
             self._drop(next(iter(self._entries)))   # dicts keep insertion order: the oldest first
-        limit = identity.exp + self._leeway_s
+        limit = identity.exp + self.leeway_s
         entry = self._entries[token] = CachedToken(identity, limit if until is None else min(limit, until))
         self._index.add(identity, token)
         return entry
+
+    def refusal(self, token: str, now: float) -> InvalidToken | None:
+        """The error to answer a token refused for good with, as new; None when not known (or no more)."""
+        known = self._refused.get(token)
+        if known is None:
+            return None
+        error, description, until = known
+        if now >= until:
+            del self._refused[token]
+            return None
+        return error(description)
+
+    def refuse(self, token: str, error: ExpiredToken | RevokedToken, until: float = math.inf) -> None:
+        """Remember a refusal that holds until ``until`` (an expiry holds for ever)."""
+        if self.max_entries <= 0:
+            return
+        self._refused.pop(token, None)
+        while len(self._refused) >= self.max_entries:
+            del self._refused[next(iter(self._refused))]   # the oldest first
+        self._refused[token] = (type(error), error.description, until)
 
     def revoke(self, revocation: Revocation) -> int:
         """Drop what a revocation touches: the token id, or every token of the subject. Returns how many."""
@@ -78,6 +107,7 @@ class TokenCache:
     def clear(self) -> None:
         self._entries.clear()
         self._index.clear()
+        self._refused.clear()   # the store may have lost revocations: the mirror now knows best
 
     def _drop_all(self, tokens: Iterable[str]) -> int:
         count = 0
@@ -118,12 +148,25 @@ class Authenticator:
     async def authenticate(self, token: str) -> CachedToken:
         """The cache entry for a good token (its ``headers`` slot is the caller's to fill). The
         token's b64token syntax is checked here, on a miss: what is cached passed it already."""
-        entry = self.cache.get(token, self._clock())
-        if entry is not None and self.denylist.in_sync:
-            return entry
-        identity = await self.verifier.verify(check_b64token(token))
+        now = self._clock()
+        if self.denylist.in_sync:
+            entry = self.cache.get(token, now)
+            if entry is not None:
+                return entry
+            refusal = self.cache.refusal(token, now)
+            if refusal is not None:
+                raise refusal
+        try:
+            identity = await self.verifier.verify(check_b64token(token))
+        except ExpiredToken as exc:   # raised only after the signature was found genuine
+            self.cache.refuse(token, exc)
+            raise
         # No await between the check and the put: a revocation cannot slip in between.
-        self.denylist.check(identity)
+        try:
+            self.denylist.check(identity)
+        except RevokedToken as exc:
+            self.cache.refuse(token, exc, until=identity.exp + self.cache.leeway_s)
+            raise
         until = None
         if self.verifier.jwks is not None and identity.iss in self.verifier.jwks:
             until = self._clock() + self.verifier.jwks.fresh_for_s(identity.iss)

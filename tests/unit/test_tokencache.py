@@ -77,13 +77,62 @@ async def test_a_second_sight_is_answered_from_the_cache(world: Callable[..., An
     assert verifier.calls == 1 and (auth.cache.hits, auth.cache.misses) == (1, 1)
 
 
-async def test_a_token_that_fails_is_never_cached(world: Callable[..., Any], mint: Callable[..., str]) -> None:
+async def test_an_expired_token_is_refused_again_without_the_verifier(world: Callable[..., Any],
+                                                                      mint: Callable[..., str]) -> None:
     auth, _, verifier = await world()
     expired = mint(exp=int(time.time()) - 3600)
-    for _ in range(2):
-        with pytest.raises(ExpiredToken):
+    for _ in range(3):
+        with pytest.raises(ExpiredToken, match="expired"):
             await auth.authenticate(expired)
-    assert verifier.calls == 2 and len(auth.cache) == 0
+    assert verifier.calls == 1 and len(auth.cache) == 0   # remembered as refused, never as accepted
+
+
+@pytest.mark.parametrize("kind", ["bad_signature", "unknown_kid", "not_yet_valid", "wrong_audience"])
+async def test_other_refusals_are_checked_again_every_time(world: Callable[..., Any], mint: Callable[..., str],
+                                                           kind: str) -> None:
+    auth, _, verifier = await world()
+    token = {"bad_signature": lambda: mint()[:-2] + "AA", "unknown_kid": lambda: mint(kid="nope"),
+             "not_yet_valid": lambda: mint(nbf=int(time.time()) + 3600),   # valid once its time comes
+             "wrong_audience": lambda: mint(aud="elsewhere")}[kind]()
+    for _ in range(2):
+        with pytest.raises(InvalidToken):
+            await auth.authenticate(token)
+    assert verifier.calls == 2
+
+
+async def test_a_revoked_token_is_refused_again_without_the_verifier(world: Callable[..., Any],
+                                                                     mint: Callable[..., str]) -> None:
+    auth, denylist, verifier = await world()
+    token = mint()
+    identity = (await auth.authenticate(token)).identity
+    await denylist.revoke(Revocation("jti", ISSUER, identity.jti, identity.exp, identity.exp + 30))
+    for _ in range(3):
+        with pytest.raises(RevokedToken, match="revoked"):
+            await auth.authenticate(token)
+    assert verifier.calls == 2   # the first sight, and once more to learn it is revoked
+    denylist.in_sync = False     # out of sync: the full path, as without any cache (on_error decides)
+    with pytest.raises(DependencyDown):
+        await auth.authenticate(token)
+
+
+def test_a_revoked_refusal_ends_when_the_token_would_be_refused_as_expired() -> None:
+    cache = TokenCache(10, leeway_s=30)
+    cache.refuse("t", RevokedToken("the access token was revoked"), until=1030.0)
+    refusal = cache.refusal("t", 1029.9)
+    assert isinstance(refusal, RevokedToken) and refusal.description == "the access token was revoked"
+    assert cache.refusal("t", 1030.0) is None and cache.refusal("t", 0) is None   # gone: checked afresh
+
+
+def test_refusals_are_bounded_and_cleared_with_the_cache() -> None:
+    cache = TokenCache(2, leeway_s=0)
+    for n in range(4):
+        cache.refuse(f"t{n}", ExpiredToken("the access token expired"))
+    assert [cache.refusal(f"t{n}", 1e12) is not None for n in range(4)] == [False, False, True, True]
+    cache.clear()   # a mirror reload: the store may have lost revocations
+    assert cache.refusal("t3", 0) is None
+    off = TokenCache(0, leeway_s=0)
+    off.refuse("t", ExpiredToken("the access token expired"))
+    assert off.refusal("t", 0) is None
 
 
 async def test_revoking_a_cached_token_refuses_it_at_once(world: Callable[..., Any],
