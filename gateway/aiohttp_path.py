@@ -67,7 +67,6 @@ class _VerbatimRequest(aiohttp.ClientRequest):
         self._skip_auto_headers = self._SKIPPED
 
 
-
 async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str],
                   request_id: str, lifetime: Lifetime, note: AccessNote | None) -> web.StreamResponse:
     sent_at = time.perf_counter()
