@@ -13,6 +13,8 @@ from .conftest import MakeProxy
 from .rawupstream import BOUND_S, OK, RawUpstream, Script, StartUpstream, read_request
 
 pytestmark = pytest.mark.integration
+
+
 async def proxy_for(make_proxy: MakeProxy, raw_upstream: StartUpstream, script: Script,
                     **upstream: object) -> tuple[TestClient, RawUpstream]:
     up = await raw_upstream(script)
