@@ -8,7 +8,6 @@ Out: the upstream's answer, read whole when small, else streamed as it arrives.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 import time
 
@@ -21,17 +20,12 @@ from .config import UpstreamConfig
 from .errors import UpstreamFailed, UpstreamTimeout
 from .lifetime import Lifetime
 from .logs import AccessNote
-from .proxy_headers import HOP_BY_HOP, HOST, filter_response_headers, response_header_items
+from .proxy_headers import HOST
+from .relay import is_small, stream_answer, whole_answer
 from .request_id import REQUEST_ID
-
-log = logging.getLogger("tokengate.forward")
 
 # Added by aiohttp's client unless skipped; a proxy must not invent them.
 _CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-# An answer with a Content-Length up to this size is read whole and sent in one write (headers and
-# body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
-BUFFER_MAX_BYTES = 256 * 1024
-NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
 
 
 def open_session(up: UpstreamConfig, tls: ssl.SSLContext | None) -> aiohttp.ClientSession:
@@ -52,7 +46,7 @@ def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
 
 
 class _VerbatimRequest(aiohttp.ClientRequest):
-    """Sends the headers filter_request_headers built, as they are: aiohttp invents no Accept,
+    """Sends the headers request_header_items built, as they are: aiohttp invents no Accept,
     Accept-Encoding, User-Agent or Content-Type (``skip_auto_headers`` without rebuilding the skip
     list on every request), and adds only Host, which the filter always removes."""
 
@@ -92,43 +86,24 @@ async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
     return resp
 
 
-def _is_small(request: web.Request, resp: aiohttp.ClientResponse) -> bool:
-    # HEAD, 204 and 304 answers carry a Content-Length but no body: they keep the streaming path,
-    # which sends the upstream's headers as they are.
-    length = resp.content_length
-    return (length is not None and length <= BUFFER_MAX_BYTES and request.method != "HEAD"
-            and resp.status not in (204, 304) and resp.status >= 200)
-
-
-async def _read_whole(request: web.Request, resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
-    """The answer in one piece; nothing is sent to the client unless the whole body arrived."""
-    try:
-        body = await resp.read()
-    except asyncio.TimeoutError as exc:
-        raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
-    finally:
-        resp.release()
-    headers = response_header_items(resp.headers.items(), NOT_RELAYED)
-    headers.append((REQUEST_ID, request_id))
-    return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
-
-
 async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
                  lifetime: Lifetime) -> web.StreamResponse:
-    if _is_small(request, resp):
-        return await _read_whole(request, resp, request_id)
+    # HEAD answers carry a Content-Length but no body: streamed, so their headers go out as they are.
+    if request.method != "HEAD" and is_small(resp.content_length, resp.status):
+        try:   # nothing is sent to the client unless the whole body arrived
+            body = await resp.read()
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
+        finally:
+            resp.release()
+        return whole_answer(resp.status, resp.reason, resp.headers.items(), body, request_id)
     complete = False
     try:
-        out = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                 headers=filter_response_headers(resp.headers))
-        out.headers[REQUEST_ID] = request_id
-        if resp.content_length is None:   # a stream (chunked, SSE): it may outlive the token
-            with lifetime.cancel_on_end():
-                complete = await _copy_body(request, resp, out)
-        else:
-            complete = await _copy_body(request, resp, out)
+        out, complete = await stream_answer(request, resp.status, resp.reason, resp.headers.items(),
+                                            resp.content.iter_any(), resp.content_length is None, request_id,
+                                            lifetime, (aiohttp.ClientError, asyncio.TimeoutError))
         return out
     finally:
         # Release keeps the connection for reuse; anything unfinished (an error, the client gone,
@@ -137,18 +112,3 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id:
             resp.release()
         else:
             resp.close()
-
-
-async def _copy_body(request: web.Request, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> bool:
-    try:
-        await out.prepare(request)
-        async for chunk in resp.content.iter_any():   # each chunk as it arrives: SSE stays live
-            await out.write(chunk)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-        # The status line is gone already; cutting the connection is the only honest signal left
-        # (a clean end would pass a truncated body off as complete).
-        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
-        if request.transport is not None:
-            request.transport.close()
-        return False
-    return True

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import aiohttp_path, lean_path
-from .aiohttp_path import BUFFER_MAX_BYTES
+from .relay import BUFFER_MAX_BYTES
 from .config import GatewayConfig
 from .errors import BadPath, UpstreamTimeout
 from .h1client import TimedOut
@@ -61,7 +61,11 @@ class Target(NamedTuple):
         return f"{self.base_path}{path}{'?' if query else ''}{query}"
 
     def url_for(self, path: str, query: str) -> URL:
-        return URL(self.origin + self.request_target(path, query), encoded=True)
+        return self.url(self.request_target(path, query))
+
+    def url(self, request_target: str) -> URL:
+        """The whole URL of a request target (aiohttp's client takes URLs)."""
+        return URL(self.origin + request_target, encoded=True)
 
 
 def _has_delimiter(path: str) -> bool:
@@ -88,12 +92,6 @@ class Forwarder:
         self._idle: asyncio.Event | None = None   # set by the last request in flight once retired
         # Given on a reload: WebSockets and streams opened before it stay watched.
         self.watcher = watcher if watcher is not None else ConnectionWatcher(leeway_s=cfg.tokens.leeway)
-
-    async def start(self) -> None:
-        """Open every upstream's session and pool now (optional: ``forward`` opens them on first use)."""
-        for name in self._cfg.upstreams:
-            self._session(name)
-            self._pool(name)
 
     async def retire(self) -> None:
         """Close once every request in flight here (streams and WebSockets too) has ended: a reload
@@ -161,9 +159,8 @@ class Forwarder:
             if pool is not None and lean_path.fits(request) and not is_websocket_upgrade(request):
                 return await lean_path.forward(request, pool, request_target, target.host_header, headers,
                                                request_id, self._timeouts[upstream], lifetime, note)
-            url = URL(target.origin + request_target, encoded=True)
-            return await self._forward_general(request, pool, upstream, url, CIMultiDict(headers), request_id,
-                                               lifetime, note)
+            return await self._forward_general(request, pool, upstream, target.url(request_target),
+                                               CIMultiDict(headers), request_id, lifetime, note)
         finally:
             self._in_flight -= 1
             if self._idle is not None and not self._in_flight:

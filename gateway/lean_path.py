@@ -8,22 +8,17 @@ streamed as it comes.
 
 from __future__ import annotations
 
-import logging
 import time
 
 from aiohttp import web
-from multidict import CIMultiDict
 
-from .aiohttp_path import BUFFER_MAX_BYTES, NOT_RELAYED
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
-from .h1client import Answer, TimedOut, UpstreamError, request_head
+from .h1client import TimedOut, UpstreamError, request_head
 from .lifetime import Lifetime
 from .logs import AccessNote
-from .proxy_headers import HOP_BY_HOP, response_header_items
+from .relay import is_small, stream_answer, whole_answer
 from .request_id import REQUEST_ID
 from .upstream_pool import UpstreamPool
-
-log = logging.getLogger("tokengate.forward")
 
 
 def fits(request: web.Request) -> bool:
@@ -35,67 +30,33 @@ def fits(request: web.Request) -> bool:
 async def forward(request: web.Request, pool: UpstreamPool, target: str, host: str,
                   headers: list[tuple[str, str]], request_id: str, timeout_s: float, lifetime: Lifetime,
                   note: AccessNote | None) -> web.StreamResponse:
-    echo = {REQUEST_ID: request_id}
     try:
         head = request_head(request.method, target, host, headers)
     except ValueError as exc:   # unreachable through aiohttp's server parser; kept as a guard
-        raise BadRequest(headers=echo) from exc
+        raise BadRequest(headers={REQUEST_ID: request_id}) from exc
     body = request.content.iter_any() if request.body_exists else None   # streamed, never read whole
     sent_at = time.perf_counter()
     try:
         answer = await pool.send(request.method, head, body, timeout_s)
-    except TimedOut as exc:
-        raise UpstreamTimeout(headers=echo) from exc
     except UpstreamError as exc:
-        raise UpstreamFailed(headers=echo) from exc
+        raise _failure(exc, request_id) from exc
     if note is not None:
         note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
     try:
-        if _is_small(answer):
-            return await _read_whole(answer, request_id)
-        return await _stream(request, answer, request_id, lifetime)
+        if is_small(answer.content_length, answer.status):
+            try:   # nothing is sent to the client unless the whole body arrived
+                whole = await answer.read()
+            except UpstreamError as exc:
+                raise _failure(exc, request_id) from exc
+            return whole_answer(answer.status, answer.reason, answer.headers, whole, request_id)
+        out, _ = await stream_answer(request, answer.status, answer.reason, answer.headers, answer.chunks(),
+                                     answer.content_length is None, request_id, lifetime, (UpstreamError,))
+        return out
     finally:
         answer.finish()   # back to the pool if the answer was whole, else the connection closes
 
 
-def _is_small(answer: Answer) -> bool:
-    length = answer.content_length
-    return length is not None and length <= BUFFER_MAX_BYTES and answer.status not in (204, 304)
-
-
-async def _read_whole(answer: Answer, request_id: str) -> web.Response:
-    """The answer in one piece; nothing is sent to the client unless the whole body arrived."""
-    try:
-        body = await answer.read()
-    except TimedOut as exc:
-        raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
-    except UpstreamError as exc:
-        raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
-    headers = response_header_items(answer.headers, NOT_RELAYED)
-    headers.append((REQUEST_ID, request_id))
-    return web.Response(status=answer.status, reason=answer.reason, headers=headers, body=body)
-
-
-async def _stream(request: web.Request, answer: Answer, request_id: str, lifetime: Lifetime) -> web.StreamResponse:
-    out = web.StreamResponse(status=answer.status, reason=answer.reason,
-                             headers=CIMultiDict(response_header_items(answer.headers, HOP_BY_HOP)))
-    out.headers[REQUEST_ID] = request_id
-    if answer.content_length is None:   # a stream (chunked, SSE): it may outlive the token
-        with lifetime.cancel_on_end():
-            await _copy_body(request, answer, out)
-    else:
-        await _copy_body(request, answer, out)
-    return out
-
-
-async def _copy_body(request: web.Request, answer: Answer, out: web.StreamResponse) -> None:
-    try:
-        await out.prepare(request)
-        async for chunk in answer.chunks():   # each chunk as it arrives: SSE stays live
-            await out.write(chunk)
-    except (UpstreamError, ConnectionError) as exc:
-        # The status line is gone already; cutting the connection is the only honest signal left
-        # (a clean end would pass a truncated body off as complete).
-        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
-        if request.transport is not None:
-            request.transport.close()
+def _failure(exc: UpstreamError, request_id: str) -> UpstreamFailed:
+    """504 for an upstream that was silent too long, else 502."""
+    echo = {REQUEST_ID: request_id}
+    return UpstreamTimeout(headers=echo) if isinstance(exc, TimedOut) else UpstreamFailed(headers=echo)

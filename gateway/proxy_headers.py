@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from multidict import CIMultiDict, MultiMapping
+from multidict import MultiMapping
 
 from .config import IdentityConfig
 from .request_id import REQUEST_ID, pick_request_id
@@ -61,15 +61,10 @@ def connection_tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
-def filter_request_headers(headers: MultiMapping[str], policy: HeaderPolicy, peer: Peer,
-                           identity_headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """The headers the upstream receives: the client's, cleaned, then the gateway's own on top."""
-    return CIMultiDict(request_header_items(headers, policy, peer, identity_headers)[0])
-
-
 def request_header_items(headers: MultiMapping[str], policy: HeaderPolicy, peer: Peer,
                          identity_headers: Mapping[str, str]) -> tuple[list[tuple[str, str]], str]:
-    """``filter_request_headers`` as a list of pairs, and the X-Request-Id among them."""
+    """The headers the upstream receives, as pairs: the client's, cleaned, then the gateway's own on
+    top; and the X-Request-Id among them."""
     drop = policy.trusted_drop if peer.trusted else policy.untrusted_drop
     if CONNECTION in headers:
         drop = drop | connection_tokens(headers.getall(CONNECTION))
@@ -111,14 +106,9 @@ def request_header_items(headers: MultiMapping[str], policy: HeaderPolicy, peer:
 _REWRITTEN = frozenset({"x-forwarded-for", "x-request-id", "x-forwarded-proto", "x-forwarded-host"})
 
 
-def filter_response_headers(headers: MultiMapping[str]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones (repeated ones such as Set-Cookie kept)."""
-    return CIMultiDict(response_header_items(headers.items(), HOP_BY_HOP))
-
-
 def response_header_items(items: Iterable[tuple[str, str]], drop: frozenset[str]) -> list[tuple[str, str]]:
     """The upstream's response headers minus ``drop`` (which holds "connection") and whatever its
-    Connection headers name."""
+    Connection headers name; repeated ones such as Set-Cookie kept."""
     kept: list[tuple[str, str]] = []
     listed: list[str] = []
     for name, value in items:

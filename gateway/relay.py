@@ -1,0 +1,67 @@
+"""Step 6, the way back: the upstream's answer to the client, the same for both upstream clients
+(lean_path.py, aiohttp_path.py). A small answer goes out in one write once it is whole; any other
+is streamed as it arrives, and cut off (never ended cleanly) if the upstream breaks inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .lifetime import Lifetime
+from .proxy_headers import HOP_BY_HOP, response_header_items
+from .request_id import REQUEST_ID
+
+log = logging.getLogger("tokengate.forward")
+
+# An answer with a Content-Length up to this size is read whole and sent in one write (headers and
+# body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
+BUFFER_MAX_BYTES = 256 * 1024
+_NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
+
+
+def is_small(content_length: int | None, status: int) -> bool:
+    """Read whole, then sent in one write? (204 and 304 carry a length but no body: streamed, so
+    their headers go out as they are.)"""
+    return content_length is not None and content_length <= BUFFER_MAX_BYTES and status not in (204, 304)
+
+
+def whole_answer(status: int, reason: str | None, headers: Iterable[tuple[str, str]], body: bytes,
+                 request_id: str) -> web.Response:
+    """The answer in one piece (the caller has its whole body)."""
+    items = response_header_items(headers, _NOT_RELAYED)
+    items.append((REQUEST_ID, request_id))
+    return web.Response(status=status, reason=reason, headers=items, body=body)
+
+
+async def stream_answer(request: web.Request, status: int, reason: str | None, headers: Iterable[tuple[str, str]],
+                        chunks: AsyncIterator[bytes], endless: bool, request_id: str, lifetime: Lifetime,
+                        broken: tuple[type[BaseException], ...]) -> tuple[web.StreamResponse, bool]:
+    """Stream the answer; ``endless`` (no length: chunked, SSE) ends with the token too. Returns the
+    response and whether the body came whole (``broken``: the upstream client's errors)."""
+    out = web.StreamResponse(status=status, reason=reason,
+                             headers=CIMultiDict(response_header_items(headers, HOP_BY_HOP)))
+    out.headers[REQUEST_ID] = request_id
+    if endless:   # it may outlive the token
+        with lifetime.cancel_on_end():
+            return out, await _copy_body(request, chunks, out, broken)
+    return out, await _copy_body(request, chunks, out, broken)
+
+
+async def _copy_body(request: web.Request, chunks: AsyncIterator[bytes], out: web.StreamResponse,
+                     broken: tuple[type[BaseException], ...]) -> bool:
+    try:
+        await out.prepare(request)
+        async for chunk in chunks:   # each chunk as it arrives: SSE stays live
+            await out.write(chunk)
+    except (*broken, ConnectionError) as exc:
+        # The status line is gone already; cutting the connection is the only honest signal left
+        # (a clean end would pass a truncated body off as complete).
+        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
+        if request.transport is not None:
+            request.transport.close()
+        return False
+    return True
