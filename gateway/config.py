@@ -21,7 +21,7 @@ from pydantic import (AfterValidator, BeforeValidator, Field, SecretStr, Validat
 
 from .auth_config import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, RateLimitsConfig,
                           UsersConfig, UsersFileConfig)
-from .config_fields import (TOKEN_CHARS, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found,
+from .config_fields import (TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found,
                             suggest_key)
 from .keyfiles import KeyMaterial, load_key_material
 from .routes_config import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
@@ -55,7 +55,7 @@ class ConfigError(Exception):
 def _header_name(value: str) -> str:
     if not TOKEN_CHARS.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
-    if value.lower() in _RESERVED_HEADERS:
+    if value.lower().replace("_", "-") in _RESERVED_HEADERS:   # X_Forwarded_For is X-Forwarded-For to many servers
         raise ValueError(f"{value!r} is managed by HTTP or by the gateway and cannot carry identity")
     return value
 
@@ -80,7 +80,26 @@ class ListenConfig(Model):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
     drain_timeout: Duration = 10.0          # SIGTERM: how long requests in flight may take to finish
-    trusted_proxies: tuple[Network, ...] = ()  # peers that may set X-Forwarded-*
+    trusted_proxies: tuple[Network, ...] = ()  # peers that may set X-Forwarded-* / X-Original-*
+    header_timeout: Duration = 10.0          # longest time to read a request head
+    body_timeout: Duration = 30.0            # longest silence while reading a request body (or the client
+                                             # not reading an answer)
+    buffer_body: ByteSize = 64 * 1024        # bodies up to this size are read whole before an upstream is asked
+    idle_timeout: Duration = 60.0            # a keep-alive connection with no request in flight closes after this
+
+    @field_validator("header_timeout", "body_timeout", "idle_timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("buffer_body")
+    @classmethod
+    def _bounded_buffer(cls, value: int) -> int:
+        if value > 16 * 1024 * 1024:
+            raise ValueError("must be at most 16MiB: each request in progress may hold this much memory")
+        return value
 
 
 ADMIN_TOKEN_MIN_CHARS = 32

@@ -15,10 +15,11 @@ from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from .durations import parse_duration_s, parse_rate
+from .durations import parse_duration_s, parse_rate, parse_size_bytes
 
 KeyPath = tuple[str | int, ...]
 Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+ByteSize = Annotated[int, BeforeValidator(parse_size_bytes)]
 Rate = Annotated[tuple[int, int], BeforeValidator(parse_rate)]
 TOKEN_CHARS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")   # RFC 9110 token: header names, methods
 

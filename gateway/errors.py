@@ -38,6 +38,20 @@ class BadRequest(GatewayError):
     status, error, code, description = 400, "invalid_request", "bad_request", "malformed request"
 
 
+class ConflictingHeaders(BadRequest):
+    code, description = "conflicting_headers", "the request carries conflicting copies of a header"
+
+
+class RequestTimeout(BadRequest):
+    status, code, description = 408, "request_timeout", "the client was too slow sending its request"
+
+
+class UnknownTransferCoding(BadRequest):
+    # RFC 9112 6.1: a transfer coding the gateway does not decode (gzip, ...) would reach the upstream
+    # as bytes it cannot know are encoded.
+    status, code, description = 501, "unsupported_transfer_coding", "the only transfer coding accepted is chunked"
+
+
 class BadPath(BadRequest):
     code, description = "bad_path", "the request path is not allowed"
 
@@ -130,7 +144,9 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 def answer_for(request: web.Request, exc: Exception) -> web.Response:
     """The JSON answer for an exception a handler raised: a GatewayError's own, else a logged
-    bare 500. It carries the request's X-Request-Id, so a client can match even a refusal."""
+    bare 500. It carries the request's X-Request-Id, so a client can match even a refusal. When the
+    request's body has not all come, the connection closes after it (Connection: close): the rest
+    of a refused body is never read."""
     if isinstance(exc, GatewayError):
         # The access line says it with the status and the code (debug: the same, for the admin port).
         if log.isEnabledFor(logging.DEBUG):
@@ -143,6 +159,8 @@ def answer_for(request: web.Request, exc: Exception) -> web.Response:
     resp = error_response(exc)
     if REQUEST_ID not in resp.headers:
         resp.headers[REQUEST_ID] = pick_request_id(request.headers.getall(REQUEST_ID, []))
+    if not request.content.is_eof():
+        resp.force_close()
     return resp
 
 

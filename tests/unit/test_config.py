@@ -117,6 +117,7 @@ def test_minimal_config_gets_every_default() -> None:
     cfg = load_config(DATA / "minimal.yaml", environ={"TOKENGATE_SECRET": SECRET_32})
     listen = cfg.listen
     assert (listen.host, listen.port, listen.workers, listen.trusted_proxies) == ("0.0.0.0", 8080, 1, ())
+    assert (listen.header_timeout, listen.body_timeout, listen.buffer_body, listen.idle_timeout) == (10, 30, 65536, 60)
     assert (cfg.admin.host, cfg.admin.port) == ("127.0.0.1", 9090)
     assert (cfg.store.url, cfg.store.on_error) == ("memory://", "deny")
     assert (cfg.tokens.access_ttl, cfg.tokens.refresh_ttl, cfg.tokens.leeway) == (900, 7 * 86400, 30)
@@ -336,6 +337,14 @@ def test_variable_can_fill_a_number(write_raw: Callable[[str], Path]) -> None:
 
 # --- listen, admin, store ----------------------------------------------------------------------
 
+def test_slow_client_limits_take_durations_and_sizes(make_config: Callable[..., GatewayConfig]) -> None:
+    cfg = make_config(listen={"header_timeout": "5s", "body_timeout": "2m", "buffer_body": "1MiB",
+                              "idle_timeout": "500ms"})
+    listen = cfg.listen
+    assert (listen.header_timeout, listen.body_timeout, listen.buffer_body, listen.idle_timeout) == (5, 120, 1 << 20,
+                                                                                                     0.5)
+
+
 def test_trusted_proxies_are_networks(make_config: Callable[..., GatewayConfig]) -> None:
     cfg = make_config(listen={"trusted_proxies": ["10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8", "10.1.2.3/16"]})
     assert cfg.listen.trusted_proxies == tuple(ipaddress.ip_network(n) for n in (
@@ -348,7 +357,9 @@ def test_trusted_proxies_refuse_junk(write_config: Callable[..., Path], junk: An
     assert single(problems_of(path)).key == "listen.trusted_proxies[1]"
 
 
-@pytest.mark.parametrize("listen", [{"port": 70000}, {"port": -1}, {"workers": 0}, {"port": "http"}])
+@pytest.mark.parametrize("listen", [{"port": 70000}, {"port": -1}, {"workers": 0}, {"port": "http"},
+                                    {"header_timeout": "0s"}, {"body_timeout": 30}, {"idle_timeout": "soon"},
+                                    {"buffer_body": "lots"}, {"buffer_body": "17MiB"}, {"buffer_body": "1.5KiB"}])
 def test_bad_listen_values(write_config: Callable[..., Path], listen: dict[str, Any]) -> None:
     (key,) = listen
     assert single(problems_of(write_config(listen=listen))).key == f"listen.{key}"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.durations import format_duration, parse_duration_s, parse_rate
+from gateway.durations import format_duration, parse_duration_s, parse_rate, parse_size_bytes
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -47,3 +47,18 @@ def test_not_a_rate(value: Any) -> None:
     with pytest.raises(ValueError):
         parse_rate(value)
 
+
+
+@pytest.mark.parametrize("value, size", [
+    ("64KiB", 65536), ("64kib", 65536), ("1MiB", 1 << 20), ("10kB", 10_000), ("100B", 100), ("100", 100), (100, 100),
+    (" 2 MiB ", 2 << 20), ("0", 0), ("1GiB", 1 << 30),
+])
+def test_size(value: Any, size: int) -> None:
+    assert parse_size_bytes(value) == size
+
+
+@pytest.mark.parametrize("value", [None, True, 1.5, "", "KiB", "-1KiB", "1.5MiB", "64 KiBs", "2GiB", "1TiB",
+                                   "9" * 40, "\u0661KiB"])
+def test_not_a_size(value: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_size_bytes(value)
