@@ -16,12 +16,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .answer_head import MalformedAnswer, check_answer_head
 from .config import UpstreamConfig
-from .errors import UpstreamFailed, UpstreamTimeout
+from .errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .lifetime import Lifetime
 from .logs import AccessNote
 from .proxy_headers import HOST
 from .relay import is_small, stream_answer, whole_answer
+from .request_body import Body
 from .request_id import REQUEST_ID
 
 # Added by aiohttp's client unless skipped; a proxy must not invent them.
@@ -34,7 +36,7 @@ def open_session(up: UpstreamConfig, tls: ssl.SSLContext | None) -> aiohttp.Clie
         connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=tls if tls is not None else True),
         timeout=_timeout(up),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-        request_class=_VerbatimRequest, trust_env=False)
+        request_class=_VerbatimRequest, response_class=_CheckedResponse, trust_env=False)
 
 
 def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
@@ -61,24 +63,49 @@ class _VerbatimRequest(aiohttp.ClientRequest):
         self._skip_auto_headers = self._SKIPPED
 
 
+class _CheckedResponse(aiohttp.ClientResponse):
+    """Refuses a malformed head (answer_head.py: aiohttp's parser lets through a status outside
+    100..599 and control characters in the reason or a value) with ClientResponseError, as aiohttp
+    does for the heads its parser refuses; so a plain request and a WebSocket handshake both get 502."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        await super().start(connection)
+        try:
+            check_answer_head(self.status, self.reason or "", self.headers.items())
+        except MalformedAnswer as exc:
+            # A body that came with the head has put the connection back in the pool already:
+            # close it there, so nothing more is read from an upstream that broke the protocol.
+            if protocol is not None:
+                protocol.close()
+            raise aiohttp.ClientResponseError(self.request_info, self.history, status=self.status,
+                                              message=str(exc)) from exc
+        return self
+
+
 async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str],
-                  request_id: str, lifetime: Lifetime, note: AccessNote | None) -> web.StreamResponse:
+                  body: Body, request_id: str, lifetime: Lifetime, note: AccessNote | None,
+                  stall_s: float) -> web.StreamResponse:
+    """``body``: read whole or streamed (``headers`` carries its Content-Length when known; else
+    aiohttp sends it chunked); ``stall_s``: how long the client may leave a streamed answer unread."""
     sent_at = time.perf_counter()
-    resp = await _send(session, request, url, headers)
+    resp = await _send(session, request, url, headers, body)
     if note is not None:
         note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
-    return await _relay(request, resp, request_id, lifetime)
+    return await _relay(request, resp, request_id, lifetime, stall_s)
 
 
 async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
-                headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
-    body = request.content if request.body_exists else None   # streamed, never read whole
+                headers: CIMultiDict[str], body: Body) -> aiohttp.ClientResponse:
+    data = body.data if body.data is not None else body.stream
     echo = {REQUEST_ID: headers[REQUEST_ID]}
     try:
-        resp = await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
-    except asyncio.TimeoutError as exc:   # first: aiohttp's timeout errors are ClientErrors too
-        raise UpstreamTimeout(headers=echo) from exc
-    except aiohttp.ClientError as exc:
+        resp = await session.request(request.method, url, headers=headers, data=data, allow_redirects=False)
+    except (asyncio.TimeoutError, aiohttp.ClientError, RequestTimeout) as exc:
+        if body.stalled:   # the client stopped sending its body: whatever aiohttp made of it
+            raise RequestTimeout(headers=echo) from exc
+        if isinstance(exc, asyncio.TimeoutError):   # first: aiohttp's timeout errors are ClientErrors too
+            raise UpstreamTimeout(headers=echo) from exc
         raise UpstreamFailed(headers=echo) from exc
     if resp.status == 101:   # switching protocols, though no upgrade was asked for (WebSockets: websocket.py)
         resp.close()
@@ -87,7 +114,7 @@ async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
 
 
 async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
-                 lifetime: Lifetime) -> web.StreamResponse:
+                 lifetime: Lifetime, stall_s: float) -> web.StreamResponse:
     # HEAD answers carry a Content-Length but no body: streamed, so their headers go out as they are.
     if request.method != "HEAD" and is_small(resp.content_length, resp.status):
         try:   # nothing is sent to the client unless the whole body arrived
@@ -103,7 +130,7 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id:
     try:
         out, complete = await stream_answer(request, resp.status, resp.reason, resp.headers.items(),
                                             resp.content.iter_any(), resp.content_length is None, request_id,
-                                            lifetime, (aiohttp.ClientError, asyncio.TimeoutError))
+                                            lifetime, (aiohttp.ClientError, asyncio.TimeoutError), stall_s)
         return out
     finally:
         # Release keeps the connection for reuse; anything unfinished (an error, the client gone,

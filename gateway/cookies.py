@@ -57,6 +57,15 @@ def clear_session_cookies(resp: web.StreamResponse, auth: AuthConfig) -> None:
         resp.del_cookie(CSRF_COOKIE, path="/", secure=rc.secure, samesite=rc.samesite)
 
 
+def gateway_cookies(auth: AuthConfig) -> frozenset[str]:
+    """The cookies that carry the caller's credentials (the refresh cookie; in browser mode the access
+    and CSRF cookies): the gateway reads them, no upstream ever gets them (proxy_headers.py)."""
+    names = {auth.refresh_cookie.name}
+    if auth.access_cookie:
+        names |= {ACCESS_COOKIE, CSRF_COOKIE}
+    return frozenset(names)
+
+
 def read_refresh_cookie(request: web.Request, auth: AuthConfig) -> str | None:
     return request.cookies.get(auth.refresh_cookie.name) or None
 

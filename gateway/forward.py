@@ -23,6 +23,7 @@ from yarl import URL
 from . import aiohttp_path, lean_path
 from .relay import BUFFER_MAX_BYTES
 from .config import GatewayConfig
+from .cookies import gateway_cookies
 from .errors import BadPath, UpstreamTimeout
 from .h1client import TimedOut
 from .identity import Identity
@@ -30,6 +31,7 @@ from .lifetime import ConnectionWatcher, Lifetime
 from .logs import AccessNote
 from .proxy_headers import HeaderPolicy, Peer, is_trusted, request_header_items
 from .request_id import REQUEST_ID
+from .request_body import Body, read_body, send_continue
 from .upstream_pool import UpstreamPool
 from .websocket import is_websocket_upgrade, proxy_websocket
 
@@ -80,7 +82,9 @@ class Forwarder:
     def __init__(self, cfg: GatewayConfig, watcher: ConnectionWatcher | None = None, *, lean: bool = True) -> None:
         self._cfg = cfg
         self._lean = lean
-        self._policy = HeaderPolicy.from_config(cfg.identity)
+        self._policy = HeaderPolicy.from_config(cfg.identity, gateway_cookies(cfg.auth))
+        self._buffer_bytes = cfg.listen.buffer_body
+        self._body_timeout_s = cfg.listen.body_timeout
         self._trusted = tuple(cfg.listen.trusted_proxies)
         self._targets = {name: Target.from_url(up.url) for name, up in cfg.upstreams.items()}
         self._timeouts = {name: up.timeout for name, up in cfg.upstreams.items()}
@@ -150,24 +154,27 @@ class Forwarder:
         """
         target = self._targets[upstream]
         request_target = target.request_target(path, request.rel_url.raw_query_string)   # BadPath -> 400
-        headers, request_id = request_header_items(request.headers, self._policy, self._peer_of(request),
-                                                   identity_headers)
-        lifetime = Lifetime(self.watcher, identity)
-        pool = self._pool(upstream)
         self._in_flight += 1
         try:
-            if pool is not None and lean_path.fits(request) and not is_websocket_upgrade(request):
-                return await lean_path.forward(request, pool, request_target, target.host_header, headers,
-                                               request_id, self._timeouts[upstream], lifetime, note)
+            await send_continue(request)
+            body = await read_body(request, self._buffer_bytes, self._body_timeout_s)   # RequestTimeout -> 408
+            headers, request_id = request_header_items(request.headers, self._policy, self._peer_of(request),
+                                                       identity_headers, body.length)   # BadRequest -> 400
+            lifetime = Lifetime(self.watcher, identity)
+            pool = self._pool(upstream)
+            if pool is not None and lean_path.fits(request, body) and not is_websocket_upgrade(request):
+                return await lean_path.forward(request, pool, request_target, target.host_header, headers, body,
+                                               request_id, self._timeouts[upstream], lifetime, note,
+                                               self._body_timeout_s)
             return await self._forward_general(request, pool, upstream, target.url(request_target),
-                                               CIMultiDict(headers), request_id, lifetime, note)
+                                               CIMultiDict(headers), body, request_id, lifetime, note)
         finally:
             self._in_flight -= 1
             if self._idle is not None and not self._in_flight:
                 self._idle.set()
 
     async def _forward_general(self, request: web.Request, pool: UpstreamPool | None, upstream: str, url: URL,
-                               headers: CIMultiDict[str], request_id: str, lifetime: Lifetime,
+                               headers: CIMultiDict[str], body: Body, request_id: str, lifetime: Lifetime,
                                note: AccessNote | None) -> web.StreamResponse:
         session = self._session(upstream)
         echo = {REQUEST_ID: request_id}
@@ -179,7 +186,8 @@ class Forwarder:
         try:
             if is_websocket_upgrade(request):
                 return await proxy_websocket(request, session, url, headers, echo, lifetime)
-            return await aiohttp_path.forward(request, session, url, headers, request_id, lifetime, note)
+            return await aiohttp_path.forward(request, session, url, headers, body, request_id, lifetime, note,
+                                              self._body_timeout_s)
         finally:
             if pool is not None:
                 pool.release_slot()

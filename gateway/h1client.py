@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from .answer_head import MalformedAnswer, check_answer_head
+
 if TYPE_CHECKING:
     from .upstream_pool import Connection
 
@@ -115,6 +117,10 @@ class Answer:
             elif lowered == "transfer-encoding":
                 chunked = chunked or "chunked" in value.lower()
         self._raw_headers = []
+        try:   # llhttp lets through a status outside 100..599 and control characters in the reason
+            check_answer_head(status, self.reason, headers)
+        except MalformedAnswer as exc:   # raised from a callback: parsing stops, feed fails the answer
+            raise UpstreamError(f"malformed answer: {exc}") from exc
         self._until_eof = self.content_length is None and not chunked and status not in (204, 304)
         self.head_done = True
         self._wake()
@@ -147,7 +153,11 @@ class Answer:
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self.fail(UpstreamError(f"malformed answer: {type(exc).__name__}"))
+            # A callback's own UpstreamError arrives wrapped (HttpParserCallbackError): keep its reason.
+            own = exc.__context__
+            if not isinstance(own, UpstreamError):
+                own = UpstreamError(f"malformed answer: {type(exc).__name__}")
+            self.fail(own)
             return
         if not self.head_done:   # what the parser holds of a header not yet whole is bounded too
             self._fed_before_head += len(data)

@@ -2,8 +2,8 @@
 of upstream_pool.py (forward.py decides which ones: see ``fits``).
 
 In: the request, its upstream pool and target, the filtered headers. Out: the upstream's answer,
-read whole when small and sent in one write, else streamed as it arrives. The request body is
-streamed as it comes.
+read whole when small and sent in one write, else streamed as it arrives. A body read whole goes
+in the same write as the head; a larger one is streamed as it comes.
 """
 
 from __future__ import annotations
@@ -12,34 +12,39 @@ import time
 
 from aiohttp import web
 
-from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
+from .errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .h1client import TimedOut, UpstreamError, request_head
 from .lifetime import Lifetime
 from .logs import AccessNote
 from .relay import is_small, stream_answer, whole_answer
+from .request_body import Body
 from .request_id import REQUEST_ID
 from .upstream_pool import UpstreamPool
 
 
-def fits(request: web.Request) -> bool:
+def fits(request: web.Request, body: Body) -> bool:
     """Can the lean path carry this request? Not HEAD (its answer has a length but no body), and a
-    body only with a Content-Length (a chunked one goes through aiohttp, which re-chunks it)."""
-    return request.method != "HEAD" and (not request.body_exists or request.content_length is not None)
+    body only with a known length (a chunked one longer than the buffer goes through aiohttp,
+    which re-chunks it)."""
+    return request.method != "HEAD" and (body.stream is None or body.length is not None)
 
 
 async def forward(request: web.Request, pool: UpstreamPool, target: str, host: str,
-                  headers: list[tuple[str, str]], request_id: str, timeout_s: float, lifetime: Lifetime,
-                  note: AccessNote | None) -> web.StreamResponse:
+                  headers: list[tuple[str, str]], body: Body, request_id: str, timeout_s: float, lifetime: Lifetime,
+                  note: AccessNote | None, stall_s: float) -> web.StreamResponse:
+    """``body``: sent with the head when read whole, else streamed as it comes; ``stall_s``: how long
+    the client may leave a streamed answer unread (listen.body_timeout)."""
     try:
         head = request_head(request.method, target, host, headers)
     except ValueError as exc:   # unreachable through aiohttp's server parser; kept as a guard
         raise BadRequest(headers={REQUEST_ID: request_id}) from exc
-    body = request.content.iter_any() if request.body_exists else None   # streamed, never read whole
+    if body.data:
+        head += body.data   # one write: head and body together
     sent_at = time.perf_counter()
     try:
-        answer = await pool.send(request.method, head, body, timeout_s)
+        answer = await pool.send(request.method, head, body.stream, timeout_s)
     except UpstreamError as exc:
-        raise _failure(exc, request_id) from exc
+        raise _failure(exc, request_id, body) from exc
     if note is not None:
         note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
     try:
@@ -47,16 +52,20 @@ async def forward(request: web.Request, pool: UpstreamPool, target: str, host: s
             try:   # nothing is sent to the client unless the whole body arrived
                 whole = await answer.read()
             except UpstreamError as exc:
-                raise _failure(exc, request_id) from exc
+                raise _failure(exc, request_id, body) from exc
             return whole_answer(answer.status, answer.reason, answer.headers, whole, request_id)
         out, _ = await stream_answer(request, answer.status, answer.reason, answer.headers, answer.chunks(),
-                                     answer.content_length is None, request_id, lifetime, (UpstreamError,))
+                                     answer.content_length is None, request_id, lifetime, (UpstreamError,),
+                                     stall_s)
         return out
     finally:
         answer.finish()   # back to the pool if the answer was whole, else the connection closes
 
 
-def _failure(exc: UpstreamError, request_id: str) -> UpstreamFailed:
-    """504 for an upstream that was silent too long, else 502."""
+def _failure(exc: UpstreamError, request_id: str, body: Body) -> GatewayError:
+    """408 when the client stopped sending its body, 504 for an upstream that was silent too long,
+    else 502."""
     echo = {REQUEST_ID: request_id}
+    if body.stalled:
+        return RequestTimeout(headers=echo)
     return UpstreamTimeout(headers=echo) if isinstance(exc, TimedOut) else UpstreamFailed(headers=echo)

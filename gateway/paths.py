@@ -6,6 +6,7 @@ The result is what rules match on and what the upstream receives, so the two can
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from .errors import BadPath
 
@@ -34,7 +35,8 @@ def normalise(raw_path: str) -> str:
     (as UTF-8) any other raw character, resolves ``.``/``..`` (also when encoded) and collapses
     ``//``; a trailing slash is kept. Raises BadPath for: no leading ``/``; ``\\`` or ``;`` raw or
     encoded; an encoded ``/``; a NUL or control character raw or encoded; a malformed or
-    double-encoded escape; a ``..`` above the root.
+    double-encoded escape; bytes, raw or encoded, that are not UTF-8 (overlong forms, surrogates);
+    a ``..`` above the root.
     """
     if _CLEAN.fullmatch(raw_path):
         return raw_path
@@ -48,7 +50,19 @@ def _normalise_slow(raw_path: str) -> str:
     # Checked after decoding: `%25%41%41` becomes `%25AA`, a double-encoded escape too.
     if _DOUBLE_ENCODED.search(decoded):
         raise BadPath("the request path contains a double-encoded escape")
+    _refuse_invalid_utf8(decoded)
     return _resolve_dots(decoded)
+
+
+def _refuse_invalid_utf8(path: str) -> None:
+    # RFC 3987 3.1 / RFC 3629 3: escapes stand for UTF-8, and overlong forms and surrogates are not
+    # UTF-8. Lenient decoders (old IIS, some Java and PHP stacks) read `%c0%ae` as "." and
+    # `%c0%af` as "/": a `..` or `/` no rule here ever saw. Raw non-ASCII characters are escapes
+    # by now (undecodable bytes included), so one strict decode of the whole path sees every byte.
+    try:
+        unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise BadPath("the request path is not UTF-8 once decoded") from None
 
 
 def _canonical(found: re.Match[str]) -> str:
@@ -64,6 +78,8 @@ def _canonical(found: re.Match[str]) -> str:
 def _encode_raw(char: str) -> str:
     if char == "%":
         raise BadPath("the request path contains a malformed % escape")
+    if char == "#":   # RFC 9112 3.2: a request target has no fragment; a client never sends one
+        raise BadPath("the request target contains a fragment (#)")
     if ord(char) < 0x80:
         _refuse_byte(ord(char))
     try:

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
 from .authorize import authorize
 from .config import GatewayConfig
 from .denylist import Denylist
-from .errors import ExpectationFailed, Handler, MethodRefused, answer_for
+from .errors import Handler, MethodRefused, answer_for
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
 from .request_id import REQUEST_ID
@@ -30,6 +30,7 @@ from .mail import Mailer
 from .passport import Passport
 from .passwords import PasswordHasher
 from .paths import normalise
+from .request_body import check_expectation
 from .rules import RuleSet
 from .store import open_store
 from .store.base import Store
@@ -199,21 +200,10 @@ class FrontDoor:
         if path.startswith(self._own_prefix) or path in self._own_paths:
             return await self._app_handler(request)
         try:   # answer_errors, inlined: one coroutine less on every proxied request
-            if "Expect" in request.headers:   # as the app's router does on its own path
-                await continue_if_expected(request)
+            if "Expect" in request.headers:   # 417 now; 100 Continue only once it is going to be forwarded
+                check_expectation(request)
             return await proxy(self._gw, request)
         except web.HTTPException:
             raise
         except Exception as exc:
             return answer_for(request, exc)
-
-
-async def continue_if_expected(request: web.Request) -> None:
-    """RFC 9110 10.1.1: a client that sent ``Expect: 100-continue`` waits for "100 Continue" before
-    it sends the body. Any other expectation gets 417."""
-    if request.version != HttpVersion11:
-        return
-    if request.headers["Expect"].lower() != "100-continue":
-        raise ExpectationFailed()
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0   # the answer proper has not started

@@ -5,6 +5,7 @@ is streamed as it arrives, and cut off (never ended cleanly) if the upstream bre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
@@ -39,29 +40,42 @@ def whole_answer(status: int, reason: str | None, headers: Iterable[tuple[str, s
 
 async def stream_answer(request: web.Request, status: int, reason: str | None, headers: Iterable[tuple[str, str]],
                         chunks: AsyncIterator[bytes], endless: bool, request_id: str, lifetime: Lifetime,
-                        broken: tuple[type[BaseException], ...]) -> tuple[web.StreamResponse, bool]:
+                        broken: tuple[type[BaseException], ...], stall_s: float) -> tuple[web.StreamResponse, bool]:
     """Stream the answer; ``endless`` (no length: chunked, SSE) ends with the token too. Returns the
-    response and whether the body came whole (``broken``: the upstream client's errors)."""
+    response and whether the body came whole (``broken``: the upstream client's errors). A client
+    that takes nothing of it for ``stall_s`` is cut off, so it holds no upstream connection."""
     out = web.StreamResponse(status=status, reason=reason,
                              headers=CIMultiDict(response_header_items(headers, HOP_BY_HOP)))
     out.headers[REQUEST_ID] = request_id
     if endless:   # it may outlive the token
         with lifetime.cancel_on_end():
-            return out, await _copy_body(request, chunks, out, broken)
-    return out, await _copy_body(request, chunks, out, broken)
+            return out, await _copy_body(request, chunks, out, broken, stall_s)
+    return out, await _copy_body(request, chunks, out, broken, stall_s)
 
 
 async def _copy_body(request: web.Request, chunks: AsyncIterator[bytes], out: web.StreamResponse,
-                     broken: tuple[type[BaseException], ...]) -> bool:
+                     broken: tuple[type[BaseException], ...], stall_s: float) -> bool:
+    loop = asyncio.get_running_loop()
+    # Only the client's writes are timed (a write waits while the client reads nothing); the
+    # upstream's own silences are its timeout's business (an SSE stream may be quiet for long).
+    stall = asyncio.timeout_at(loop.time() + stall_s)
     try:
-        await out.prepare(request)
-        async for chunk in chunks:   # each chunk as it arrives: SSE stays live
-            await out.write(chunk)
-    except (*broken, ConnectionError) as exc:
+        async with stall:
+            await out.prepare(request)
+            stall.reschedule(None)
+            async for chunk in chunks:   # each chunk as it arrives: SSE stays live
+                stall.reschedule(loop.time() + stall_s)
+                await out.write(chunk)
+                stall.reschedule(None)
+    except (*broken, ConnectionError, TimeoutError) as exc:
         # The status line is gone already; cutting the connection is the only honest signal left
         # (a clean end would pass a truncated body off as complete).
-        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__})
+        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__,
+                                          "client_stalled": stall.expired()})
         if request.transport is not None:
-            request.transport.close()
+            if stall.expired():
+                request.transport.abort()   # close() would wait for a client that reads nothing
+            else:
+                request.transport.close()
         return False
     return True

@@ -86,7 +86,9 @@ def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_cli
                    upstream: Mapping[str, Any] | None = None, **sections: Any) -> TestClient:
         upstreams = {"accounts": {"url": url, **(upstream or {})}}
         cfg = await asyncio.to_thread(make_config, upstreams=upstreams, **sections)   # writes and reads a file
-        server = await aiohttp_server(build_proxy_app(Forwarder(cfg, lean=forward_path == "lean"), identity_headers))
+        # As the real proxy port serves (gateway/edge.py): no lingering over a body nobody reads.
+        server = await aiohttp_server(build_proxy_app(Forwarder(cfg, lean=forward_path == "lean"), identity_headers),
+                                      lingering_time=0, keepalive_timeout=cfg.listen.idle_timeout)
         return await aiohttp_client(server)
 
     return make

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.app import build_app
 from gateway.echo import EchoState
 from gateway.forward import BUFFER_MAX_BYTES
 
@@ -61,7 +63,14 @@ async def test_large_body_streams_both_ways_byte_exact(proxy: TestClient) -> Non
         assert await resp.read() == body
 
 
-async def test_request_body_is_streamed_not_buffered(proxy: TestClient) -> None:
+@pytest.fixture
+async def streaming_proxy(make_proxy: MakeProxy, echo_upstream: TestServer) -> TestClient:
+    """A proxy that reads no body whole (listen.buffer_body: 100 bytes): bodies beyond it stream."""
+    return await make_proxy(str(echo_upstream.make_url("")), listen={"buffer_body": "100B"})
+
+
+async def test_request_body_is_streamed_not_buffered(streaming_proxy: TestClient) -> None:
+    proxy = streaming_proxy
     first_back = asyncio.Event()
 
     async def body() -> AsyncIterator[bytes]:
@@ -76,7 +85,8 @@ async def test_request_body_is_streamed_not_buffered(proxy: TestClient) -> None:
         assert await resp.read() == b"b" * 1000
 
 
-async def test_a_body_with_a_length_is_streamed_too(proxy: TestClient) -> None:
+async def test_a_body_with_a_length_is_streamed_too(streaming_proxy: TestClient) -> None:
+    proxy = streaming_proxy
     first_back = asyncio.Event()
 
     async def body() -> AsyncIterator[bytes]:
@@ -224,6 +234,29 @@ async def test_websocket_round_trip(proxy: TestClient, echo_state: EchoState) ->
     assert seen_headers(echo_state.received[-1]).getall("X-User-Id") == ["alice"]
 
 
+HOSTILE_WS_HEADERS = {"X_User_Id": "root", "x-user_roles": "admin", "X-Real-IP": "10.0.0.1", "X-Original-URL": "/admin",
+                      "X-Forwarded-Prefix": "/admin", "Connection": "Upgrade, X-User-Id, X-Request-Id, Content-Length",
+                      "Cookie": "refresh_token=r1; theme=dark", "Content-Length": "0"}
+
+
+async def test_a_websocket_upgrade_gets_the_same_trust_rules(proxy: TestClient, echo_state: EchoState) -> None:
+    """The edge's rules hold for WebSocket handshakes too: no other spelling of an identity header, no
+    address or URL header from an untrusted client, no gateway cookie, a Connection that removes
+    nothing of the gateway's, one handshake of the gateway's own."""
+    async with asyncio.timeout(BOUND_S):
+        ws = await proxy.ws_connect("/_echo/ws", headers=HOSTILE_WS_HEADERS)
+        await ws.send_str("hi")
+        assert await ws.receive_str() == "hi"
+        await ws.close()
+    seen = echo_state.received[-1]["headers"]
+    folded = CIMultiDict((k.replace("_", "-"), v) for k, v in seen)
+    assert folded.getall("X-User-Id") == ["alice"] and "X-User-Roles" not in folded
+    assert not {"X-Real-IP", "X-Original-URL", "X-Forwarded-Prefix"} & set(folded)
+    assert folded.getall("Content-Length", []) in ([], ["0"])   # the gateway's own, from what it parsed
+    assert folded.getall("Cookie") == ["theme=dark"] and len(folded.getall("X-Request-Id")) == 1
+    assert len(folded.getall("Sec-WebSocket-Key")) == 1 and folded["Upgrade"].lower() == "websocket"
+
+
 async def test_websocket_close_from_upstream_reaches_the_client(proxy: TestClient) -> None:
     async with asyncio.timeout(BOUND_S):
         ws = await proxy.ws_connect("/_echo/ws")
@@ -315,3 +348,50 @@ async def test_concurrent_mixed_requests_each_get_their_own_answer(make_proxy: M
     async with asyncio.timeout(BOUND_S * 4):
         await asyncio.gather(*(one(i) for i in range(150)))
     assert len(echo_upstream.runner.server.connections) <= 4
+
+
+# --- path canonicalisation through the whole app (pipeline: normalise -> rules -> forward) -------------
+
+@pytest.fixture
+async def gateway_app(make_config: Any, echo_upstream: TestServer, aiohttp_client: Any) -> TestClient:
+    """The whole gateway (build_app) with the routes of base_config; "accounts" is the echo upstream."""
+    cfg = await asyncio.to_thread(make_config, upstreams={"accounts": {"url": str(echo_upstream.make_url(""))}})
+    return await aiohttp_client(build_app(cfg))
+
+
+async def raw_get(port: int, target: bytes) -> tuple[int, bytes]:
+    """GET ``target`` sent byte for byte (no client re-encodes it); the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()   # until the gateway closes
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("target", [
+    b"/api/public/%c0%ae%c0%ae/admin/x",          # overlong "." (a lenient decoder reads "..")
+    b"/api/public/%C0%AE%C0%AE/admin/x",
+    b"/api/public/%e0%80%ae%e0%80%ae/admin/x",
+    b"/api/public/..%c0%afadmin/x",               # overlong "/"
+    b"/api/public/%ed%a0%80",                      # a lone surrogate
+    b"/api/public/%ff",
+])
+async def test_a_path_that_is_not_utf8_once_decoded_gets_400_and_never_reaches_the_upstream(
+        gateway_app: TestClient, echo_state: EchoState, target: bytes) -> None:
+    async with asyncio.timeout(BOUND_S):
+        status, body = await raw_get(gateway_app.server.port, target)
+        assert (status, json.loads(body)["code"]) == (400, "bad_path")
+        status, body = await raw_get(gateway_app.server.port, b"/api/public/caf%c3%a9")   # UTF-8 passes
+        assert (status, json.loads(body)["path"]) == (200, "/api/public/caf%C3%A9")
+    assert [seen["path"] for seen in echo_state.received] == ["/api/public/caf%C3%A9"]
+
+
+@pytest.mark.parametrize("target", [b"/api/public/\xc0\xae\xc0\xae/admin/x", b"/api/public/\xed\xa0\x80"])
+async def test_raw_bytes_that_are_not_utf8_never_reach_the_upstream(gateway_app: TestClient, echo_state: EchoState,
+                                                                    target: bytes) -> None:
+    async with asyncio.timeout(BOUND_S):
+        status, _ = await raw_get(gateway_app.server.port, target)   # aiohttp's parser refuses raw non-ASCII
+    assert status == 400 and not echo_state.received

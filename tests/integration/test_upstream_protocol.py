@@ -5,7 +5,11 @@ behind the proxy app on both upstream clients (the lean one and aiohttp's)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -13,6 +17,7 @@ from .conftest import MakeProxy
 from .rawupstream import BOUND_S, OK, RawUpstream, Script, StartUpstream, read_request
 
 pytestmark = pytest.mark.integration
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   # RFC 6455 1.3
 
 
 async def proxy_for(make_proxy: MakeProxy, raw_upstream: StartUpstream, script: Script,
@@ -196,7 +201,8 @@ async def test_a_body_that_breaks_off_never_reaches_the_upstream_whole(make_prox
         finally:   # (an abort may come as a reset)
             got.set_result(received)
 
-    proxy, _ = await proxy_for(make_proxy, raw_upstream, script)
+    up = await raw_upstream(script)
+    proxy = await make_proxy(up.url, listen={"buffer_body": "10B"})   # a body over 10 bytes is streamed
     async with asyncio.timeout(BOUND_S):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
         writer.write(b"POST /x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
@@ -204,3 +210,140 @@ async def test_a_body_that_breaks_off_never_reaches_the_upstream_whole(make_prox
         writer.close()   # 60 bytes short
         received = await got
     assert b"Content-Length: 100\r\n" in received and received.endswith(b"\r\n\r\n" + b"x" * 40)
+
+
+async def test_a_buffered_body_that_breaks_off_never_reaches_the_upstream(make_proxy: MakeProxy,
+                                                                          raw_upstream: StartUpstream) -> None:
+    proxy, up = await proxy_for(make_proxy, raw_upstream, lambda r, w, n: up.answer_each(r, w, OK))
+    async with asyncio.timeout(BOUND_S):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        await writer.drain()
+        writer.close()   # 60 bytes short: within listen.buffer_body, so read whole first
+        await writer.wait_closed()
+        again = await proxy.post("/after", data=b"y" * 10)   # the proxy still works, and has seen the close
+        assert again.status == 200
+    assert up.connections == 1 and len(up.requests) == 1 and up.requests[0].startswith(b"POST /after ")
+
+
+# --- what a well-formed answer head is (answer_head.py), on both upstream clients --------------------
+
+async def answer_then_ok(up_box: list[RawUpstream], answer: bytes, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, n: int) -> None:
+    """The first connection gets ``answer`` and then OK to anything more it is asked; the later ones
+    OK: a second request that came back 200 on one connection would mean the broken one was reused."""
+    if n == 1:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+    await up_box[0].answer_each(reader, writer, OK)
+
+
+async def assert_502_and_not_reused(make_proxy: MakeProxy, raw_upstream: StartUpstream, answer: bytes) -> None:
+    box: list[RawUpstream] = []
+    proxy, up = await proxy_for(make_proxy, raw_upstream, lambda r, w, n: answer_then_ok(box, answer, r, w, n))
+    box.append(up)
+    async with asyncio.timeout(BOUND_S):
+        resp = await proxy.get("/x")
+        assert resp.status == 502 and (await resp.json())["code"] == "upstream_unavailable"
+        assert "X-Request-Id" in resp.headers
+        again = await proxy.get("/again")
+        assert (again.status, await again.read()) == (200, b"ok")
+    assert up.connections == 2
+
+
+@pytest.mark.parametrize("status_line", [
+    b"HTTP/1.1 099 Low", b"HTTP/1.1 000 Zero", b"HTTP/1.1 600 High", b"HTTP/1.1 999 High",
+    b"HTTP/1.1 0200 OK", b"HTTP/1.1 20 OK", b"HTTP/1.1 2000 OK", b"HTTP/1.1 -20 OK", b"HTTP/1.1 +20 OK",
+])
+async def test_a_status_code_outside_100_to_599_gives_502(make_proxy: MakeProxy, raw_upstream: StartUpstream,
+                                                          status_line: bytes) -> None:
+    await assert_502_and_not_reused(make_proxy, raw_upstream, status_line + b"\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 O\x01K",                         # control characters in the reason phrase
+    b"HTTP/1.1 200 O\x00K",
+    b"HTTP/1.1 200 O\x7fK",
+    b"HTTP/1.1 200 O\x1bK",
+    b"HTTP/1.1 404 Not\x0bFound",
+    b"HTTP/1.1 200 O\rK",                           # a bare CR, a bare LF
+    b"HTTP/1.1 200 O\nK",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b",              # ... in a header value
+    b"HTTP/1.1 200 OK\r\nX-A: a\x01b",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x0bb",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x1fb",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x7fb",
+    b"HTTP/1.1 200 OK\r\nX-A: a\rb",
+    b"HTTP/1.1 200 OK\r\nX-A: \x01",
+    b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\x01; Path=/",
+    b"HTTP/1.1 200 OK\r\nX-\x00A: a",               # ... in a header name
+    b"HTTP/1.1 200 OK\r\nX-\x7fA: a",
+    b"HTTP/1.1 200 OK\r\nX-A\r: a",
+])
+async def test_a_control_character_in_the_answers_head_gives_502(make_proxy: MakeProxy, raw_upstream: StartUpstream,
+                                                                 head: bytes) -> None:
+    await assert_502_and_not_reused(make_proxy, raw_upstream, head + b"\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("size", [2, 600_000])   # read whole, streamed
+async def test_a_control_character_gives_502_whatever_the_body(make_proxy: MakeProxy, raw_upstream: StartUpstream,
+                                                               size: int) -> None:
+    await assert_502_and_not_reused(make_proxy, raw_upstream,
+                                    b"HTTP/1.1 200 OK\r\nX-A: \x01\r\nContent-Length: %d\r\n\r\n" % size + bytes(size))
+
+
+@pytest.mark.parametrize(("head", "status", "reason", "header"), [
+    (b"HTTP/1.1 599 Edge", 599, "Edge", None),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK", 200, "OK", None),
+    (b"HTTP/1.1 200 ", 200, "", None),              # an empty reason
+    (b"HTTP/1.1 200", 200, "", None),               # no reason at all (RFC 9112 4: a client accepts it)
+    (b"HTTP/1.1 200 O\tK", 200, "O\tK", None),      # HTAB is allowed in a reason (RFC 9112 4)
+    (b"HTTP/1.1 200 OK\r\nX-A: a\tb c", 200, "OK", "a\tb c"),   # ... and inside a value (RFC 9110 5.5)
+])
+async def test_a_well_formed_head_is_relayed_as_it_came(make_proxy: MakeProxy, raw_upstream: StartUpstream,
+                                                        head: bytes, status: int, reason: str,
+                                                        header: str | None) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await up.answer_each(reader, writer, head + b"\r\nContent-Length: 2\r\n\r\nok")
+
+    proxy, up = await proxy_for(make_proxy, raw_upstream, script)
+    async with asyncio.timeout(BOUND_S):
+        resp = await proxy.get("/x")
+        assert (resp.status, resp.reason, await resp.read()) == (status, reason, b"ok")
+        if header is not None:
+            assert resp.headers["X-A"] == header
+    assert up.connections == 1
+
+
+async def test_a_folded_header_never_reaches_the_client_folded(make_proxy: MakeProxy, raw_upstream: StartUpstream,
+                                                               forward_path: str) -> None:
+    """RFC 9112 5.2: a proxy answers 502 to obs-fold or replaces it with SP. llhttp (lean) refuses it;
+    aiohttp's parser unfolds it."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await up.answer_each(reader, writer, b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok")
+
+    proxy, up = await proxy_for(make_proxy, raw_upstream, script)
+    async with asyncio.timeout(BOUND_S):
+        resp = await proxy.get("/x")
+        if forward_path == "lean":
+            assert resp.status == 502 and (await resp.json())["code"] == "upstream_unavailable"
+        else:
+            assert (resp.status, resp.headers["X-A"], await resp.read()) == (200, "a b", b"ok")
+
+
+async def test_a_websocket_handshake_with_a_control_character_gives_502(make_proxy: MakeProxy,
+                                                                       raw_upstream: StartUpstream) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        request = await read_request(reader)
+        key = re.search(rb"(?im)^Sec-WebSocket-Key: *(\S+)", request).group(1)   # type: ignore[union-attr]
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\nX-A: a\x01b\r\n\r\n")
+        await writer.drain()
+
+    proxy, _ = await proxy_for(make_proxy, raw_upstream, script)
+    async with asyncio.timeout(BOUND_S):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await proxy.ws_connect("/ws")
+    assert refused.value.status == 502

@@ -8,12 +8,13 @@ import uuid
 import pytest
 from multidict import CIMultiDict
 
-from gateway.config import IdentityConfig
+from gateway.config import AuthConfig, IdentityConfig
+from gateway.cookies import gateway_cookies
 from gateway.forward import Target
-from gateway.proxy_headers import (HOP_BY_HOP, HeaderPolicy, Peer, is_trusted, request_header_items,
+from gateway.proxy_headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_trusted, request_header_items,
                                    response_header_items)
 from gateway.request_id import REQUEST_ID, pick_request_id
-from gateway.errors import BadPath
+from gateway.errors import BadPath, BadRequest, UnknownTransferCoding
 
 POLICY = HeaderPolicy.from_config(IdentityConfig())
 KEEP_AUTH = HeaderPolicy.from_config(IdentityConfig(strip_authorization=False))
@@ -31,7 +32,7 @@ def request_headers(pairs: list[tuple[str, str]], *, policy: HeaderPolicy = POLI
 @pytest.mark.parametrize("name", ["Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "TE",
                                   "Trailer", "Upgrade", "Proxy-Authorization", "Host", "Expect"])
 def test_hop_by_hop_request_headers_are_removed(name: str) -> None:
-    out = request_headers([(name, "x"), ("X-Kept", "1")])
+    out = request_headers([(name, "chunked" if name == "Transfer-Encoding" else "x"), ("X-Kept", "1")])
     assert name not in out   # Host too: aiohttp sends the upstream's own
     assert out["X-Kept"] == "1"
 
@@ -147,9 +148,103 @@ def test_request_id_appears_exactly_once() -> None:
 
 
 def test_other_headers_keep_order_and_duplicates() -> None:
-    out = request_headers([("X-Multi", "1"), ("Cookie", "a=1"), ("X-Multi", "2"), ("Content-Length", "5")])
+    out = request_headers([("X-Multi", "1"), ("Cookie", "a=1"), ("X-Multi", "2")])
     assert out.getall("X-Multi") == ["1", "2"]
-    assert out["Cookie"] == "a=1" and out["Content-Length"] == "5"
+    assert out["Cookie"] == "a=1"
+
+
+# --- framing is the gateway's own (the smuggling finding: Connection naming Content-Length) ---------
+
+def upstream_items(pairs: list[tuple[str, str]], body_length: int | None, *, policy: HeaderPolicy = POLICY,
+                   peer: Peer = UNTRUSTED) -> CIMultiDict[str]:
+    kept, _ = request_header_items(CIMultiDict(pairs), policy, peer, ALICE, body_length)
+    return CIMultiDict(kept)
+
+
+@pytest.mark.parametrize("client_length", [None, "5", "115", "0", "5, 5"])
+@pytest.mark.parametrize("body_length", [None, 0, 115])
+def test_content_length_is_the_gateways_own(client_length: str | None, body_length: int | None) -> None:
+    pairs = [("Content-Length", client_length)] if client_length is not None else []
+    out = upstream_items(pairs, body_length)
+    expected = [] if body_length is None else [str(body_length)]
+    assert out.getall("Content-Length", []) == expected
+
+
+@pytest.mark.parametrize("named", ["Content-Length", "Transfer-Encoding", "Host", "Upgrade", "TE", "Connection",
+                                   "X-Request-Id", "X-Forwarded-For", "X-User-Id", "X-User-Roles", "Cookie, X-User-Id",
+                                   "content-length", "X_User_Id"])
+def test_connection_naming_a_framing_gateway_or_identity_header_removes_nothing_of_the_gateways(named: str) -> None:
+    out = upstream_items([("Connection", f"keep-alive, {named}"), ("Content-Length", "115"),
+                          ("Host", "gw.example.test")], 115)
+    assert out.getall("Content-Length") == ["115"]
+    assert out.getall("X-User-Id") == ["alice"] and out.getall("X-User-Roles") == ["user"]
+    assert out.getall("X-Forwarded-For") == [UNTRUSTED.address] and len(out.getall(REQUEST_ID)) == 1
+
+
+@pytest.mark.parametrize("spelling", ["X_User_Id", "x_user_id", "X-User_Id", "x_USER-id"])
+def test_identity_headers_spelled_with_underscores_never_pass(spelling: str) -> None:
+    out = request_headers([(spelling, "root"), ("X_User_Roles", "admin"), ("x-user_roles", "admin")])
+    assert [v for k, v in out.items() if k.lower().replace("_", "-") == "x-user-id"] == ["alice"]
+    assert [v for k, v in out.items() if k.lower().replace("_", "-") == "x-user-roles"] == ["user"]
+
+
+@pytest.mark.parametrize("spelling", ["Content_Length", "Transfer_Encoding", "X_Forwarded_For", "X_Real_IP",
+                                      "X_Request_Id", "X_Original_URL"])
+def test_other_spellings_of_owned_headers_never_pass(spelling: str) -> None:
+    out = request_headers([(spelling, "1")], peer=TRUSTED)
+    assert spelling not in out
+
+
+def test_ordinary_headers_with_underscores_pass() -> None:
+    out = request_headers([("X_Trace_Token", "t1")])
+    assert out["X_Trace_Token"] == "t1"
+
+
+ADDRESS_AND_URL_HEADERS = ["X-Real-IP", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Original-URL", "X-Rewrite-URL",
+                           "X-Original-URI", "X-Original-Method", "X-Forwarded-Uri", "X-Forwarded-Method",
+                           "X-Forwarded-Server", "X-Forwarded-Ssl", "Forwarded"]
+
+
+@pytest.mark.parametrize("name", ADDRESS_AND_URL_HEADERS)
+def test_address_and_url_headers_only_from_a_trusted_proxy(name: str) -> None:
+    assert name not in request_headers([(name, "x")])
+    assert request_headers([(name, "x")], peer=TRUSTED)[name] == "x"
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "chunked, chunked", "identity", "x"])
+def test_a_transfer_coding_other_than_chunked_is_refused_with_501(coding: str) -> None:
+    with pytest.raises(UnknownTransferCoding) as refused:
+        request_headers([("Transfer-Encoding", coding)])
+    assert refused.value.status == 501
+
+
+def test_more_than_one_host_is_refused() -> None:
+    with pytest.raises(BadRequest):
+        request_headers([("Host", "a.test"), ("host", "b.test")])
+
+
+COOKIE_POLICY = HeaderPolicy.from_config(IdentityConfig(), {"refresh_token", "access_token", "csrf_token"})
+
+
+@pytest.mark.parametrize(("sent", "forwarded"), [
+    ("access_token=eyJ.x.y; theme=dark", ["theme=dark"]),
+    ("theme=dark; csrf_token=abc;refresh_token=r", ["theme=dark"]),
+    ("access_token=eyJ.x.y", []),
+    ("my_access_token=1; access_token_x=2", ["my_access_token=1; access_token_x=2"]),
+    ("theme=dark", ["theme=dark"]),
+])
+def test_the_gateways_cookies_are_removed_from_cookie(sent: str, forwarded: list[str]) -> None:
+    assert request_headers([("Cookie", sent)], policy=COOKIE_POLICY).getall("Cookie", []) == forwarded
+
+
+def test_gateway_cookies_follow_browser_mode() -> None:
+    assert gateway_cookies(AuthConfig()) == {"refresh_token"}
+    assert gateway_cookies(AuthConfig(access_cookie=True)) == {"refresh_token", "access_token", "csrf_token"}
+
+
+@pytest.mark.parametrize("name", ["X-User-Id", "x_user_roles", "X-Forwarded-For", "Content-Length", "X-Real-IP"])
+def test_fold_matches_the_policys_names(name: str) -> None:
+    assert fold(name) in POLICY.owned
 
 
 def response_headers(pairs: list[tuple[str, str]]) -> CIMultiDict[str]:

@@ -42,7 +42,7 @@ CANONICAL = [
     ("/a%c3%a9", "/a%C3%A9"),
     ("/a%20b", "/a%20b"),
     ("/a%3fb%23c%25", "/a%3Fb%23c%25"),
-    ("/a%ff", "/a%FF"),
+    ("/%f0%9f%98%80/%EF%BF%BF", "/%F0%9F%98%80/%EF%BF%BF"),   # UTF-8 of any length, noncharacters too
     # sub-delims, ":" and "@" have one spelling: the literal one
     ("/users/%40me", "/users/@me"),
     ("/v1/items%3Abatch", "/v1/items:batch"),
@@ -51,7 +51,7 @@ CANONICAL = [
     ("/a|b", "/a%7Cb"),
     ("/caf\u00e9", "/caf%C3%A9"),
     ("/a{b}[c]^`\"<>", "/a%7Bb%7D%5Bc%5D%5E%60%22%3C%3E"),
-    ("/a\udcff", "/a%FF"),                           # an undecodable byte, as aiohttp surrogate-escapes it
+    ("/a\udcc3\udca9", "/a%C3%A9"),                  # surrogate-escaped bytes: encoded back as they came
 ]
 
 REFUSED = [
@@ -97,6 +97,29 @@ REFUSED = [
     ("/api/public/%252e%252e/admin", "double-encoded dot-dot"),
     ("/api%252Fadmin", "double-encoded slash"),
     ("/a\ud800", "a lone surrogate that is no byte"),
+    # bytes that are not UTF-8 once decoded: overlong forms of "." "/" "\\", surrogates, stray bytes
+    ("/api/public/%c0%ae%c0%ae/admin", "overlong dot-dot"),
+    ("/api/public/%C0%AE%C0%AE/admin", "overlong dot-dot upper case"),
+    ("/api/public/%e0%80%ae%e0%80%ae/admin", "three-byte overlong dot-dot"),
+    ("/api/public/%f0%80%80%ae./admin", "four-byte overlong dot"),
+    ("/api/public/..%c0%afadmin", "overlong slash"),
+    ("/api%c1%9cadmin", "overlong backslash"),
+    ("/a%c0%80", "overlong NUL"),
+    ("/a%ed%a0%80", "lone high surrogate"),
+    ("/a%ed%bf%bf", "lone low surrogate"),
+    ("/a%ed%a0%bd%ed%b8%80", "surrogate pair spelled as two (CESU-8)"),
+    ("/a%f4%90%80%80", "above U+10FFFF"),
+    ("/a%ff", "a byte never in UTF-8"),
+    ("/a%80", "a stray continuation byte"),
+    ("/a%c3", "a truncated sequence"),
+    ("/a%c3/%a9", "a sequence split by a slash"),
+    ("/a%e2%82", "a sequence cut short"),
+    ("/a\udcff", "a raw undecodable byte, as aiohttp surrogate-escapes it"),
+    ("/a\udcc0\udcae", "a raw overlong dot"),
+    ("/a%c3\udcff", "an escape and a raw byte together"),
+    # a request target has no fragment (RFC 9112 3.2)
+    ("/api/public#/../../admin", "a fragment"),
+    ("/api/public/x#", "an empty fragment"),
 ]
 
 
@@ -133,7 +156,8 @@ def test_pattern_segment_is_quoted_like_a_normalised_path() -> None:
 
 # Property tests: assemble paths from the pieces bypasses are made of.
 PIECES = ["/", "/", "/", ".", "..", "%2e", "%2E", "%2f", "%5c", "%3b", "%00", "%41", "%7e", "%40", "%25",
-          "%c3", "%zz", "%", "a", "B", "~", "@", ";", "\\", "*", "|", "\u00e9", " ", "\t"]
+          "%c3", "%zz", "%", "a", "B", "~", "@", ";", "\\", "*", "|", "\u00e9", " ", "\t",
+          "%c3%a9", "%a9", "%c0%ae", "%e0%80%ae", "%ed%a0%80", "%ff", "\udcc3", "\udca9", "\udcff"]
 raw_paths = st.lists(st.sampled_from(PIECES), max_size=14).map(lambda parts: "/" + "".join(parts))
 
 
@@ -157,6 +181,15 @@ def test_normalised_path_hides_nothing_from_an_upstream_that_decodes_it(raw: str
     assert "." not in decoded_segments and ".." not in decoded_segments
     assert not any(c in unquote(out) for c in ";\\\x00")
     assert re.search(r"%25[0-9A-Fa-f]{2}", out) is None     # decoding twice still reveals nothing
+
+
+@given(raw_paths)
+def test_normalised_path_is_utf8_once_decoded(raw: str) -> None:
+    try:
+        out = normalise(raw)
+    except BadPath:
+        return
+    unquote(out, errors="strict")   # no overlong form or surrogate for a lenient decoder to read as "." or "/"
 
 
 @given(st.text(alphabet="/.ab-~_!@:*", max_size=20).map(lambda s: "/" + s))
