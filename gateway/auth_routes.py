@@ -17,10 +17,11 @@ from .authorize import authorize
 from .config import GatewayConfig
 from .cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
                       set_session_cookies)
-from .errors import BadRequest, GatewayError
+from .errors import BadRequest, ConflictingHeaders, GatewayError
 from .identity import Identity
 from .metrics import counted
 from .paths import normalise
+from .proxy_headers import fold
 from .pipeline import GATEWAY, Gateway
 from .ratelimit import RateLimiter, client_address
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, Sessions, TokenPair
@@ -32,8 +33,9 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_USERNAME_CHARS = 255
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 5.1
 # Forward-auth: what the proxy asks about (Traefik/Envoy set X-Forwarded-*, nginx setups X-Original-*).
-FORWARDED_METHOD = ("X-Forwarded-Method", "X-Original-Method")
-FORWARDED_URI = ("X-Forwarded-Uri", "X-Original-URI")
+# Folded names (case folded, "_" read as "-"): every spelling of either family is a copy of one header.
+FORWARDED_METHOD = frozenset({"x-forwarded-method", "x-original-method"})
+FORWARDED_URI = frozenset({"x-forwarded-uri", "x-original-uri"})
 # What an HTML form on another site can send without a CORS preflight.
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
@@ -133,11 +135,13 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
 
 
 async def verify(request: web.Request) -> web.StreamResponse:
-    """Forward-auth: may the request described by X-Forwarded-Method/-Uri pass? 200 + identity
-    headers; 400 (bad path), 401, 403, 404 (no route), 503."""
+    """Forward-auth: may the request described by X-Forwarded-Method/-Uri (or X-Original-*) pass?
+    200 + identity headers; 400 (conflicting headers, bad path), 401, 403, 404 (no route), 503."""
+    # First, before any token check: nginx passes the client's headers on with its own X-Original-*,
+    # so a copy that disagrees with the proxy's is a client asking to have another request judged.
+    method = (_one_of(request.headers, FORWARDED_METHOD) or request.method).upper()   # ConflictingHeaders -> 400
+    uri = _one_of(request.headers, FORWARDED_URI) or "/"                              # ConflictingHeaders -> 400
     gw = request.app[GATEWAY]
-    method = (_one_of(request.headers, FORWARDED_METHOD) or request.method).upper()
-    uri = _one_of(request.headers, FORWARDED_URI) or "/"
     path = normalise(uri.partition("?")[0].partition("#")[0])     # BadPath -> 400
     rule = gw.rules.match(method, path)                             # NoRoute -> 404
     if rule.public:
@@ -229,12 +233,12 @@ def string_field(body: dict[str, Any], name: str, max_chars: int) -> str:
     return value
 
 
-def _one_of(headers: CIMultiDictProxy[str], names: tuple[str, ...]) -> str | None:
-    """The value of the first of ``names`` present; BadRequest when it came more than once."""
-    for name in names:
-        values = headers.getall(name, [])
-        if len(values) > 1:
-            raise BadRequest(f"more than one {name} header")
-        if values:
-            return values[0].strip()
-    return None
+def _one_of(headers: CIMultiDictProxy[str], names: frozenset[str]) -> str | None:
+    """The one value that every header whose folded name is in ``names`` carries, or None when none
+    came. Raises ConflictingHeaders when two copies differ (compared as sent): which of them a proxy,
+    the gateway or a CGI-style reader would pick is unknowable, so none is believed."""
+    values = {value for name, value in headers.items() if fold(name) in names}
+    if len(values) > 1:
+        raise ConflictingHeaders()
+    return values.pop() if values else None
+

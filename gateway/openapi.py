@@ -20,8 +20,8 @@ from .auth_routes import (MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, Inva
                           MethodNotAllowed)
 from .config import CredentialsUrlConfig, GatewayConfig
 from .cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
-from .errors import (BadPath, BadRequest, DependencyDown, ExpiredToken, Forbidden, InvalidToken, MissingToken,
-                     NoRoute, RateLimited, RevokedToken)
+from .errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, ExpiredToken, Forbidden, InvalidToken,
+                     MissingToken, NoRoute, RateLimited, RevokedToken)
 from .pipeline import GATEWAY, JWKS_PATH
 from .resets import MAX_RESET_TOKEN_CHARS
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused
@@ -208,9 +208,10 @@ def _verify(cfg: GatewayConfig, method: str) -> dict[str, Any]:
     return _operation(
         f"verify{method.capitalize()}", "Forward-auth: may this request pass?",
         "For nginx auth_request, Traefik ForwardAuth and Envoy ext_authz. The request to judge is described "
-        "by X-Forwarded-Method (else X-Original-Method, else this request's method) and X-Forwarded-Uri "
-        "(else X-Original-URI, else /). Every method is answered alike. 200 carries the identity headers "
-        "the upstream would receive (none for a public route).",
+        "by X-Forwarded-Method or X-Original-Method (else this request's method) and X-Forwarded-Uri or "
+        "X-Original-URI (else /). Copies of either that disagree (both families, or one sent twice) get 400 "
+        "conflicting_headers whatever the token. Every method is answered alike. 200 carries the identity "
+        "headers the upstream would receive (none for a public route).",
         parameters=[_header_param(name, f"The {what} of the request to judge.")
                     for name, what in (("X-Forwarded-Method", "method"), ("X-Forwarded-Uri", "path and query"),
                                        ("X-Original-Method", "method (nginx)"),
@@ -218,7 +219,7 @@ def _verify(cfg: GatewayConfig, method: str) -> dict[str, Any]:
         security=[*_access_security(cfg), {}],
         responses={"200": {"description": "Allowed.",
                            "headers": {**_no_store_headers(pragma=True), **_identity_headers(cfg)}},
-                   **_failures(*TOKEN_FAILURES, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
+                   **_failures(*TOKEN_FAILURES, ConflictingHeaders, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
 
 
 def _jwks() -> dict[str, Any]:

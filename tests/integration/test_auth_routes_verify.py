@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
@@ -80,7 +82,99 @@ async def test_verify_refuses_two_forwarded_uris(auth: Auth) -> None:
     token = (await auth.session("bob"))["access_token"]
     headers = [("Authorization", f"Bearer {token}"), ("X-Forwarded-Uri", "/api/public"),
                ("X-Forwarded-Uri", "/api/admin")]
-    assert (await auth.client.get("/auth/verify", headers=headers)).status == 400
+    resp = await auth.client.get("/auth/verify", headers=headers)
+    assert resp.status == 400 and await error_code(resp) == "conflicting_headers"
+
+
+# --- forward-auth: the proxy's X-Original-* against a client's X-Forwarded-* ------------------------
+# Behind nginx auth_request the subrequest carries nginx's X-Original-Method/-URI *and* every header
+# the client sent, so a client can add X-Forwarded-* of its own. Copies that disagree are a 400.
+
+Headers = list[tuple[str, str]]
+
+
+def original(method: str, uri: str) -> Headers:
+    """What nginx's `proxy_set_header X-Original-*` adds to the auth subrequest."""
+    return [("X-Original-Method", method), ("X-Original-URI", uri)]
+
+
+async def verify_with(auth: Auth, headers: Headers, token: str | None = None) -> aiohttp.ClientResponse:
+    sent = [("Authorization", f"Bearer {token}")] if token is not None else []
+    return await auth.client.get("/auth/verify", headers=[*sent, *headers])
+
+
+async def test_client_forwarded_uri_cannot_turn_a_401_into_a_200(auth: Auth) -> None:
+    """Before the fix X-Forwarded-Uri won: 200 for an anonymous DELETE /api/admin/users."""
+    asked = original("DELETE", "/api/admin/users")
+    assert (await verify_with(auth, asked)).status == 401
+    resp = await verify_with(auth, [*asked, ("X-Forwarded-Uri", "/api/public")])
+    assert resp.status == 400 and await error_code(resp) == "conflicting_headers"
+    assert "X-User-Id" not in resp.headers
+
+
+async def test_client_forwarded_method_cannot_turn_a_403_into_a_200(auth: Auth) -> None:
+    """Before the fix X-Forwarded-Method won: 200 for alice (no admin) deleting an order."""
+    token = (await auth.session("alice"))["access_token"]
+    asked = original("DELETE", "/api/orders/7")
+    resp = await verify_with(auth, asked, token)
+    assert resp.status == 403 and await error_code(resp) == "forbidden"
+    resp = await verify_with(auth, [*asked, ("X-Forwarded-Method", "GET")], token)
+    assert resp.status == 400 and await error_code(resp) == "conflicting_headers"
+    assert "X-User-Id" not in resp.headers
+
+
+@pytest.mark.parametrize("method, uri, status", [("GET", "/api/orders?x=1", 200), ("DELETE", "/api/orders/7", 403),
+                                                 ("GET", "/nowhere", 404)])
+async def test_both_families_agreeing_get_the_usual_answer(auth: Auth, method: str, uri: str, status: int) -> None:
+    token = (await auth.session("alice"))["access_token"]
+    resp = await verify_with(auth, [*original(method, uri), *forwarded(method, uri).items()], token)
+    assert resp.status == status
+    assert resp.headers.get("X-User-Id") == ("alice" if status == 200 else None)
+
+
+DISAGREEING: dict[str, Headers] = {
+    "uri": [*original("GET", "/api/orders"), ("X-Forwarded-Uri", "/api/public")],
+    "method": [*original("DELETE", "/api/orders/7"), ("X-Forwarded-Method", "GET")],
+    "uri copies": [("X-Original-URI", "/api/orders"), ("X-Original-URI", "/api/public")],
+    "method copies": [("X-Forwarded-Uri", "/api/orders"), ("X-Forwarded-Method", "GET"),
+                      ("X-Forwarded-Method", "DELETE")],
+    "uri as sent": [("X-Original-URI", "/api/orders"), ("X-Forwarded-Uri", "/api/%6Frders")],   # same path once decoded
+    "query as sent": [("X-Original-URI", "/api/orders?a=1"), ("X-Forwarded-Uri", "/api/orders?a=2")],
+    "method as sent": [("X-Original-URI", "/api/orders"), ("X-Original-Method", "GET"),
+                       ("X-Forwarded-Method", "get")],
+    "underscore uri": [*original("DELETE", "/api/admin/users"), ("X_Forwarded_Uri", "/api/public")],
+    "underscore method": [*original("DELETE", "/api/orders/7"), ("x-forwarded_method", "GET")],
+    "underscore copy": [("X-Original-URI", "/api/admin/users"), ("x_ORIGINAL_uri", "/api/public")],
+}
+
+
+@pytest.mark.parametrize("who", ["no token", "bad token", "alice", "bob"])
+@pytest.mark.parametrize("case", DISAGREEING)
+async def test_disagreeing_copies_are_400_whatever_the_token(auth: Auth, mint: Callable[..., str], who: str,
+                                                              case: str) -> None:
+    tokens = {"no token": None, "bad token": mint(sub="alice", key="not-the-gateways-secret-" * 2),
+              "alice": (await auth.session("alice"))["access_token"],
+              "bob": (await auth.session("bob"))["access_token"]}
+    resp = await verify_with(auth, DISAGREEING[case], tokens[who])
+    assert resp.status == 400 and await error_code(resp) == "conflicting_headers"
+    assert "X-User-Id" not in resp.headers and "WWW-Authenticate" not in resp.headers
+
+
+@pytest.mark.parametrize("headers", [
+    [*original("GET", "/api/orders"), ("X-Original-URI", "/api/orders"), ("X-Original-Method", "GET")],
+    [("X-Forwarded-Uri", "/api/orders"), ("X-Forwarded-Uri", "/api/orders"), ("X-Original-URI", "/api/orders")],
+    [*original("GET", "/api/orders"), ("x_original_uri", "/api/orders"), ("X_Forwarded_Method", "GET")],
+], ids=["same name twice", "both families", "underscore spellings"])
+async def test_identical_copies_are_fine(auth: Auth, headers: Headers) -> None:
+    token = (await auth.session("alice"))["access_token"]
+    resp = await verify_with(auth, headers, token)
+    assert resp.status == 200 and resp.headers["X-User-Id"] == "alice"
+
+
+async def test_an_underscore_spelling_alone_is_read_as_the_header(auth: Auth) -> None:
+    token = (await auth.session("alice"))["access_token"]
+    resp = await verify_with(auth, [("X_Original_Method", "DELETE"), ("x_original_uri", "/api/orders/7")], token)
+    assert resp.status == 403 and await error_code(resp) == "forbidden"
 
 
 # --- browser mode ---------------------------------------------------------------------------------
