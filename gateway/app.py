@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from .account_routes import add_account_routes
 from .auth_routes import add_auth_routes
 from .config import GatewayConfig
+from .edge import EdgeRunner, edge_options
 from .errors import error_middleware
 from .metrics import METRICS, Recorder
 from .openapi import add_openapi_route
@@ -44,10 +46,14 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     return app
 
 
-class GatewayRunner(web.AppRunner):
-    """Serves ``build_app``'s app behind a FrontDoor: proxied requests skip the router."""
+class GatewayRunner(EdgeRunner):
+    """Serves ``build_app``'s app behind a FrontDoor (proxied requests skip the router), with the
+    edge's limits of ``listen`` (edge.py: head timeout, idle timeout, no lingering)."""
 
     front_door: FrontDoor | None = None
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, **{**edge_options(app[CONFIG].listen), **kwargs})
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()   # starts the app: the Gateway exists from here on

@@ -44,6 +44,7 @@ class Denylist:
         self._applied_while_loading: list[Revocation] | None = None
         self._task: asyncio.Task[None] | None = None
         self.in_sync = False
+        self._first_attempt = asyncio.Event()   # set once the first load succeeded or the store failed
         self.last_sync_at: float | None = None
         self.lag_s: float | None = None   # the last revocation's delay from its publication to this mirror
 
@@ -83,6 +84,18 @@ class Denylist:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="denylist-mirror")
 
+    async def first_load(self, timeout_s: float) -> bool:
+        """Wait at most ``timeout_s`` for the first attempt to load the mirror; whether it is in sync.
+        A store that cannot be reached ends the wait as soon as that attempt fails."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), timeout_s)
+        return self.in_sync
+
+    @property
+    def tried(self) -> bool:
+        """The first load was attempted: it succeeded (in_sync) or the store failed."""
+        return self._first_attempt.is_set()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -99,6 +112,7 @@ class Denylist:
                     log.warning("revocation mirror lost the store (%s); resynchronising", exc.reason)
                     delay_s = RETRY_MIN_S
                 self.in_sync = False
+                self._first_attempt.set()
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RETRY_MAX_S)
 
@@ -108,6 +122,7 @@ class Denylist:
             now = self._clock()
             await self._replace(await self._store.live_revocations(now), now)
             self.in_sync, self.last_sync_at = True, now
+            self._first_attempt.set()
             log.info("revocation mirror in sync: %d entries", len(self))
             last_purge = now
             async for revocation in feed:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -26,15 +27,23 @@ from aiohttp import web
 from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
 from .config import GatewayConfig, load_config
+from .edge import EdgeRunner, edge_options
 from .proxy_headers import is_loopback
 from .logs import configure_logging
 from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
 from .reload import reload_config, watch_file
-from .pipeline import GATEWAY
+from .pipeline import GATEWAY, Gateway
 from .users import FileUsers, UsersFileError
 
 log = logging.getLogger("tokengate")
 RESTARTS_PER_MINUTE = 5
+# How long serve keeps the proxy port shut waiting for the revocation mirror's first load. A store that
+# answers loads 200k revocations in ~2.5 s (measured on 2 busy cores); one that cannot be reached ends the
+# wait at once. Past it the port opens anyway: not ready, and store.on_error decides until the mirror is in sync.
+FIRST_LOAD_WAIT_S = 10.0
+# The ports, as the one-line message of a port that is taken names them.
+PROXY, ADMIN, DEMO = "the proxy port, listen.port", "the admin port, admin.port", "a demo port"
+LISTEN_FAILED = 3   # a worker's exit status when it cannot listen: restarting it would fail the same way
 
 
 class ListenFailed(Exception):
@@ -49,23 +58,23 @@ class Bind:
 
 async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False,
                 extra_apps: Sequence[tuple[web.Application, Bind]] = ()) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return."""
+    """Serve until SIGTERM/SIGINT, then drain and return. Raises ListenFailed for a port it cannot have."""
     main_app = build_app(cfg)
     admin_token = cfg.admin.token.get_secret_value() if cfg.admin.token is not None else None
     admin_app = build_admin_app(main_app, admin_token)
     if admin_token is None and not is_loopback(admin.host):
         log.warning("the admin port listens on %s without admin.token: whoever reaches it can revoke tokens; "
                     "set admin.token or bind it to 127.0.0.1", admin.host)
+    ports = [*((app, bind, DEMO) for app, bind in extra_apps), (main_app, main, PROXY), (admin_app, admin, ADMIN)]
     runners: list[web.AppRunner] = []
     try:
-        for app, bind in [*extra_apps, (main_app, main), (admin_app, admin)]:
-            # handler_cancellation: a client that hangs up cancels its upstream call at once.
-            runner_class = GatewayRunner if app is main_app else web.AppRunner
-            runner = runner_class(app, handle_signals=False, access_log=None, handler_cancellation=True,
-                                  shutdown_timeout=cfg.listen.drain_timeout)
+        for app, bind, what in ports:
+            runner = runner_for(app, cfg, what)
             await runner.setup()
             runners.append(runner)
-            await _start_site(runner, bind, reuse_port)
+            if app is main_app:
+                await _await_first_revocation_load(main_app[GATEWAY], cfg)
+            await _start_site(runner, bind, reuse_port, what)
         # Everything built so far (config, rules, keys) lives as long as the process: keep it out of
         # the garbage collector's full passes, which would otherwise walk it and stall requests.
         gc.freeze()
@@ -86,11 +95,45 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
             await runner.cleanup()
 
 
-async def _start_site(runner: web.AppRunner, bind: Bind, reuse_port: bool) -> None:
+def runner_for(app: web.Application, cfg: GatewayConfig, port: str) -> web.AppRunner:
+    """The runner ``serve`` gives the app of ``port`` (PROXY, ADMIN or DEMO): the proxy's behind its
+    FrontDoor, the admin's with the same edge (edge.py: head and idle timeouts, no lingering,
+    X-Request-Id, no Server header); a demo app (not the gateway) as aiohttp serves it."""
+    # handler_cancellation: a client that hangs up cancels its upstream call at once.
+    common: dict[str, Any] = {"handle_signals": False, "access_log": None, "handler_cancellation": True,
+                              "shutdown_timeout": cfg.listen.drain_timeout}
+    if port == PROXY:
+        return GatewayRunner(app, **common)
+    if port == ADMIN:
+        return EdgeRunner(app, **edge_options(cfg.listen), **common)
+    return web.AppRunner(app, **common)
+
+
+async def _await_first_revocation_load(gw: Gateway, cfg: GatewayConfig) -> None:
+    """Hold the proxy port shut until the revocation mirror is loaded, so that a new instance never
+    answers 503 while its store is fine; at most FIRST_LOAD_WAIT_S. A store that cannot be reached
+    ends the wait at once: serve starts, reports not ready and store.on_error applies (DESIGN)."""
+    if await gw.denylist.first_load(FIRST_LOAD_WAIT_S):
+        return
+    if gw.denylist.tried:
+        log.warning("the store %s cannot be reached: serving anyway, not ready; store.on_error (%s) applies "
+                    "until it connects", cfg.store.safe_url, cfg.store.on_error)
+    else:
+        log.warning("the revocation mirror is still loading after %gs: serving anyway; store.on_error (%s) "
+                    "applies until it is in sync", FIRST_LOAD_WAIT_S, cfg.store.on_error)
+
+
+async def _start_site(runner: web.AppRunner, bind: Bind, reuse_port: bool, what: str) -> None:
     try:
         await web.TCPSite(runner, bind.host, bind.port, reuse_port=reuse_port or None, backlog=1024).start()
     except OSError as exc:
-        raise ListenFailed(f"cannot listen on {bind.host}:{bind.port}: {exc.strerror or exc}") from None
+        raise ListenFailed(_cannot_listen(bind, what, exc)) from None
+
+
+def _cannot_listen(bind: Bind, what: str, exc: OSError) -> str:
+    """One line that names the port and why (asyncio's own message repeats the address)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return f"cannot listen on {bind.host}:{bind.port} ({what}): {reason}"
 
 
 async def _wait_for_stop_signal(on_hangup: Callable[[], object]) -> None:
@@ -140,7 +183,7 @@ def _worker(config_path: str, main: Bind, admin: Bind) -> None:
         run_one(cfg, main, admin, reuse_port=True)
     except ListenFailed as exc:
         log.error("%s", exc)
-        raise SystemExit(3) from None
+        raise SystemExit(LISTEN_FAILED) from None
 
 
 def run(cfg: GatewayConfig, main: Bind, admin: Bind, workers: int) -> int:
@@ -154,17 +197,22 @@ def run(cfg: GatewayConfig, main: Bind, admin: Bind, workers: int) -> int:
     return _Supervisor(cfg.source, workers, cfg.listen.drain_timeout).run(main, admin)
 
 
-def _reserve(bind: Bind) -> tuple[socket.socket, Bind]:
-    """Bind (without listening) so port 0 becomes one real port all workers then share."""
+def _reserve(bind: Bind, what: str) -> tuple[socket.socket, Bind]:
+    """Bind (without listening) so port 0 becomes one real port all workers then share.
+
+    The bind itself is made without SO_REUSEPORT, so it fails when anyone else holds the port, even
+    a listener that allows sharing (another tokengate's workers, nginx with reuseport): the kernel
+    would otherwise spread connections between them and us without a word. SO_REUSEPORT is set only
+    afterwards, for our own workers to join."""
     family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((bind.host, bind.port))
     except OSError as exc:
         sock.close()
-        raise ListenFailed(f"cannot listen on {bind.host}:{bind.port}: {exc.strerror or exc}") from None
+        raise ListenFailed(_cannot_listen(bind, what, exc)) from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return sock, Bind(bind.host, sock.getsockname()[1])
 
 
@@ -179,8 +227,12 @@ class _Supervisor:
         self.restarts: list[float] = []
 
     def run(self, main: Bind, admin: Bind) -> int:
-        main_sock, main = _reserve(main)
-        admin_sock, admin = _reserve(admin)
+        main_sock, main = _reserve(main, PROXY)
+        try:
+            admin_sock, admin = _reserve(admin, ADMIN)
+        except ListenFailed:
+            main_sock.close()
+            raise
         wake_r, wake_w = socket.socketpair()
         wake_w.setblocking(False)
         old_fd = signal.set_wakeup_fd(wake_w.fileno())
@@ -225,6 +277,9 @@ class _Supervisor:
             for i, proc in enumerate(procs):
                 if proc.exitcode is None:
                     continue
+                if proc.exitcode == LISTEN_FAILED:   # it logged which port and why
+                    self._stop(procs)
+                    return 1
                 if not self._may_restart():
                     log.error("workers keep dying (last exit status %s); stopping", proc.exitcode)
                     self._stop(procs)

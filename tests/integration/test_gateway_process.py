@@ -6,6 +6,9 @@ import asyncio
 import base64
 import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -16,10 +19,13 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
 
-from loadtests.procs import Child, python, spawn, wait_ready
+from gateway.store.base import DENY_INDEX, DENY_VALUES
+from loadtests.procs import Child, python, spawn, stop_process, wait_ready
 from tests.conftest import ISSUER, base_config, bearer
 from tests.integration.gatewayproc import GatewayProcess, free_port, spawn_gateway, wait_until_ready
 from tests.tlsfiles import server_context, write_tls_files
@@ -450,7 +456,106 @@ async def test_expect_100_continue_gets_its_interim_answer_and_the_body_goes_thr
     assert recorder.received[-1]["body"] == b"hello"
 
 
+async def test_a_refused_request_gets_no_100_continue_and_its_body_is_not_read(gateway, recorder):
+    """100 Continue only once the request is going to be forwarded: a client without a token gets its
+    401 at once, never an invitation to upload, and the connection closes after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        async with asyncio.timeout(5):
+            writer.write(b"POST /api/orders HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 30000000\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            answer = await reader.read()   # until the gateway closes: it never waits for the body
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in answer
+    assert recorder.received == []
+
+
 async def test_an_unknown_expectation_gets_417(gateway, recorder):
     status, _ = await raw_request(gateway.port, "POST /api/public/x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 0\r\n"
                                                 "Expect: something-else\r\nConnection: close\r\n\r\n")
     assert status == 417 and not recorder.received
+
+
+# -- start-up: the first revocation load, ports that are taken ------------------------------------
+
+REVOCATIONS_AT_START = 200_000   # enough that loading them takes far longer than a first request
+
+
+async def _fill_revocations(url: str, count: int) -> None:
+    """``count`` live jti revocations, written straight into the store's index (as revoke leaves them)."""
+    expires_at = time.time() + 3600
+    async with Redis.from_url(url) as client:
+        for start in range(0, count, 20_000):
+            members = [json.dumps(["jti", ISSUER, f"old-{i}"], separators=(",", ":"))
+                       for i in range(start, start + 20_000)]
+            pipe = client.pipeline(transaction=False)
+            pipe.zadd(DENY_INDEX, {m: expires_at for m in members})
+            pipe.hset(DENY_VALUES, mapping={m: "0" for m in members})
+            await pipe.execute()
+
+
+async def _first_status(port: int, token: str, timeout_s: float = 20.0) -> int:
+    """The status of the very first request the port takes, sent the moment it accepts a connection."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the proxy port never opened"
+            await asyncio.sleep(0.005)
+    try:
+        writer.write(raw_get("/api/orders/1", f"Authorization: Bearer {token}").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+    finally:
+        writer.close()
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_a_new_instance_on_redis_opens_its_proxy_port_only_once_its_revocations_are_loaded(
+        spawn_redis, recorder, keys_dir, tmp_path, mint):
+    redis = spawn_redis()
+    await _fill_revocations(redis.url, REVOCATIONS_AT_START)
+    gw = spawn_gateway(gateway_config(keys_dir, recorder.url, store={"url": redis.url}), tmp_path)
+    try:
+        assert await _first_status(gw.port, mint(roles=["user"])) == 200   # never 503 while the store is fine
+        log = gw.log()
+        assert f"in sync: {REVOCATIONS_AT_START} entries" in log
+        assert log.index("in sync:") < log.index("tokengate serving on")
+    finally:
+        gw.stop()
+
+
+def _holder(shared: bool) -> socket.socket:
+    """A listening socket of another program on a free loopback port; ``shared``: it allows SO_REUSEPORT."""
+    sock = socket.socket()
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "reuseport"])
+@pytest.mark.parametrize("which", ["proxy", "admin"])
+async def test_a_port_that_is_taken_ends_serve_with_a_one_line_message(recorder, keys_dir, tmp_path, workers, shared,
+                                                                        which):
+    with _holder(shared) as holder:
+        taken = holder.getsockname()[1]
+        port, admin_port = (taken, free_port()) if which == "proxy" else (free_port(), taken)
+        cfg = gateway_config(keys_dir, recorder.url, admin={"host": "127.0.0.1", "port": admin_port},
+                             listen={"host": "127.0.0.1", "port": port, "workers": int(workers)})
+        path = tmp_path / "taken.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.get_running_loop().run_in_executor(None, lambda: proc.communicate(timeout=20))
+        finally:
+            stop_process(proc)
+    lines = [line for line in out.decode().splitlines() if "cannot listen" in line]
+    assert proc.returncode == 1, out.decode()
+    assert len(lines) == 1 and f"127.0.0.1:{taken}" in lines[0] and f"{which} port" in lines[0], out.decode()
+    assert "Traceback" not in out.decode()
