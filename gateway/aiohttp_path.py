@@ -72,7 +72,8 @@ class _CheckedResponse(aiohttp.ClientResponse):
         protocol = connection.protocol
         await super().start(connection)
         try:
-            check_answer_head(self.status, self.reason or "", self.headers.items())
+            check_answer_head(self.status, self.reason or "", self.headers.items(),
+                              f"{self.version.major}.{self.version.minor}" if self.version else "1.1")
         except MalformedAnswer as exc:
             # A body that came with the head has put the connection back in the pool already:
             # close it there, so nothing more is read from an upstream that broke the protocol.

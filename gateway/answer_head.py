@@ -16,16 +16,20 @@ from itertools import chain
 # anywhere in a head: a NUL, a bare CR or an ESC would reach the client (or break its connection)
 # otherwise. obs-text (bytes >= 0x80) stays allowed: it arrives as characters >= U+0080.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_HTTP_1 = frozenset({"1.0", "1.1"})
 
 
 class MalformedAnswer(ValueError):
     """The upstream's answer head breaks HTTP's grammar."""
 
 
-def check_answer_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> None:
-    """Raise MalformedAnswer unless ``status`` is in 100..599 and no control character (HTAB aside) is
-    in ``reason`` or in a header's name or value. Runs on every proxied answer: one join, two searches
-    in C. (Both parsers already refuse a status that is not three digits and most broken names.)"""
+def check_answer_head(status: int, reason: str, headers: Iterable[tuple[str, str]], version: str = "1.1") -> None:
+    """Raise MalformedAnswer unless the answer is HTTP/1.0 or 1.1 (``version``: "1.1"), ``status`` is
+    in 100..599 and no control character (HTAB aside) is in ``reason`` or in a header's name or
+    value. Runs on every proxied answer: one join, two searches in C. (Both parsers already refuse a
+    status that is not three digits and most broken names.)"""
+    if version not in _HTTP_1:   # both parsers read "HTTP/2.0 200" as an HTTP/1 answer; nothing sane sends it
+        raise MalformedAnswer(f"an HTTP/{version} status line on an HTTP/1.1 connection")
     if not 100 <= status <= 599:   # RFC 9110 15: the first digit is the class, 1 to 5
         raise MalformedAnswer(f"the status code {status} is outside 100..599")
     if _CONTROL.search(reason) is not None or _CONTROL.search("".join(chain.from_iterable(headers))) is not None:

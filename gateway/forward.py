@@ -156,8 +156,11 @@ class Forwarder:
         request_target = target.request_target(path, request.rel_url.raw_query_string)   # BadPath -> 400
         self._in_flight += 1
         try:
-            await send_continue(request)
-            body = await read_body(request, self._buffer_bytes, self._body_timeout_s)   # RequestTimeout -> 408
+            if request.body_exists:
+                await send_continue(request)
+                body = await read_body(request, self._buffer_bytes, self._body_timeout_s)   # RequestTimeout -> 408
+            else:   # most requests: no coroutine spent on a body there is none of
+                body = Body(request.content_length)
             headers, request_id = request_header_items(request.headers, self._policy, self._peer_of(request),
                                                        identity_headers, body.length)   # BadRequest -> 400
             lifetime = Lifetime(self.watcher, identity)

@@ -118,7 +118,7 @@ class Answer:
                 chunked = chunked or "chunked" in value.lower()
         self._raw_headers = []
         try:   # llhttp lets through a status outside 100..599 and control characters in the reason
-            check_answer_head(status, self.reason, headers)
+            check_answer_head(status, self.reason, headers, self._parser.get_http_version())   # type: ignore[union-attr]
         except MalformedAnswer as exc:   # raised from a callback: parsing stops, feed fails the answer
             raise UpstreamError(f"malformed answer: {exc}") from exc
         self._until_eof = self.content_length is None and not chunked and status not in (204, 304)

@@ -255,6 +255,7 @@ async def assert_502_and_not_reused(make_proxy: MakeProxy, raw_upstream: StartUp
 @pytest.mark.parametrize("status_line", [
     b"HTTP/1.1 099 Low", b"HTTP/1.1 000 Zero", b"HTTP/1.1 600 High", b"HTTP/1.1 999 High",
     b"HTTP/1.1 0200 OK", b"HTTP/1.1 20 OK", b"HTTP/1.1 2000 OK", b"HTTP/1.1 -20 OK", b"HTTP/1.1 +20 OK",
+    b"HTTP/2.0 200 OK", b"HTTP/0.9 200 OK",   # not an HTTP/1 answer
 ])
 async def test_a_status_code_outside_100_to_599_gives_502(make_proxy: MakeProxy, raw_upstream: StartUpstream,
                                                           status_line: bytes) -> None:

@@ -26,6 +26,16 @@ def test_a_well_formed_head_passes(status: int, reason: str, headers: list[tuple
     check_answer_head(status, reason, headers)
 
 
+@pytest.mark.parametrize(("version", "ok"), [("1.1", True), ("1.0", True), ("2.0", False), ("0.9", False),
+                                             ("1.2", False), ("", False)])
+def test_only_http_1_answers_pass(version: str, ok: bool) -> None:
+    if ok:
+        check_answer_head(200, "OK", [], version)
+    else:
+        with pytest.raises(MalformedAnswer):
+            check_answer_head(200, "OK", [], version)
+
+
 @pytest.mark.parametrize("status", [-200, 0, 1, 20, 99, 600, 999, 1000, 2000])
 def test_a_status_outside_100_to_599_is_malformed(status: int) -> None:
     with pytest.raises(MalformedAnswer):
