@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,26 +187,46 @@ def _claim(text: str) -> tuple[str, Any]:
 def _explain(args: argparse.Namespace) -> int:
     from .errors import BadPath
     from .paths import normalise
+    from .pipeline import REFUSED_METHODS
     from .rules import RuleSet
 
     cfg = config_from(args)
-    raw = args.urlpath.partition("?")[0]
+    raw, method = args.urlpath.partition("?")[0], args.method.upper()
+    if method in REFUSED_METHODS:   # refused before the path is read, as the proxy does
+        print(f"path:     {raw}\nrefused:  405 {method} is never proxied")
+        return EXIT_NO_MATCH
     try:
         path = normalise(raw)
     except BadPath as exc:
         print(f"path:     {raw}\nrefused:  400 {exc.description}")
         return EXIT_NO_MATCH
-    found = RuleSet.compile(cfg.routes).explain(args.method.upper(), path)
+    found = RuleSet.compile(cfg.routes).explain(method, path)
     print(f"path:     {path}")
     if found.rule is None:
         print(f"no route: 404 ({found.reason})")
-        return EXIT_NO_MATCH
-    rule = found.rule
-    base = cfg.upstreams[rule.upstream].url.rstrip("/")
-    print(f"route:    routes[{rule.index}] {rule.label}")
-    print(f"upstream: {rule.upstream} -> {base}{path}")
-    print(f"needs:    {_needs(rule)}")
-    return 0
+    else:
+        rule = found.rule
+        base = cfg.upstreams[rule.upstream].url.rstrip("/")
+        print(f"route:    routes[{rule.index}] {rule.label}")
+        print(f"upstream: {rule.upstream} -> {base}{path}")
+        print(f"needs:    {_needs(rule)}")
+    if len(found.routes) > 1:
+        print("\n".join(_methods_block(cfg, found.routes, REFUSED_METHODS)))
+    return EXIT_NO_MATCH if found.rule is None else 0
+
+
+def _methods_block(cfg: GatewayConfig, routes: Sequence[Any], refused: Collection[str]) -> list[str]:
+    """`explain`'s lines for a path several routes share: which route serves each method there, and
+    what the methods none of them lists get (404: a less specific route never picks them up)."""
+    rows = [(method, f"routes[{rule.index}] {rule.label}")   # in the file's order
+            for rule in routes for method in cfg.routes[rule.index].methods or ("other",) if method not in refused]
+    if all(rule.methods is not None for rule in routes):
+        rows.append(("other", f"404 (no route of {routes[0].path} lists it; a less specific one never "
+                              "picks it up)"))
+    rows += [(method, "405 (never proxied, whatever the routes say)") for method in sorted(refused)]
+    width = max(len(method) for method, _ in rows)
+    head = f"methods:  {len(routes)} routes share {routes[0].path}; each method is served by one of them"
+    return [head, *(f"  {method.ljust(width)}  {served}" for method, served in rows)]
 
 
 def _needs(rule: Any) -> str:

@@ -1,5 +1,6 @@
 """``tokengate users add|list|disable|enable|delete|set-password``: edit the accounts of ``auth.users``
-(the users file, or the store when it is Redis). Passwords come from stdin, never from argv.
+(the users file, or the store when it is Redis). Passwords come from stdin, never from argv, and
+pass the policy signup applies (password_policy.py) or are refused with exit status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from .cli import UsageError, add_config_option, config_from, fail
 from .config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from .errors import DependencyDown
+from .password_policy import PasswordPolicy, WeakPassword
 from .passwords import PasswordHasher
 from .store.base import StoreUnavailable
 from .users import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError, check_email,
@@ -64,8 +66,18 @@ def read_password(stdin: Any = None) -> str:
     return password
 
 
+def _check_new_password(policy: PasswordPolicy, password: str, username: str, email: str | None) -> str:
+    """``password`` when signup would accept it for this account; else UsageError (exit 2) saying why."""
+    try:
+        return policy.check(password, username=username, email=email)
+    except WeakPassword as exc:
+        raise UsageError(f"weak password refused: {exc}; nothing was changed") from None
+
+
 def _run(args: argparse.Namespace, action: Action) -> int:
     cfg = config_from(args)
+    if action in (_add, _set_password):   # the policy signup applies (auth.password, the common list)
+        args.policy = PasswordPolicy.from_config(cfg.auth.password)
     try:
         if getattr(args, "username", None) is not None:
             check_username(args.username)
@@ -136,7 +148,7 @@ async def _with_store(cfg: GatewayConfig, hasher: PasswordHasher, args: argparse
 async def _add(users: UserDirectory, args: argparse.Namespace) -> int:
     check_roles(args.roles)   # bad input is refused before the password is asked
     check_email(args.email)
-    password = read_password()
+    password = _check_new_password(args.policy, read_password(), args.username, args.email)
     if not await users.add(args.username, password, args.roles, args.email):
         return fail(f"user {args.username!r} already exists (taken); nothing was changed")
     print(f"added {args.username} (roles: {', '.join(args.roles) or 'none'})")
@@ -166,9 +178,11 @@ async def _delete(users: UserDirectory, args: argparse.Namespace) -> int:
 
 
 async def _set_password(users: UserDirectory, args: argparse.Namespace) -> int:
-    if await users.get(args.username) is None:   # before asking for a password nobody will use
+    account = await users.get(args.username)
+    if account is None:   # before asking for a password nobody will use
         return _done(False, args.username, "")
-    return _done(await users.set_password(args.username, read_password()), args.username, "password changed for")
+    password = _check_new_password(args.policy, read_password(), account.username, account.email)
+    return _done(await users.set_password(args.username, password), args.username, "password changed for")
 
 
 def _done(found: bool, username: str, what: str) -> int:

@@ -57,6 +57,7 @@ class Explanation:
     rule: Rule | None
     reason: str      # one sentence, for people: which route matched and what it needs, or why none did
     path: str        # the normalised path the decision was made on (as given when it was refused)
+    routes: tuple[Rule, ...] = ()   # every route of the most specific matching pattern, in file order
 
 
 class _Node:
@@ -82,20 +83,16 @@ class _Node:
         return self.children.setdefault(segment, _Node())
 
     def add(self, rule: Rule) -> None:
-        """Attach ``rule`` (pattern ends here); raises RuleConflict if it overlaps a route already here."""
+        """Attach ``rule`` (pattern ends here); raises RuleConflict if its methods overlap those of a
+        route already here. A route without `methods` covers every method, so it overlaps any other
+        route of its pattern: the file would say two things about one method, and whichever won, the
+        other route's settings (`public: true` among them) would silently apply to it."""
+        for other in self.rules():   # in file order: the conflict names the earliest overlapping route
+            if (reason := _overlap(other, rule)) is not None:
+                raise RuleConflict(other.index, rule.index, reason)
         if rule.methods is None:
-            if self.any_method is not None:
-                raise RuleConflict(self.any_method.index, rule.index,
-                                   f"duplicate route: another route has the same path `{rule.path}` and "
-                                   "both allow every method; give them distinct `methods` or merge them")
             self.any_method = rule
             return
-        clashes = sorted(m for m in rule.methods if m in self.by_method)
-        if clashes:
-            first = min(self.by_method[m].index for m in clashes)
-            raise RuleConflict(first, rule.index,
-                               f"ambiguous route: another route has the same path `{rule.path}` and also "
-                               f"lists {', '.join(clashes)}; each method may appear in one of them only")
         for method in rule.methods:
             self.by_method[method] = rule
 
@@ -109,6 +106,23 @@ class _Node:
         if self.any_method is not None:
             found[self.any_method.index] = self.any_method
         return [found[i] for i in sorted(found)]
+
+
+def _overlap(first: Rule, second: Rule) -> str | None:
+    """Why two routes of one pattern cannot both be kept, or None when their methods are disjoint."""
+    if first.methods is None and second.methods is None:
+        return (f"duplicate route: another route has the same path `{second.path}` and both allow every "
+                "method; give them distinct `methods` or merge them")
+    if first.methods is None or second.methods is None:
+        listed = sorted(first.methods or second.methods or ())
+        return (f"ambiguous route: another route has the same path `{second.path}`; the one without "
+                f"`methods` covers every method, {', '.join(listed)} included, which the other also "
+                "lists; give each route its own `methods` (lists that share no method) or merge them")
+    clashes = sorted(first.methods & second.methods)
+    if clashes:
+        return (f"ambiguous route: another route has the same path `{second.path}` and also lists "
+                f"{', '.join(clashes)}; each method may appear in one of them only")
+    return None
 
 
 def _segments(path: str) -> list[str]:
@@ -170,14 +184,13 @@ class RuleSet:
         node = self._walk(self._root, _segments(clean), 0)
         if node is None:
             return Explanation(None, f"no route covers {clean}, so it gets 404", clean)
-        rule = node.select(method)
+        rule, routes = node.select(method), tuple(node.rules())
         if rule is None:
-            first = node.rules()[0]
             allowed = ", ".join(_allowed_methods(node))
-            return Explanation(None, f"the most specific route for this path, {first.describe()}, allows "
-                                     f"{allowed}, not {method}, so it gets 404", clean)
+            return Explanation(None, f"the most specific route for this path, {routes[0].describe()}, allows "
+                                     f"{allowed}, not {method}, so it gets 404", clean, routes)
         return Explanation(rule, f"{rule.describe()} matches {method} {clean} and forwards to upstream "
-                                 f"`{rule.upstream}`; {rule.needs()}", clean)
+                                 f"`{rule.upstream}`; {rule.needs()}", clean, routes)
 
 
 def _allowed_methods(node: _Node) -> list[str]:

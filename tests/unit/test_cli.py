@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ import yaml
 
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.source import read_source
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 
@@ -127,6 +130,78 @@ def test_explain_names_route_and_needs(write_config, capsys, method, path, statu
     code, out, _ = run(capsys, "explain", "--config", str(write_config()), method, path)
     assert code == status
     assert expect in out
+
+
+def method_rows(out: str) -> dict[str, str]:
+    """explain's methods block: method -> what serves it."""
+    block = out.split("\nmethods:  ", 1)[1].splitlines()[1:]
+    return dict(line.split(None, 1) for line in block)
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/api/orders/7"), ("PUT", "/api/orders")])
+def test_explain_shows_which_route_serves_each_method_of_a_shared_path(write_config, capsys, method, path):
+    code, out, _ = run(capsys, "explain", "--config", str(write_config()), method, path)
+    assert code == (0 if method == "GET" else 1)
+    assert "\nmethods:  2 routes share /api/orders" in out
+    rows = method_rows(out)
+    assert list(rows) == ["GET", "POST", "DELETE", "other", "CONNECT", "TRACE"]
+    assert rows["GET"].startswith("routes[2] ") and rows["POST"] == rows["DELETE"] == "routes[3] POST,DELETE /api/orders"
+    assert rows["other"].startswith("404") and rows["TRACE"].startswith("405") and rows["CONNECT"].startswith("405")
+
+
+def test_explain_keeps_its_first_lines_and_adds_the_block_after_them(write_config, capsys):
+    _, out, _ = run(capsys, "explain", "--config", str(write_config()), "GET", "/api/orders/7")
+    assert out.splitlines()[:5] == [
+        "path:     /api/orders/7", "route:    routes[2] GET /api/orders",
+        "upstream: orders -> http://127.0.0.1:9002/api/orders/7",
+        "needs:    a valid token with one of the roles: admin, user",
+        "methods:  2 routes share /api/orders; each method is served by one of them"]
+
+
+@pytest.mark.parametrize("path", ["/api/admin/x", "/api/accounts/7/profile", "/nowhere"])
+def test_explain_of_a_path_one_route_holds_has_no_methods_block(write_config, capsys, path):
+    _, out, _ = run(capsys, "explain", "--config", str(write_config()), "GET", path)
+    assert "methods:" not in out
+
+
+@pytest.mark.parametrize("method", ["TRACE", "connect"])
+def test_explain_says_trace_and_connect_are_refused_with_405(write_config, capsys, method):
+    code, out, _ = run(capsys, "explain", "--config", str(write_config()), method, "/api/public")
+    assert code == 1
+    assert out.splitlines()[-1].startswith("refused:  405") and "route:" not in out
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/api/orders/7"), ("PUT", "/api/orders"), ("GET", "/api/admin"),
+                                          ("GET", "/nowhere"), ("GET", "/a/..;/b"), ("TRACE", "/")])
+def test_explain_output_ends_with_a_newline(write_config, capsys, method, path):
+    _, out, _ = run(capsys, "explain", "--config", str(write_config()), method, path)
+    assert out.endswith("\n") and not out.endswith("\n\n")
+
+
+def readme_explain_examples() -> list[tuple[list[str], str]]:
+    """Each `$ tokengate explain ...` of the README's command-line section, with the output shown under it."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    examples = re.findall(r"^\$ tokengate (explain .*)\n((?:(?!\$ |```).*\n)*)", text, re.M)
+    return [(shlex.split(command), shown) for command, shown in examples]
+
+
+def test_readme_explain_examples_show_the_real_output(capsys, monkeypatch):
+    monkeypatch.setenv("TOKENGATE_SECRET", HS_SECRET)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    examples = readme_explain_examples()
+    assert len(examples) >= 3
+    for argv, shown in examples:
+        assert run(capsys, *argv)[1] == shown, argv
+
+
+def test_check_config_refuses_a_route_without_methods_beside_a_public_get_naming_both_lines(write_config, capsys):
+    routes = [{"path": "/api/x", "upstream": "orders", "roles": ["admin"]},
+              {"path": "/api/x/", "methods": ["GET"], "upstream": "orders", "public": True}]
+    path = write_config(routes=routes)
+    first, second = (read_source(path).line_of(("routes", i)) for i in (0, 1))
+    status, out, err = run(capsys, "check-config", "--config", str(path))
+    assert status == 2 and out == ""
+    assert f"{path}:{first}" in err and f"{path}:{second}" in err and "Traceback" not in err
 
 
 def test_broken_config_never_shows_a_traceback_from_the_real_command(tmp_path: Path):

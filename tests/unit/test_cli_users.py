@@ -17,6 +17,7 @@ from gateway.users import FileUsers
 from tests.conftest import CHEAP_ARGON2 as CHEAP
 
 PASSWORD = "correct horse battery"
+OTHER_PASSWORD = "a different passphrase"
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +91,7 @@ def test_password_keeps_its_spaces_and_loses_only_the_line_end(run, stdin, confi
 
 
 def test_list_shows_accounts_and_never_hashes(run, config, alice, stdin):
-    stdin("pw\n")
+    stdin(f"{OTHER_PASSWORD}\n")
     run("users", "add", "--config", config, "bob")
     run("users", "disable", "--config", config, "bob")
     status, out, _ = run("users", "list", "--config", config)
@@ -150,10 +151,66 @@ def test_password_is_never_taken_from_argv(run, stdin, config, users_path):
 
 
 def test_set_password_reads_stdin(run, stdin, config, alice, users_path):
-    stdin("a new password\n")
+    stdin(f"{OTHER_PASSWORD}\n")
     assert run("users", "set-password", "--config", config, "alice")[0] == 0
-    assert authenticate(users_path, "alice", "a new password") is not None
+    assert authenticate(users_path, "alice", OTHER_PASSWORD) is not None
     assert authenticate(users_path, "alice", PASSWORD) is None
+
+
+@pytest.mark.parametrize("password, cause", [
+    ("123", "characters"),            # shorter than auth.password.min_length
+    ("password", "common"),           # on the shipped common-password list, in any case
+    ("PassWord1", "common"),
+    ("carol.longname", "username"),   # the account's own username
+    ("Carol.Longname", "username"),
+])
+def test_add_refuses_a_password_signup_refuses_exit_2_naming_why(run, stdin, config, users_path, password,
+                                                                 cause):
+    stdin(f"{password}\n")
+    status, out, err = run("users", "add", "--config", config, "carol.longname")
+    assert status == 2
+    assert len(err.splitlines()) == 1 and cause in err and "Traceback" not in err
+    assert not users_path.exists()
+
+
+def test_add_refuses_the_accounts_e_mail_address_as_password(run, stdin, config, users_path):
+    for password in ("Dave.Smith@example.test", "dave.smith"):   # the address, or its local part
+        stdin(f"{password}\n")
+        status, _, err = run("users", "add", "--config", config, "dave", "--email", "dave.smith@example.test")
+        assert status == 2 and "e-mail" in err
+    assert not users_path.exists()
+
+
+def test_add_follows_the_configured_length_bounds(run, stdin, write_config, users_path):
+    config = str(write_config(auth={"users": {"file": str(users_path)},
+                                    "password": {"min_length": 24, "max_length": 30}}))
+    for password in (PASSWORD, "x" * 31 + "yz"):
+        stdin(f"{password}\n")
+        status, _, err = run("users", "add", "--config", config, "alice")
+        assert status == 2 and "characters" in err
+    stdin("correct horse battery staple\n")   # 28 characters
+    assert run("users", "add", "--config", config, "alice")[0] == 0
+
+
+@pytest.mark.parametrize("password, cause", [("123", "characters"), ("qwerty123", "common"),
+                                             ("alice@example.test", "e-mail")])
+def test_set_password_refuses_a_weak_password_and_keeps_the_old_one(run, stdin, config, alice, users_path,
+                                                                    password, cause):
+    before = users_path.read_text()
+    stdin(f"{password}\n")
+    status, out, err = run("users", "set-password", "--config", config, "alice")
+    assert status == 2 and cause in err and len(err.splitlines()) == 1
+    assert users_path.read_text() == before
+    assert authenticate(users_path, "alice", PASSWORD) is not None
+
+
+def test_set_password_refuses_the_username(run, stdin, config, users_path):
+    stdin(f"{PASSWORD}\n")
+    assert run("users", "add", "--config", config, "carol.longname")[0] == 0
+    stdin("CAROL.LONGNAME\n")
+    status, _, err = run("users", "set-password", "--config", config, "carol.longname")
+    assert status == 2 and "username" in err
+    assert authenticate(users_path, "carol.longname", PASSWORD) is not None
 
 
 class Tty(io.StringIO):
@@ -161,7 +218,7 @@ class Tty(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("answers, status", [(["pw one", "pw one"], 0), (["pw one", "pw two"], 2)])
+@pytest.mark.parametrize("answers, status", [([PASSWORD, PASSWORD], 0), ([PASSWORD, OTHER_PASSWORD], 2)])
 def test_on_a_terminal_the_password_is_asked_twice(run, config, monkeypatch, answers, status, users_path):
     monkeypatch.setattr("sys.stdin", Tty())
     asked = iter(answers)
@@ -186,14 +243,14 @@ def test_broken_users_file_exits_2_and_is_left_alone(run, config, users_path):
 
 def test_relative_users_file_lives_beside_the_config(run, stdin, write_config, tmp_path):
     config = str(write_config(auth={"users": {"file": "accounts.yaml"}}))
-    stdin("pw\n")
+    stdin(f"{PASSWORD}\n")
     assert run("users", "add", "--config", config, "alice")[0] == 0
     assert "alice" in entries(tmp_path / "accounts.yaml")
 
 
 def test_memory_store_accounts_cannot_be_reached(run, write_config, stdin):
     config = str(write_config(store={"url": "memory://"}, auth={"users": "store"}))
-    stdin("pw\n")
+    stdin(f"{PASSWORD}\n")
     status, _, err = run("users", "add", "--config", config, "alice")
     assert status == 1
     assert "only inside the serving process" in err and "Traceback" not in err

@@ -447,3 +447,21 @@ def test_assertion_header_needs_an_asymmetric_signing_key(write_config):
 def test_admin_token_must_be_long(write_config: Callable[..., Path]) -> None:
     path = write_config(admin={"token": "short"})
     assert single(problems_of(path)).key == "admin.token"
+
+
+# --- the configs the repository ships ----------------------------------------------------------
+
+REPO = DATA.parent.parent
+
+
+def test_demo_config_loads() -> None:
+    cfg = load_config(REPO / "config" / "demo.yaml", environ={"TOKENGATE_SECRET": SECRET_32})
+    assert len(cfg.routes) == 5
+
+
+def test_load_test_config_of_a_thousand_routes_loads(tmp_path: Path) -> None:
+    from loadtests.benchconfig import write_bench_config
+
+    write_bench_config(tmp_path / "bench.yaml", 1000)
+    cfg = load_config(tmp_path / "bench.yaml", environ={"TOKENGATE_SECRET": SECRET_32})
+    assert len(cfg.routes) == 1000

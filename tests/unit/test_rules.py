@@ -133,10 +133,16 @@ def test_wildcard_needs_exactly_one_nonempty_segment(path: str) -> None:
         rules.match("GET", path)
 
 
-def test_route_listing_the_method_beats_all_methods_route_of_same_pattern() -> None:
-    rules = RuleSet.compile([route("/api/x", roles=["user"]), route("/api/x", "POST", roles=["admin"])])
-    assert rules.match("POST", "/api/x").index == 1
-    assert rules.match("GET", "/api/x/1").index == 0
+@pytest.mark.parametrize("routes", [
+    [route("/api/x", roles=["user"]), route("/api/x", "GET", public=True)],
+    [route("/api/x", "GET", public=True), route("/api/x", roles=["user"])],
+    [route("/api/x", "POST"), route("/b"), route("/api/x/", "GET", public=True), route("/api//x", roles=["u"])],
+])
+def test_route_without_methods_cannot_share_its_path_with_a_route_listing_some(routes: list[RouteConfig]) -> None:
+    with pytest.raises(RuleConflict) as info:   # which one should GET get? The file must say it once.
+        RuleSet.compile(routes)
+    assert (info.value.first, info.value.second) == (0, len(routes) - 1)
+    assert "GET" in info.value.reason or "POST" in info.value.reason
 
 
 def test_less_specific_route_never_picks_up_a_method_the_specific_route_omits() -> None:
@@ -171,6 +177,8 @@ def test_rule_carries_route_settings() -> None:
     ([route("/a/*", public=True), route("/b"), route("/a/*/", roles=["x"])], 0, 2),
     ([route("/a", "GET", "POST"), route("/b"), route("/c"), route("/a", "DELETE", "POST")], 0, 3),
     ([route("/a", "GET"), route("/a", "PUT"), route("/a", "PUT", "GET")], 0, 2),
+    ([route("/a", "GET"), route("/a", "PUT"), route("/a")], 0, 2),
+    ([route("/a/*/c", "PATCH"), route("/a/*/c/", "patch")], 0, 1),
 ])
 def test_conflicting_routes_are_refused_naming_both(routes: list[RouteConfig], first: int,
                                                     second: int) -> None:
@@ -180,8 +188,15 @@ def test_conflicting_routes_are_refused_naming_both(routes: list[RouteConfig], f
 
 
 def test_same_pattern_with_disjoint_methods_is_no_conflict() -> None:
-    rules = RuleSet.compile([route("/a", "GET"), route("/a", "POST"), route("/a"), route("/a/*")])
-    assert len(rules) == 4
+    rules = RuleSet.compile([route("/a", "GET"), route("/a", "POST"), route("/a/*"), route("/a/b"), route("/")])
+    assert len(rules) == 5
+    assert (index_of(rules, "GET", "/a/x/y"), index_of(rules, "POST", "/a")) == (2, 1)
+    assert index_of(rules, "PUT", "/a") is None
+
+
+def test_route_without_methods_on_a_less_specific_path_is_no_conflict() -> None:
+    rules = RuleSet.compile([route("/api", roles=["user"]), route("/api/x", "GET", public=True)])
+    assert (index_of(rules, "GET", "/api/x"), index_of(rules, "GET", "/api/y")) == (1, 0)
 
 
 def test_conflict_in_config_file_names_both_routes_file_and_line(write_config: Callable[..., Path]) -> None:
@@ -194,6 +209,26 @@ def test_conflict_in_config_file_names_both_routes_file_and_line(write_config: C
     src = read_source(path)
     assert (problem.key, problem.line) == ("routes[2]", src.line_of(("routes", 2)))
     assert f"{path}:{src.line_of(('routes', 0))}" in problem.message
+
+
+def test_overlap_of_a_route_without_methods_in_config_file_names_both_lines(
+        write_config: Callable[..., Path]) -> None:
+    routes = [{"path": "/api/x", "upstream": "orders", "roles": ["user"]}, {"path": "/api/y", "upstream": "orders"},
+              {"path": "/api/x", "methods": ["GET"], "upstream": "orders", "public": True}]
+    path = write_config(routes=routes)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [problem] = info.value.problems
+    src = read_source(path)
+    assert (problem.key, problem.line) == ("routes[2]", src.line_of(("routes", 2)))
+    assert f"{path}:{src.line_of(('routes', 0))}" in problem.message
+
+
+def test_explain_lists_every_route_of_the_most_specific_pattern(design_rules: RuleSet) -> None:
+    assert [r.index for r in design_rules.explain("GET", "/api/orders/7").routes] == [2, 3]
+    assert [r.index for r in design_rules.explain("PUT", "/api/orders").routes] == [2, 3]
+    assert [r.index for r in design_rules.explain("GET", "/api/admin").routes] == [1]
+    assert design_rules.explain("GET", "/nowhere").routes == ()
 
 
 def test_explain_gives_the_rule_or_none_with_the_normalised_path(design_rules: RuleSet) -> None:
