@@ -18,7 +18,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
-ensure_python() {
+ensure_python() {   # $1: runtime (the demo: `pip install -e .`) or test (`-e '.[test]'`: pytest, schemathesis ...)
+  local want=$1
   if ! command -v "$PY" >/dev/null; then apt_install python3 python3-venv python3-pip; fi
   if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "tokengate needs Python 3.11 or newer; $PY is $("$PY" --version)" >&2; exit 1
@@ -30,10 +31,17 @@ ensure_python() {
       "$PY" -m venv "$VENV"
     fi
   fi
-  local stamp="$VENV/.installed"
+  # One stamp per set, each newer than pyproject.toml once that set is installed: a venv the demo set up
+  # still gets the test extras at the first `./dev.sh test`, and either set follows a pyproject change.
+  local stamp="$VENV/.installed-$want"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[test]'
+    if [ "$want" = test ]; then
+      "$VENV/bin/python" -m pip install -q -e '.[test]'
+      touch "$VENV/.installed-runtime"   # the test set includes the runtime one
+    else
+      "$VENV/bin/python" -m pip install -q -e .
+    fi
     touch "$stamp"
   fi
 }
@@ -54,12 +62,12 @@ ensure_nginx() {   # tests/integration/test_nginx.py puts a real nginx (auth_req
 
 case "${1:-}" in
   demo)
-    ensure_python
+    ensure_python runtime
     shift
     exec "$VENV/bin/python" -m gateway.demo "$@"
     ;;
   test)
-    ensure_python
+    ensure_python test
     ensure_redis
     ensure_bench_tools
     ensure_nginx

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -57,8 +57,10 @@ class Bind:
 
 
 async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False,
-                extra_apps: Sequence[tuple[web.Application, Bind]] = ()) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return. Raises ListenFailed for a port it cannot have."""
+                extra_apps: Sequence[tuple[web.Application, Bind]] = (),
+                started: Callable[[web.Application], Awaitable[object]] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return. Raises ListenFailed for a port it cannot have.
+    ``started(app)`` (the demo's) is awaited once every port is open, with the gateway's app."""
     main_app = build_app(cfg)
     admin_token = cfg.admin.token.get_secret_value() if cfg.admin.token is not None else None
     admin_app = build_admin_app(main_app, admin_token)
@@ -81,6 +83,8 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
         admin_app[SERVING].accepting = True
         log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
                  main.host, main.port, admin.host, admin.port, os.getpid())
+        if started is not None:
+            await started(main_app)
         watcher = None
         if cfg.reload.watch:
             watcher = asyncio.create_task(watch_file(cfg.source, cfg.reload.interval, lambda: reload(main_app)))

@@ -490,3 +490,50 @@ def test_the_compose_config_passes_check_config() -> None:
     done = check_config(COMPOSE_CONFIG, env)
     assert done.returncode == 0, done.stderr
     assert "OK: 5 routes, 1 upstreams" in done.stdout and "store redis://redis:6379/0" in done.stdout
+
+
+# --- deploy/README.md's compose quickstart ------------------------------------------------------------
+
+README = DEPLOY / "README.md"
+# Compose's interpolation: ${VAR} and ${VAR:?err} / ${VAR?err} need VAR; ${VAR:-x}, ${VAR-x}, ${VAR:+x} do not.
+COMPOSE_VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?[^}]*\}")
+EXPORTED = re.compile(r"(?:^export|\s)\s*([A-Za-z_][A-Za-z0-9_]*)=")
+
+
+def compose_quickstart() -> list[str]:
+    """The commands of deploy/README.md's docker compose quickstart (the section's first sh block)."""
+    section = README.read_text().split("\n## docker compose\n", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "no sh block under ## docker compose"
+    return [line.split("  #", 1)[0].strip() for line in block[1].splitlines() if line.strip()]
+
+
+def compose_strings(node: Any) -> list[str]:
+    """Every string of the parsed compose file (its comments are not part of it)."""
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in compose_strings(key) + compose_strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in compose_strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_the_compose_quickstart_exports_every_variable_compose_requires() -> None:
+    required = {name for text in compose_strings(compose()) for name, op in COMPOSE_VAR.findall(text)
+                if op in ("", ":?", "?")}
+    commands = compose_quickstart()
+    up = next(i for i, line in enumerate(commands) if " up" in line)
+    exported = {name for line in commands[:up] if line.startswith("export ") for name in EXPORTED.findall(line)}
+    assert required, "the compose file reads no variable: update this test"
+    assert required <= exported, f"the quickstart does not export {sorted(required - exported)}"
+
+
+def test_the_compose_quickstart_names_the_compose_file_and_its_services() -> None:
+    services = set(compose()["services"])
+    compose_commands = [shlex.split(line.partition("$(")[2].rstrip(")") or line) for line in compose_quickstart()
+                        if "docker compose" in line]
+    assert len(compose_commands) >= 3
+    for args in compose_commands:
+        assert (ROOT / args[args.index("-f") + 1]).resolve() == COMPOSE, args
+        if "exec" in args:
+            rest = [a for a in args[args.index("exec") + 1:] if not a.startswith("-")]
+            assert rest[0] in services and rest[1] == "tokengate", args
