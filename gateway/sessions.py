@@ -29,7 +29,7 @@ from .denylist import Denylist
 from .errors import DependencyDown, RevokedToken, Unauthenticated
 from .identity import Identity
 from .store import store_reachable
-from .store.base import RefreshRecord, Revocation, Rotation, Store
+from .store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, Store
 from .tokens import Minter
 from .users import AuthenticatedUser, UserDirectory
 
@@ -55,6 +55,13 @@ class InvalidRefreshToken(InvalidGrant):
 class RefreshTokenReused(InvalidRefreshToken):
     code = "refresh_token_reused"
     description = "the refresh token was used already; its session has been revoked"
+
+
+class SessionEnded(InvalidRefreshToken):
+    """The token's session was ended on purpose (logout, password reset, revocation): no reuse alarm."""
+
+    code = "session_ended"
+    description = "the session of this refresh token has ended; log in again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,9 @@ class Sessions:
 
     async def rotate(self, token: str) -> TokenPair:
         """The next pair for a live refresh token, which dies. Raises InvalidRefreshToken (unknown,
-        expired, account gone or disabled), RefreshTokenReused (rotated before: the family dies).
+        expired, account gone or disabled), SessionEnded (its session was ended on purpose: logout,
+        logout-all, password reset or change, a revoked subject), RefreshTokenReused (rotated before:
+        the family dies).
         Within ``grace_s`` of its rotation a token gets the very pair its rotation produced."""
         token_hash = hash_refresh_token(token)
         with store_reachable():
@@ -202,8 +211,12 @@ class Sessions:
             try:
                 return unseal(token, rotation.sealed_reply)
             except ValueError:   # no reply to repeat (an instance without grace rotated it): end it
-                await self._kill(rotation.record.family)
+                await self._kill(rotation.record.family, REUSED)
                 raise RefreshTokenReused() from None
+        if rotation.outcome == "ended":   # logged out, reset, revoked: a client that kept its token, no thief
+            log.info("refresh token of an ended session presented",
+                     extra={"sub": rotation.record.sub if rotation.record else None})
+            raise SessionEnded()
         if rotation.outcome in ("reused", "grace"):
             log.warning("refresh token reused; session revoked",
                         extra={"sub": rotation.record.sub if rotation.record else None})
@@ -221,9 +234,9 @@ class Sessions:
             raise InvalidRefreshToken("the account of this session no longer exists or is disabled")
         return account.roles, account.email
 
-    async def _kill(self, family: str) -> None:
+    async def _kill(self, family: str, reason: EndReason = ENDED) -> None:
         with store_reachable():
-            await self._store.kill_family(family)
+            await self._store.kill_family(family, reason)
 
     async def _mint_pair(self, sub: str, roles: tuple[str, ...], email: str | None, family: str) -> TokenPair:
         await self._clear_watermark(sub)

@@ -24,8 +24,9 @@ from typing import Any, ClassVar, Literal
 # refresh:{<family>}:<hash>      hash: sub, exp, data (JSON), state (live|rotated), rotated_at, next
 #                                (hash of the successor), sealed (the winner's sealed_reply); TTL = exp
 # refresh:family-of:{<hash>}     the family id of a refresh token (lookup by hash alone); TTL = exp
-# family:{<family>}              hash: sub, iss, head (newest token), dead ("1" once killed);
-#                                TTL = the latest exp of its tokens
+# family:{<family>}              hash: sub, iss, head (newest token), dead ("0" while live, else why it
+#                                ended: "ended" on purpose, "reused" by reuse detection; "1", written
+#                                by older versions, reads as "reused"); TTL = the latest exp of its tokens
 # families:{<iss>|<sub>}         set of family ids of a subject (logout-all, password reset)
 # user:{<username>}              hash: the UserRecord fields, roles as JSON     (auth.users: store)
 # users:{users}                  set of usernames
@@ -56,6 +57,12 @@ RATE = "rate:"
 RESET = "reset:"
 RESET_OF = "reset-of:"
 REVOCATIONS_CHANNEL = "tokengate:revocations"
+
+# Why a refresh family ended: on purpose (logout, logout-all, a password reset or change, an account
+# disabled or deleted, a subject revoked), or because one of its rotated-away tokens came back.
+EndReason = Literal["ended", "reused"]
+ENDED: EndReason = "ended"
+REUSED: EndReason = "reused"
 
 
 class StoreUnavailable(Exception):
@@ -141,14 +148,16 @@ class Rotation:
     """The outcome of presenting a refresh token.
 
     ``ok``: it was live and is now rotated to the new hash. ``reused``: it had been rotated
-    already (or its family is dead): the whole family is now dead. ``unknown``: no such live
-    token (expired, never issued). ``grace``: it was rotated less than ``grace_s`` ago; nothing
-    changes, and ``sealed_reply`` is what the winning call stored with the rotation (the new pair,
-    encrypted with a key only the old token's holder can derive), to be handed out again.
-    ``record``: the presented token's record (ok, grace, reused).
+    already (or its family was killed by reuse detection): the whole family is now dead. ``ended``:
+    its family was ended on purpose (``kill_family`` with ``ENDED``, ``kill_families_of``); nothing
+    changes, and it is no reuse, whether the token was the family's newest or a rotated-away one.
+    ``unknown``: no such live token (expired, never issued). ``grace``: it was rotated less than
+    ``grace_s`` ago; nothing changes, and ``sealed_reply`` is what the winning call stored with the
+    rotation (the new pair, encrypted with a key only the old token's holder can derive), to be
+    handed out again. ``record``: the presented token's record (ok, grace, reused, ended).
     """
 
-    outcome: Literal["ok", "reused", "unknown", "grace"]
+    outcome: Literal["ok", "reused", "ended", "unknown", "grace"]
     record: RefreshRecord | None = None
     sealed_reply: bytes = b""
 
@@ -204,21 +213,23 @@ class Store(abc.ABC):
     async def rotate_refresh(self, token_hash: str, successor: RefreshRecord, now: float,
                              grace_s: float = 0.0, sealed_reply: bytes = b"") -> Rotation:
         """Atomically: a live ``token_hash`` becomes rotated (remembering ``sealed_reply`` for
-        ``grace_s``) and ``successor`` (same family) becomes live -> ok. Already rotated less than
-        grace_s ago -> grace (nothing changes). Already rotated otherwise, or family dead -> the
-        family is killed, its newest token too -> reused. Missing/expired (``exp <= now``) -> unknown.
+        ``grace_s``) and ``successor`` (same family) becomes live -> ok. Family ended on purpose ->
+        ended (nothing changes). Already rotated less than grace_s ago -> grace (nothing changes).
+        Already rotated otherwise, or family killed by reuse -> the family is killed (as reused), its
+        newest token too -> reused. Missing/expired (``exp <= now``) -> unknown.
         Of N concurrent calls with one live token, exactly one gets ok.
         The token is found by its hash alone: the successor is filed under the presented token's
         family (``Rotation.record.family``), whatever ``successor.family`` says, and is only stored
         on ok."""
 
     @abc.abstractmethod
-    async def kill_family(self, family: str) -> str | None:
-        """Every token of that family dies. Returns the family's subject, None if unknown."""
+    async def kill_family(self, family: str, reason: EndReason = ENDED) -> str | None:
+        """Every token of that family dies, and the family remembers ``reason`` (a family that is dead
+        already keeps the reason it died for). Returns the family's subject, None if unknown."""
 
     @abc.abstractmethod
     async def kill_families_of(self, iss: str, sub: str) -> int:
-        """Every refresh family of that subject dies; returns how many."""
+        """Every refresh family of that subject dies (ended on purpose); returns how many."""
 
     @abc.abstractmethod
     async def find_refresh(self, token_hash: str) -> RefreshRecord | None:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import time
 
-from .base import (RefreshRecord, Revocation, RevocationFeed, Rotation, Store, StoreUnavailable,
-                   UserRecord)
+from .base import (ENDED, REUSED, EndReason, RefreshRecord, Revocation, RevocationFeed, Rotation, Store,
+                   StoreUnavailable, UserRecord)
 
 SWEEP_EVERY_S = 60.0   # how often expired entries are dropped (each lookup checks expiry anyway)
 
@@ -32,7 +32,7 @@ class _Family:
     iss: str
     exp: float
     head: str = ""
-    dead: bool = False
+    ended: EndReason | None = None   # why it died; None while it lives
 
 
 @dataclass
@@ -164,23 +164,26 @@ class MemoryStore(Store):
         if token is None or family is None or token.record.exp <= now:
             return Rotation("unknown")
         record = token.record
-        if token.state == "live" and not family.dead:
+        if family.ended is None and token.state == "live":
             token.state, token.rotated_at, token.sealed = "rotated", now, sealed_reply
             successor = dataclasses.replace(successor, family=record.family)
             s.tokens[successor.token_hash] = _Token(successor)
             family.exp, family.head = max(family.exp, successor.exp), successor.token_hash
             return Rotation("ok", record)
-        if not family.dead and now - token.rotated_at < grace_s:
+        if family.ended is None and now - token.rotated_at < grace_s:
             return Rotation("grace", record, token.sealed)
-        family.dead = True
+        if family.ended == ENDED:
+            return Rotation("ended", record)
+        family.ended = REUSED
         return Rotation("reused", record)
 
-    async def kill_family(self, family: str) -> str | None:
+    async def kill_family(self, family: str, reason: EndReason = ENDED) -> str | None:
         self._open()
         found = self._live_family(family)
         if found is None:
             return None
-        found.dead = True
+        if found.ended is None:   # the first reason stands: a later logout does not hide a reuse
+            found.ended = reason
         return found.sub
 
     async def kill_families_of(self, iss: str, sub: str) -> int:
@@ -188,8 +191,8 @@ class MemoryStore(Store):
         killed = 0
         for name in s.families_of.pop((iss, sub), set()):
             family = self._live_family(name)
-            if family is not None and not family.dead:
-                family.dead = True
+            if family is not None and family.ended is None:
+                family.ended = ENDED
                 killed += 1
         return killed
 
@@ -199,7 +202,7 @@ class MemoryStore(Store):
         if token is None or token.state != "live" or token.record.exp <= self._clock():
             return None
         family = self._live_family(token.record.family)
-        return token.record if family is not None and not family.dead else None
+        return token.record if family is not None and family.ended is None else None
 
     def _live_family(self, name: str) -> _Family | None:
         family = self._s.families.get(name)

@@ -18,9 +18,9 @@ from redis import exceptions as rx
 from redis.asyncio import RedisCluster
 
 from . import redis_scripts
-from .base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, FAMILIES, FAMILY, RATE, REFRESH,
-                   REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, RefreshRecord, Revocation,
-                   Rotation, Store, StoreUnavailable, UserRecord)
+from .base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, RATE, REFRESH,
+                   REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
+                   Revocation, Rotation, Store, StoreUnavailable, UserRecord)
 from .redis_feed import RedisFeed, encode_revocation
 
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
@@ -178,9 +178,9 @@ class RedisStore(Store):
         record = RefreshRecord(token_hash, fam, _text(reply[1]), float(reply[2]), json.loads(reply[3]))
         return Rotation(outcome, record, bytes(reply[4]) if outcome == "grace" else b"")
 
-    async def kill_family(self, family: str) -> str | None:
+    async def kill_family(self, family: str, reason: EndReason = ENDED) -> str | None:
         async with self._guard():
-            reply = await self._run("kill_family", [_tagged(FAMILY, family)])
+            reply = await self._run("kill_family", [_tagged(FAMILY, family)], reason)
         return None if reply is None else _text(reply[0])
 
     async def kill_families_of(self, iss: str, sub: str) -> int:
@@ -188,7 +188,7 @@ class RedisStore(Store):
         async with self._guard():
             families = [_text(f) for f in await self._c.smembers(key)]
             for family in families:
-                reply = await self._run("kill_family", [_tagged(FAMILY, family)])
+                reply = await self._run("kill_family", [_tagged(FAMILY, family)], ENDED)
                 killed += reply is not None and reply[1] == b"1"
             if families:
                 await self._c.srem(key, *families)

@@ -77,8 +77,9 @@ local t = redis.call('HMGET', KEYS[1], 'state', 'exp', 'rotated_at', 'sub', 'dat
 if (not t[1]) or redis.call('EXISTS', KEYS[3]) == 0 or tonumber(t[2]) <= tonumber(ARGV[1]) then
   return {'unknown'}
 end
-local dead = redis.call('HGET', KEYS[3], 'dead') == '1'
-if t[1] == 'live' and not dead then
+local dead = redis.call('HGET', KEYS[3], 'dead')   -- '0' while live, else why it ended
+local live = dead == '0'
+if t[1] == 'live' and live then
   redis.call('HSET', KEYS[1], 'state', 'rotated', 'rotated_at', ARGV[1], 'next', ARGV[4], 'sealed', ARGV[3])
   redis.call('HSET', KEYS[2], 'sub', ARGV[5], 'exp', ARGV[6], 'data', ARGV[8], 'state', 'live')
   redis.call('PEXPIREAT', KEYS[2], ARGV[7])
@@ -86,10 +87,11 @@ if t[1] == 'live' and not dead then
   extend(KEYS[3], ARGV[7])
   return {'ok', t[4], t[2], t[5]}
 end
-if (not dead) and t[3] and tonumber(ARGV[1]) - tonumber(t[3]) < tonumber(ARGV[2]) then
+if live and t[3] and tonumber(ARGV[1]) - tonumber(t[3]) < tonumber(ARGV[2]) then
   return {'grace', t[4], t[2], t[5], t[6] or ''}
 end
-redis.call('HSET', KEYS[3], 'dead', '1')
+if dead == 'ended' then return {'ended', t[4], t[2], t[5]} end
+redis.call('HSET', KEYS[3], 'dead', 'reused')
 return {'reused', t[4], t[2], t[5]}
 """
 
@@ -100,12 +102,14 @@ if t[1] ~= 'live' or redis.call('HGET', KEYS[2], 'dead') ~= '0' then return nil 
 return {t[2], t[3], t[4]}
 """
 
-# KEYS: family:{f}  ->  {sub, "1" when this call killed it} or nil when unknown
+# KEYS: family:{f}   ARGV: why it ends (ended | reused)  ->  {sub, "1" when this call killed it} or nil
+# when unknown. A family that is dead already keeps the reason it died for.
 KILL_FAMILY = """
 local f = redis.call('HMGET', KEYS[1], 'sub', 'dead')
 if not f[1] then return nil end
-redis.call('HSET', KEYS[1], 'dead', '1')
-return {f[1], f[2] == '1' and '0' or '1'}
+if f[2] and f[2] ~= '0' then return {f[1], '0'} end
+redis.call('HSET', KEYS[1], 'dead', ARGV[1])
+return {f[1], '1'}
 """
 
 # KEYS: a set   ARGV: member, expires_at_ms  ->  the set lives as long as its latest member

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import time
 from collections import Counter
 
 import pytest
 
+from gateway.revocation import apply_revocation, build_revocation
 from gateway.sessions import SESSION_CLAIM, hash_refresh_token
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
@@ -109,7 +112,40 @@ async def test_refresh_of_a_disabled_or_deleted_account_is_refused_and_ends_the_
     await auth.gw.users.add("alice", "another password 123", roles=["user"])
     if change == "disable":
         await auth.gw.users.set_disabled("alice", False)
-    assert (await auth.refresh(first["refresh_token"])).status == 401   # the family stays dead
+    again = await auth.refresh(first["refresh_token"])   # the family stays dead, ended on purpose
+    assert again.status == 401 and await error_code(again) == "session_ended"
+
+
+def reuse_alarms(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tokengate.sessions" and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("ending", ["logout", "logout-all", "revoke-sub"])
+async def test_a_refresh_after_the_session_was_ended_on_purpose_is_a_plain_invalid_grant(
+        auth: Auth, caplog: pytest.LogCaptureFixture, ending: str) -> None:
+    first = await auth.session()
+    second = await (await auth.refresh(first["refresh_token"])).json()
+    if ending == "revoke-sub":   # `tokengate revoke --sub`, users disable/delete/set-password, a password reset
+        await apply_revocation(auth.gw.store, await build_revocation(auth.gw.config, sub="alice", now=time.time()),
+                               auth.gw.denylist.revoke)
+    else:
+        assert (await auth.post(ending, headers=bearer(second["access_token"]))).status == 204
+    with caplog.at_level(logging.INFO, logger="tokengate.sessions"):
+        for token in (second["refresh_token"], first["refresh_token"]):   # its newest, and one rotated away
+            resp = await auth.refresh(token)
+            assert resp.status == 401 and (await resp.json())["error"] == "invalid_grant"
+            assert await error_code(resp) == "session_ended"
+    assert reuse_alarms(caplog) == []
+    assert any(r.getMessage() == "refresh token of an ended session presented" for r in caplog.records)
+
+
+async def test_real_reuse_still_raises_the_alarm(auth: Auth, caplog: pytest.LogCaptureFixture) -> None:
+    first = await auth.session()
+    await auth.refresh(first["refresh_token"])
+    with caplog.at_level(logging.INFO, logger="tokengate.sessions"):
+        reused = await auth.refresh(first["refresh_token"])
+    assert await error_code(reused) == "refresh_token_reused"
+    assert [r.getMessage() for r in reuse_alarms(caplog)] == ["refresh token reused; session revoked"]
 
 
 # --- grace window ---------------------------------------------------------------------------------

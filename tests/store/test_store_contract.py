@@ -179,8 +179,48 @@ async def test_kill_family_ends_every_token_of_it(store: Store, clock: Clock):
     await store.add_refresh(token, ISS)
     assert await store.kill_family(token.family) == "bob"
     assert await store.find_refresh(token.token_hash) is None
-    assert (await store.rotate_refresh(token.token_hash, refresh(now=now), now)).outcome == "reused"
+    assert (await store.rotate_refresh(token.token_hash, refresh(now=now), now)).outcome == "ended"
     assert await store.kill_family("no-such-family") is None
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 30.0])
+async def test_a_family_ended_on_purpose_says_ended_for_its_live_and_rotated_tokens(store: Store, clock: Clock,
+                                                                                    grace_s: float):
+    now = clock()
+    first = refresh(now=now)
+    await store.add_refresh(first, ISS)
+    second = refresh(first.family, now=now)
+    assert (await store.rotate_refresh(first.token_hash, second, now, grace_s, b"sealed")).outcome == "ok"
+    await store.kill_family(first.family)   # logout
+    for presented in (second, first):
+        rotation = await store.rotate_refresh(presented.token_hash, refresh(now=now), now + 1, grace_s)
+        assert (rotation.outcome, rotation.record, rotation.sealed_reply) == ("ended", presented, b"")
+    await store.kill_family(first.family, "reused")   # dead already: the first reason stands
+    assert (await store.rotate_refresh(second.token_hash, refresh(now=now), now + 2)).outcome == "ended"
+
+
+async def test_kill_families_of_ends_them_on_purpose(store: Store, clock: Clock):
+    now = clock()
+    token = refresh(sub="alice", now=now)
+    await store.add_refresh(token, ISS)
+    assert await store.kill_families_of(ISS, "alice") == 1
+    assert (await store.rotate_refresh(token.token_hash, refresh(now=now), now)).outcome == "ended"
+
+
+async def test_a_family_killed_for_reuse_stays_reused_whatever_ends_it_later(store: Store, clock: Clock):
+    now = clock()
+    first, other = refresh(sub="carol", now=now), refresh(sub="carol", now=now)
+    await store.add_refresh(first, ISS)
+    await store.add_refresh(other, ISS)
+    second = refresh(first.family, now=now)
+    await store.rotate_refresh(first.token_hash, second, now)
+    assert (await store.rotate_refresh(first.token_hash, refresh(now=now), now + 1)).outcome == "reused"
+    assert await store.kill_family(other.family, "reused") == "carol"
+    await store.kill_family(first.family)             # a logout after the alarm
+    assert await store.kill_families_of(ISS, "carol") == 0   # both dead already
+    for token in (second, other):
+        rotation = await store.rotate_refresh(token.token_hash, refresh(now=now), now + 2)
+        assert (rotation.outcome, rotation.record) == ("reused", token)
 
 
 async def test_kill_families_of_ends_every_family_of_that_subject_only(store: Store, clock: Clock):

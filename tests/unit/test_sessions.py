@@ -4,6 +4,7 @@ accounts that went away, logout and logout-all."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,8 +16,10 @@ from gateway.config import GatewayConfig
 from gateway.denylist import Denylist
 from gateway.errors import DependencyDown, RevokedToken
 from gateway.passwords import PasswordHasher
-from gateway.sessions import (SESSION_CLAIM, InvalidRefreshToken, RefreshTokenReused, Sessions, TokenPair,
-                              hash_refresh_token, new_refresh_token, seal, unseal)
+from gateway.revocation import apply_revocation
+from gateway.sessions import (SESSION_CLAIM, InvalidRefreshToken, RefreshTokenReused, SessionEnded, Sessions,
+                              TokenPair, hash_refresh_token, new_refresh_token, seal, unseal)
+from gateway.store import Revocation
 from gateway.store import MemoryStore
 from gateway.tokens import Minter
 from gateway.users import AuthenticatedUser, CredentialsUsers, StoreUsers
@@ -123,6 +126,23 @@ async def test_reuse_kills_the_family(world: World) -> None:
         await sessions.rotate(second.refresh_token)
 
 
+def alarms(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tokengate.sessions" and r.levelno >= logging.WARNING]
+
+
+async def test_reuse_is_a_warning_and_a_later_logout_does_not_hide_it(world: World,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    sessions = world.sessions()
+    first = await sessions.issue(ALICE)
+    second = await sessions.rotate(first.refresh_token)
+    with caplog.at_level(logging.INFO, logger="tokengate.sessions"), pytest.raises(RefreshTokenReused):
+        await sessions.rotate(first.refresh_token)
+    assert [r.getMessage() for r in alarms(caplog)] == ["refresh token reused; session revoked"]
+    await sessions.logout(await identity_of(world, second.access_token), second.refresh_token)
+    with pytest.raises(RefreshTokenReused):   # the family died of reuse first: that is what it says
+        await sessions.rotate(second.refresh_token)
+
+
 async def test_unknown_and_expired_tokens(world: World) -> None:
     sessions = world.sessions()
     with pytest.raises(InvalidRefreshToken) as caught:
@@ -174,6 +194,8 @@ async def test_an_account_that_went_away_ends_its_sessions(world: World, change:
     with pytest.raises(InvalidRefreshToken):
         await sessions.rotate(first.refresh_token)
     assert await world.store.find_refresh(hash_refresh_token(first.refresh_token)) is None
+    with pytest.raises(SessionEnded):   # presented again: the session was ended, nothing was stolen
+        await sessions.rotate(first.refresh_token)
 
 
 async def test_a_remote_directory_keeps_the_records_roles(world: World) -> None:
@@ -199,7 +221,7 @@ async def test_logout_kills_the_family_named_by_sid_and_denies_the_jti(world: Wo
     await sessions.logout(identity, None)
     with pytest.raises(RevokedToken):
         world.denylist.check(identity)
-    with pytest.raises(RefreshTokenReused):
+    with pytest.raises(SessionEnded):
         await sessions.rotate(first.refresh_token)
     (revocation,) = await world.store.live_revocations(world.clock())
     assert revocation.expires_at == identity.exp + world.cfg.tokens.leeway
@@ -211,10 +233,41 @@ async def test_logout_all_kills_every_family_and_sets_a_watermark(world: World) 
     identity = await identity_of(world, pairs[0].access_token)
     assert await sessions.logout_all(identity) == 3
     for p in pairs:
-        with pytest.raises(InvalidRefreshToken):
+        with pytest.raises(SessionEnded):
             await sessions.rotate(p.refresh_token)
     with pytest.raises(RevokedToken):
         world.denylist.check(identity)
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 5.0])
+async def test_a_refresh_after_logout_is_session_ended_at_info_never_a_reuse_alarm(
+        world: World, caplog: pytest.LogCaptureFixture, grace_s: float) -> None:
+    sessions = world.sessions(grace_s=grace_s)
+    first = await sessions.issue(ALICE)
+    second = await sessions.rotate(first.refresh_token)
+    await sessions.logout(await identity_of(world, second.access_token), second.refresh_token)
+    with caplog.at_level(logging.INFO, logger="tokengate.sessions"):
+        for token in (second.refresh_token, first.refresh_token):   # the live one, and one rotated away (in grace)
+            with pytest.raises(SessionEnded) as caught:
+                await sessions.rotate(token)
+            assert (caught.value.status, caught.value.error, caught.value.code) == (401, "invalid_grant",
+                                                                                    "session_ended")
+    assert alarms(caplog) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == \
+        ["refresh token of an ended session presented"] * 2
+
+
+async def test_a_revoked_subject_or_a_password_reset_ends_sessions_without_an_alarm(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    sessions = world.sessions()
+    first = await sessions.issue(ALICE)
+    now = world.clock()
+    # What `tokengate revoke --sub`, `users disable/delete/set-password` and a password reset do.
+    outcome = await apply_revocation(world.store, Revocation("sub", ISSUER, "alice", now, now + 3600))
+    assert outcome.families_killed == 1
+    with caplog.at_level(logging.INFO, logger="tokengate.sessions"), pytest.raises(SessionEnded):
+        await sessions.rotate(first.refresh_token)
+    assert alarms(caplog) == []
 
 
 async def test_store_down_is_dependency_down(world: World) -> None:
