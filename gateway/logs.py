@@ -58,9 +58,17 @@ def configure_logging(cfg: LogConfig) -> None:
     root.setLevel(cfg.level.upper())
 
 
+# Codes the access line (and the metrics' ``reason``) give a forwarded answer that did not end well;
+# refusals carry their GatewayError's code instead.
+UPSTREAM_TRUNCATED = "upstream_truncated"   # the upstream broke off inside a streamed body: the client's cut
+CLIENT_LEFT = "client_gone"                 # the client left while a streamed body was on its way
+CLIENT_STALLED = "client_stalled"           # the client took nothing of it for listen.body_timeout: cut
+
+
 @dataclass(slots=True)
 class AccessNote:
-    """What the request's handler learnt for its access line (None: never got that far)."""
+    """What the request's handler learnt for its access line and the metrics (None: never got that
+    far). ``*_at`` are ``time.perf_counter()`` stamps of the stages' ends (0.0: not reached)."""
 
     path: str | None = None
     route: str | None = None
@@ -68,6 +76,10 @@ class AccessNote:
     subject: str | None = None
     code: str | None = None
     upstream_ms: float | None = None
+    routed_at: float = 0.0             # path normalised and route matched
+    checked_at: float = 0.0            # token extracted, verified and checked against the revocations
+    request_id: str | None = None      # for an answer that is no response object (a WebSocket session)
+    ws_close: int | None = None        # how a WebSocket session ended: the first close code; 1006: no close frame
 
 
 ACCESS_NOTE = web.RequestKey("access_note", AccessNote)
@@ -93,7 +105,8 @@ class AccessLog:
         fields = (("request_id", request_id), ("client", request.remote), ("method", request.method),
                   ("path", note.path if note.path is not None else request.rel_url.path), ("route", note.route),
                   ("status", status), ("code", note.code), ("upstream", note.upstream),
-                  ("subject", note.subject), ("duration_ms", duration_ms), ("upstream_ms", note.upstream_ms))
+                  ("subject", note.subject), ("duration_ms", duration_ms), ("upstream_ms", note.upstream_ms),
+                  ("ws_close", note.ws_close))
         line = self._line(now, fields)
         self._pending.append(line)
         self._size += len(line)

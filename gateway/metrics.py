@@ -1,11 +1,12 @@
 """Prometheus metrics on the admin port, at no per-request cost worth the name.
 
-A request pays for one call to ``Recorder.request``: a dict increment and two bucket increments in
-plain lists (about 1 µs). prometheus-client's own calls (a ``labels()`` lookup, a lock, in
-multi-process mode an mmap write) happen only in ``Exporter.fold``, once a second from the admin
-app and once more at every scrape and at shutdown, which moves what was counted since the last fold
-into the prometheus metrics. Values that already exist as state (the token cache's hits, the
-revocation mirror's size and sync, open connections) are read at fold time, never counted per request.
+A request pays for one call to ``Recorder.request``: a dict increment and a few bucket increments in
+plain lists (1-2 µs), and two ``perf_counter`` stamps where its stages end (pipeline.py).
+prometheus-client's own calls (a ``labels()`` lookup, a lock, in multi-process mode an mmap write)
+happen only in ``Exporter.fold``, once a second from the admin app and once more at every scrape and
+at shutdown, which moves what was counted since the last fold into the prometheus metrics. Values
+that already exist as state (the token cache's hits, the revocation mirror's size and sync, open
+connections) are read at fold time, never counted per request.
 
 With ``workers > 1`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` to a private directory before
 it spawns the workers: prometheus-client then keeps each worker's values in files there, and a scrape
@@ -26,15 +27,23 @@ from typing import Any
 
 from aiohttp import web
 
+from .logs import UPSTREAM_TRUNCATED, AccessNote
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FOLD_EVERY_S = 1.0
 # Bucket upper bounds in milliseconds (what the request path measures); exported in seconds.
 UPSTREAM_BOUNDS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
 GATEWAY_BOUNDS_MS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
+# The stages share one histogram, so one set of bounds: microseconds (a cached token, a route match)
+# up to an upstream's seconds.
+STAGE_BOUNDS_MS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0,
+                   1000.0, 2500.0, 10000.0)
+STAGES = ("route", "token", "upstream")
 METHOD_CLASS = {"GET": "read", "HEAD": "read", "OPTIONS": "read",
                 "POST": "write", "PUT": "write", "PATCH": "write", "DELETE": "write"}
 NO_ROUTE = "none"
 AUTH_ACTIONS = ("login", "refresh", "logout")
+UPSTREAM_BROKEN = "upstream_broken"   # the outcome of an answer the upstream broke off inside its body
 
 
 def _histogram_slots(bounds: tuple[float, ...]) -> list[float]:
@@ -49,24 +58,42 @@ class Recorder:
         self.requests: dict[tuple[str | None, str, int, str | None, bool], int] = {}
         self.upstream: dict[str | None, list[float]] = {}
         self.gateway = _histogram_slots(GATEWAY_BOUNDS_MS)
+        self.stages = [_histogram_slots(STAGE_BOUNDS_MS) for _ in STAGES]   # in the order of STAGES
         self.auth: dict[tuple[str, str], int] = {}
         self.servers: weakref.WeakSet[web.Server] = weakref.WeakSet()   # the proxy port's, for open connections
 
-    def request(self, route: str | None, method: str, status: int, code: str | None, upstream: str | None,
-                upstream_ms: float | None, started: float) -> None:
-        """One answered request (the proxy port's wrapper calls it once the answer is known).
-        ``upstream_ms`` is None unless the upstream answered: then the request counts as forwarded."""
+    def request(self, method: str, status: int, note: AccessNote, started: float) -> None:
+        """One answered request (the proxy port's wrapper calls it once the answer is known, with what
+        its ``note`` learnt). ``note.upstream_ms`` is None unless the upstream answered: then the
+        request counts as forwarded. ``started``: the request's ``perf_counter`` stamp."""
         total_ms = (time.perf_counter() - started) * 1000.0
-        key = (route, method, status, code, upstream_ms is not None)
+        upstream_ms = note.upstream_ms
+        key = (note.route, method, status, note.code, upstream_ms is not None)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
+        routed_at = note.routed_at
+        if routed_at:   # the stages, inlined: a call apiece would cost more than the counting
+            stage_ms = (routed_at - started) * 1000.0
+            slots = self.stages[0]
+            slots[bisect_left(STAGE_BOUNDS_MS, stage_ms)] += 1
+            slots[-1] += stage_ms
+            if note.checked_at:
+                stage_ms = (note.checked_at - routed_at) * 1000.0
+                slots = self.stages[1]
+                slots[bisect_left(STAGE_BOUNDS_MS, stage_ms)] += 1
+                slots[-1] += stage_ms
         if upstream_ms is not None:
             total_ms -= upstream_ms
-            slots = self.upstream.get(upstream)
+            slots = self.upstream.get(note.upstream)
             if slots is None:
-                slots = self.upstream[upstream] = _histogram_slots(UPSTREAM_BOUNDS_MS)
+                slots = self.upstream[note.upstream] = _histogram_slots(UPSTREAM_BOUNDS_MS)
             slots[bisect_left(UPSTREAM_BOUNDS_MS, upstream_ms)] += 1
             slots[-1] += upstream_ms
+            slots = self.stages[2]
+            slots[bisect_left(STAGE_BOUNDS_MS, upstream_ms)] += 1
+            slots[-1] += upstream_ms
+            if note.ws_close is not None:   # a WebSocket's time is its session's, not the gateway's
+                return
         slots = self.gateway
         slots[bisect_left(GATEWAY_BOUNDS_MS, total_ms)] += 1
         slots[-1] += total_ms
@@ -75,11 +102,13 @@ class Recorder:
         key = (action, outcome)
         self.auth[key] = self.auth.get(key, 0) + 1
 
-    def take(self) -> tuple[dict[Any, int], dict[str | None, list[float]], list[float], dict[tuple[str, str], int]]:
+    def take(self) -> tuple[dict[Any, int], dict[str | None, list[float]], list[float], list[list[float]],
+                            dict[tuple[str, str], int]]:
         """What was counted since the last call, and start afresh."""
-        taken = self.requests, self.upstream, self.gateway, self.auth
+        taken = self.requests, self.upstream, self.gateway, self.stages, self.auth
         self.requests, self.upstream, self.auth = {}, {}, {}
         self.gateway = _histogram_slots(GATEWAY_BOUNDS_MS)
+        self.stages = [_histogram_slots(STAGE_BOUNDS_MS) for _ in STAGES]
         return taken
 
 
@@ -109,9 +138,9 @@ def counted(action: str) -> Callable[[Callable[[web.Request], Awaitable[web.Stre
     return wrap
 
 
-def _outcome(status: int, forwarded: bool) -> str:
-    if forwarded:
-        return "forwarded"
+def _outcome(status: int, forwarded: bool, code: str | None) -> str:
+    if forwarded:   # a WebSocket session too (101); a streamed answer the client left is still forwarded
+        return UPSTREAM_BROKEN if code == UPSTREAM_TRUNCATED else "forwarded"
     return "answered" if status < 400 else str(status)
 
 
@@ -136,8 +165,17 @@ class Exporter:
                                           ["upstream"], buckets=[b / 1000 for b in UPSTREAM_BOUNDS_MS], registry=own)
         self.gateway_seconds = Histogram("tokengate_gateway_duration_seconds",
                                          "Time a request spent in the gateway outside the upstream call "
-                                         "(the whole request when it was not forwarded)",
+                                         "(the whole request when it was not forwarded; WebSocket sessions "
+                                         "are left out)",
                                          buckets=[b / 1000 for b in GATEWAY_BOUNDS_MS], registry=own)
+        self.stage_seconds = Histogram("tokengate_stage_duration_seconds",
+                                       "Time a proxied request spent in each stage it completed: route (from "
+                                       "its arrival to its route matched: path normalisation and the rule "
+                                       "match), token (extraction, verification and the revocation check, "
+                                       "measured as one: a cached token answers both at once), upstream (from "
+                                       "sending the request upstream to its answer's headers). Authorization, "
+                                       "identity headers and relaying the answer are not measured apart",
+                                       ["stage"], buckets=[b / 1000 for b in STAGE_BOUNDS_MS], registry=own)
         self.auth = Counter("tokengate_auth_requests", "Login, refresh and logout answers by outcome "
                             "(success or the error code)", ["action", "outcome"], registry=own)
         self.cache_lookups = Counter("tokengate_token_cache_lookups", "Verified-token cache lookups",
@@ -169,7 +207,7 @@ class Exporter:
 
     def fold(self, gateway: Any = None) -> None:
         """Move the recorder's counts into the metrics and read the gateway's state (None: no gateway yet)."""
-        requests, upstream, gateway_slots, auth = self.recorder.take()
+        requests, upstream, gateway_slots, stage_slots, auth = self.recorder.take()
         children = self._children
         for key, n in requests.items():
             child = children.get(key)
@@ -177,11 +215,13 @@ class Exporter:
                 route, method, status, code, forwarded = key
                 child = children[key] = self.requests.labels(
                     route if route is not None else NO_ROUTE, METHOD_CLASS.get(method, "other"),
-                    _outcome(status, forwarded), code or "")
+                    _outcome(status, forwarded, code), code or "")
             child.inc(n)
         for name, slots in upstream.items():
             _add_histogram(self.upstream_seconds.labels(name if name is not None else NO_ROUTE), slots)
         _add_histogram(self.gateway_seconds, gateway_slots)
+        for stage, slots in zip(STAGES, stage_slots):
+            _add_histogram(self.stage_seconds.labels(stage), slots)
         for (action, outcome), n in auth.items():
             self.auth.labels(action, outcome).inc(n)
         self._fold_store_errors()

@@ -131,6 +131,7 @@ JWKS_PATH = "/.well-known/jwks.json"
 # TRACE reflects the request (identity headers included) back to the caller; CONNECT opens a tunnel.
 REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 CLIENT_GONE = 499   # the access line's status when the client hung up before its answer
+SWITCHED_PROTOCOLS = 101
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -147,14 +148,14 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
         note.path = path
     rule = gw.rules.match(request.method, path)                # NoRoute -> 404
     if note is not None:
-        note.route, note.upstream = rule.label, rule.upstream
+        note.route, note.upstream, note.routed_at = rule.label, rule.upstream, time.perf_counter()
     headers, identity = gw.passport.anonymous, None
     if not rule.public:
         token = extract_access_token(request, gw.config)       # MissingToken, BadRequest, CsrfFailed
         known = await gw.authenticator.authenticate(token)     # InvalidToken, RevokedToken -> 401; 503
         identity = known.identity
         if note is not None:
-            note.subject = identity.sub
+            note.subject, note.checked_at = identity.sub, time.perf_counter()
         authorize(rule, identity)                              # Forbidden -> 403
         headers = gw.passport.cached_headers_for(known, rule.upstream)
     return await gw.forwarder.forward(request, path, rule.upstream, headers, identity, note)   # 502/504
@@ -189,11 +190,15 @@ class FrontDoor:
             status = exc.status
             raise
         finally:   # also when the client hung up (the task is cancelled): 499, as nginx logs it
+            if status == CLIENT_GONE and note.ws_close is not None:
+                # A WebSocket session that ran: aiohttp cancels its handler when the client's connection
+                # closes, which is how most sessions end.
+                status = SWITCHED_PROTOCOLS
             if self.access.enabled:
-                request_id = resp.headers.get(REQUEST_ID) if resp is not None else None
+                request_id = resp.headers.get(REQUEST_ID) if resp is not None else note.request_id
                 self.access.write(request, status, request_id, started, note)
             if self._record is not None:   # counted in plain dicts; folded into prometheus off the request path
-                self._record(note.route, request.method, status, note.code, note.upstream, note.upstream_ms, started)
+                self._record(request.method, status, note, started)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.rel_url.path   # what the app's router would match on

@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .lifetime import Lifetime
+from .logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED
 from .proxy_headers import HOP_BY_HOP, response_header_items
 from .request_id import REQUEST_ID
 
@@ -59,18 +60,26 @@ async def _copy_body(request: web.Request, chunks: AsyncIterator[bytes], out: we
     # Only the client's writes are timed (a write waits while the client reads nothing); the
     # upstream's own silences are its timeout's business (an SSE stream may be quiet for long).
     stall = asyncio.timeout_at(loop.time() + stall_s)
+    upstreams_turn = False   # waiting for the upstream's next chunk: what fails then is the upstream's fault
     try:
         async with stall:
             await out.prepare(request)
             stall.reschedule(None)
+            upstreams_turn = True
             async for chunk in chunks:   # each chunk as it arrives: SSE stays live
+                upstreams_turn = False
                 stall.reschedule(loop.time() + stall_s)
                 await out.write(chunk)
                 stall.reschedule(None)
+                upstreams_turn = True
     except (*broken, ConnectionError, TimeoutError) as exc:
         # The status line is gone already; cutting the connection is the only honest signal left
-        # (a clean end would pass a truncated body off as complete).
-        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__,
+        # (a clean end would pass a truncated body off as complete). Whose fault it was is decided by
+        # what was awaited, not by the error's type: aiohttp's write to a closing client is a ClientError.
+        code = UPSTREAM_TRUNCATED if upstreams_turn else CLIENT_STALLED if stall.expired() else CLIENT_LEFT
+        if (note := request.get(ACCESS_NOTE)) is not None:
+            note.code = code   # the access line's code, and the metrics' outcome (upstream_broken) and reason
+        log.info("stream aborted", extra={"method": request.method, "error": type(exc).__name__, "code": code,
                                           "client_stalled": stall.expired()})
         if request.transport is not None:
             if stall.expired():

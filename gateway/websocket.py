@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +16,8 @@ from yarl import URL
 
 from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
 from .lifetime import Lifetime
+from .logs import ACCESS_NOTE
+from .request_id import REQUEST_ID
 
 log = logging.getLogger("tokengate.forward")
 
@@ -24,6 +27,7 @@ WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-web
 # Close codes that describe a dead connection and may not be sent in a close frame (RFC 6455 7.4.1).
 _UNSENDABLE = {1005: 1000, 1006: 1011, 1015: 1011}
 _CLOSE_TIMEOUT_S = 5.0
+ABNORMAL_CLOSURE = 1006   # RFC 6455 7.1.5: the connection ended without a close frame (the access line's ws_close)
 POLICY_VIOLATION = 1008   # RFC 6455 7.4.1: the close code when the token expires or is revoked
 GOING_AWAY = 1001
 
@@ -48,17 +52,28 @@ async def proxy_websocket(request: web.Request, session: aiohttp.ClientSession, 
     """
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise BadRequest("a malformed WebSocket upgrade", headers=echo_headers)
+    note = request.get(ACCESS_NOTE)
+    sent_at = time.perf_counter()
     upstream = await _connect(session, url, headers, requested_protocols(request), echo_headers)
+    if note is not None:   # the upstream's 101: counted as forwarded, its handshake as the upstream's time
+        note.upstream_ms = (time.perf_counter() - sent_at) * 1000
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else ())
     client.headers.update(echo_headers)
+    closes: list[int] = []   # each leg's close code as its pump ends: the first is how the session ended
     try:
         await client.prepare(request)
+        if note is not None:
+            note.request_id = echo_headers.get(REQUEST_ID)
         ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         with lifetime.on_end(lambda reason: ended.done() or ended.set_result(reason)):
-            await _pump_both(client, upstream, ended)
+            await _pump_both(client, upstream, ended, closes)
     except ConnectionError:
         pass   # the client left during the handshake: nothing to answer
     finally:
+        # Also when cancelled: aiohttp cancels this handler as soon as the client's connection closes,
+        # often before it returns, so the access line learns the session from the note.
+        if note is not None and client.prepared:
+            note.ws_close = closes[0] if closes else ABNORMAL_CLOSURE
         await upstream.close()
     return client
 
@@ -76,14 +91,16 @@ async def _connect(session: aiohttp.ClientSession, url: URL, headers: CIMultiDic
 
 
 async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse,
-                     ended: asyncio.Future[str]) -> None:
-    tasks = [asyncio.create_task(_pump(client, upstream)), asyncio.create_task(_pump(upstream, client))]
+                     ended: asyncio.Future[str], closes: list[int]) -> None:
+    tasks = [asyncio.create_task(_pump(client, upstream, closes)),
+             asyncio.create_task(_pump(upstream, client, closes))]
     pumps = asyncio.gather(*tasks, return_exceptions=True)
     try:
         await asyncio.wait([pumps, ended], return_when=asyncio.FIRST_COMPLETED)
         if ended.done() and not pumps.done():
             # Stop both pumps first: a pump still reading (or closing on its own) would race the
             # close frames below, and the client could see the connection drop (1006), not 1008.
+            closes.insert(0, POLICY_VIOLATION)
             await _stop(tasks)
             reason = f"token {ended.result()}".encode()
             await asyncio.gather(client.close(code=POLICY_VIOLATION, message=reason),
@@ -105,8 +122,9 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
-    """Copy messages from src to dst; when src closes, close dst with the same code and reason."""
+                dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, closes: list[int]) -> None:
+    """Copy messages from src to dst; when src closes, close dst with the same code and reason
+    (and add src's code to ``closes``)."""
     reason = b""
     try:
         while True:
@@ -123,4 +141,5 @@ async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     except ConnectionError:
         pass   # dst went away; its own pump closes the other side
     code = src.close_code or 1000
+    closes.append(code)
     await dst.close(code=_UNSENDABLE.get(code, code), message=reason)

@@ -4,14 +4,17 @@ fields, never a token, cookie, password or Authorization value; `log` turns it o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.conftest import bearer
 from tests.integration.gatewayproc import GatewayProcess
+from tests.integration.rawupstream import read_request
 from tests.integration.test_gateway_process import gateway_config, raw_get, raw_request
 from tests.integration.test_token_lifecycle_process import PASSWORD, login, users_file
 
@@ -82,3 +85,79 @@ async def test_log_section_turns_the_access_log_off_and_picks_text(start_gateway
     log = gw.log()
     assert "tokengate serving on" in log and not log.lstrip().startswith("{")
     assert "tokengate.access" not in log
+
+
+@pytest.fixture
+async def echo_logged_gateway(start_gateway, echo_upstream, keys_dir) -> Any:
+    cfg = gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/"))
+    cfg["tokens"]["leeway"] = "0s"   # a token dies exactly at its exp
+    cfg["routes"] = [*cfg["routes"], {"path": "/_echo", "upstream": "accounts", "roles": ["user"]}]
+    return await start_gateway(cfg)
+
+
+@pytest.mark.parametrize("closer", ["upstream", "client"])
+async def test_a_websocket_session_is_logged_as_101_with_its_request_id_and_close_code(echo_logged_gateway, http,
+                                                                                      mint, closer):
+    gw = echo_logged_gateway
+    headers = {**bearer(mint(sub="alice", roles=["user"])), "X-Request-Id": "ws-1"}
+    async with http.ws_connect(f"{gw.url}/_echo/ws", headers=headers) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=10)).data == "hello"
+        if closer == "upstream":
+            await ws.send_str("close:4001")   # the echo upstream ends the session with 4001
+            assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+        else:
+            await ws.close(code=4002)
+    [line] = await written_access_lines(gw, 1)
+    assert (line["status"], line["request_id"], line["subject"]) == (101, "ws-1", "alice")
+    assert line["ws_close"] == (4001 if closer == "upstream" else 4002)
+    assert line["duration_ms"] >= line["upstream_ms"] > 0 and "code" not in line
+
+
+async def test_a_websocket_session_its_token_ended_is_logged_with_1008(echo_logged_gateway, http, mint):
+    gw = echo_logged_gateway
+    async with http.ws_connect(f"{gw.url}/_echo/ws", headers=bearer(mint(roles=["user"], exp=int(time.time()) + 2))) \
+            as ws:
+        assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1008
+    [line] = await written_access_lines(gw, 1)
+    assert (line["status"], line["ws_close"]) == (101, 1008)
+
+
+async def test_an_upstream_that_breaks_off_inside_a_streamed_answer_is_logged_as_truncated(echo_logged_gateway,
+                                                                                          http, mint):
+    gw = echo_logged_gateway
+    async with http.get(f"{gw.url}/_echo/broken?length=500000", headers=bearer(mint(roles=["user"]))) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):   # cut, never ended cleanly
+            await resp.read()
+    [line] = await written_access_lines(gw, 1)
+    assert (line["status"], line["code"]) == (200, "upstream_truncated")
+
+
+async def test_a_client_that_stops_reading_is_logged_as_stalled_not_as_a_broken_upstream(start_gateway, raw_upstream,
+                                                                                         keys_dir, mint):
+    size = 16 * 1024 * 1024   # more than the sockets between them hold
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 65536):
+                writer.write(b"z" * 65536)
+                await writer.drain()   # blocks once the gateway stops reading
+
+    up = await raw_upstream(script)
+    cfg = gateway_config(keys_dir, up.url)
+    cfg["listen"]["body_timeout"] = "1s"
+    gw = await start_gateway(cfg)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.transport.pause_reading()   # type: ignore[attr-defined]   # reads nothing at all
+    writer.write(f"GET /api/orders HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {mint(roles=['user'])}"
+                 "\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        [line] = await written_access_lines(gw, 1, timeout_s=10)
+    finally:
+        writer.close()
+    assert (line["status"], line["code"]) == (200, "client_stalled")

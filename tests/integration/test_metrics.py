@@ -93,6 +93,34 @@ async def test_outcomes_are_counted_by_route_method_and_reason(gw, http, mint):
     assert total(samples, "tokengate_revocation_mirror_in_sync") == 1
 
 
+@pytest.fixture
+async def echo_gw(start_gateway, echo_upstream, keys_dir) -> GatewayProcess:
+    cfg = config(keys_dir, str(echo_upstream.make_url("")).rstrip("/"))
+    cfg["routes"] = [*cfg["routes"], {"path": "/_echo", "upstream": "accounts", "roles": ["user"]}]
+    return await start_gateway(cfg)
+
+
+async def test_websocket_sessions_broken_answers_and_stages_are_counted(echo_gw, http, mint):
+    token = mint(roles=["user"])
+    async with http.ws_connect(f"{echo_gw.url}/_echo/ws", headers=bearer(token)) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=10)).data == "hi"
+    async with http.get(f"{echo_gw.url}/_echo/broken?length=500000", headers=bearer(token)) as resp:
+        with pytest.raises(aiohttp.ClientPayloadError):   # the upstream broke off inside the body
+            await resp.read()
+
+    name = "tokengate_requests_total"
+    samples = await until(echo_gw, lambda s: total(s, name) >= 2)
+    assert total(samples, name) == 2
+    assert total(samples, name, route="* /_echo", method="read", outcome="forwarded", reason="") == 1   # the 101
+    assert total(samples, name, route="* /_echo", outcome="upstream_broken", reason="upstream_truncated") == 1
+    assert total(samples, "tokengate_upstream_duration_seconds_count", upstream="accounts") == 2
+    assert total(samples, "tokengate_gateway_duration_seconds_count") == 1   # the session's length is not ours
+    for stage in ("route", "token", "upstream"):
+        assert total(samples, "tokengate_stage_duration_seconds_count", stage=stage) == 2
+    assert 0 < total(samples, "tokengate_stage_duration_seconds_sum", stage="token") < 1
+
+
 async def test_mirror_size_follows_a_revocation(gw, http, mint):
     await until(gw, lambda s: total(s, "tokengate_revocation_mirror_entries") == 0)
     async with http.post(f"{gw.admin_url}/admin/revoke", json={"sub": "mallory"}) as resp:

@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import GATEWAY_BOUNDS_MS, UPSTREAM_BOUNDS_MS, Exporter, Recorder
+from gateway.logs import AccessNote
+from gateway.metrics import GATEWAY_BOUNDS_MS, STAGE_BOUNDS_MS, UPSTREAM_BOUNDS_MS, Exporter, Recorder
 from gateway.store.base import StoreUnavailable
+
+
+def answered(recorder: Recorder, route: str | None, method: str, status: int, code: str | None,
+             upstream: str | None, upstream_ms: float | None, started: float, **note: Any) -> None:
+    """One request through Recorder.request, its note filled as the pipeline would."""
+    recorder.request(method, status, AccessNote(route=route, upstream=upstream, code=code, upstream_ms=upstream_ms,
+                                                **note), started)
 
 
 def samples(exporter: Exporter) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -38,13 +46,13 @@ def exporter(recorder: Recorder) -> Exporter:
 def test_requests_are_counted_by_route_method_class_outcome_and_reason(recorder, exporter):
     started = time.perf_counter()
     for _ in range(3):
-        recorder.request("GET /api/orders", "GET", 200, None, "orders", 2.0, started)
-    recorder.request("GET /api/orders", "HEAD", 500, None, "orders", 2.0, started)   # the upstream's 500
-    recorder.request("GET /api/orders", "GET", 401, "token_expired", "orders", None, started)
-    recorder.request("POST /api/orders", "POST", 403, "forbidden", "orders", None, started)
-    recorder.request(None, "BREW", 404, "no_route", None, None, started)
-    recorder.request("GET /api/orders", "GET", 502, "upstream_failed", "orders", None, started)
-    recorder.request(None, "POST", 200, None, None, None, started)                  # /auth/login
+        answered(recorder, "GET /api/orders", "GET", 200, None, "orders", 2.0, started)
+    answered(recorder, "GET /api/orders", "HEAD", 500, None, "orders", 2.0, started)   # the upstream's 500
+    answered(recorder, "GET /api/orders", "GET", 401, "token_expired", "orders", None, started)
+    answered(recorder, "POST /api/orders", "POST", 403, "forbidden", "orders", None, started)
+    answered(recorder, None, "BREW", 404, "no_route", None, None, started)
+    answered(recorder, "GET /api/orders", "GET", 502, "upstream_failed", "orders", None, started)
+    answered(recorder, None, "POST", 200, None, None, None, started)                  # /auth/login
     exporter.fold()
     name = "tokengate_requests_total"
     assert value(exporter, name, route="GET /api/orders", method="read", outcome="forwarded", reason="") == 4
@@ -59,7 +67,7 @@ def test_requests_are_counted_by_route_method_class_outcome_and_reason(recorder,
 @pytest.mark.parametrize(("upstream_ms", "le"), [(0.2, "0.001"), (1.0, "0.001"), (1.01, "0.0025"),
                                                  (7.0, "0.01"), (10_000.0, "10.0"), (99_999.0, "+Inf")])
 def test_upstream_latency_lands_in_the_first_bucket_it_fits(recorder, exporter, upstream_ms, le):
-    recorder.request("r", "GET", 200, None, "orders", upstream_ms, time.perf_counter())
+    answered(recorder, "r", "GET", 200, None, "orders", upstream_ms, time.perf_counter())
     exporter.fold()
     got = samples(exporter)
     buckets = {dict(labels)["le"]: v for (name, labels), v in got.items()
@@ -73,7 +81,7 @@ def test_upstream_latency_lands_in_the_first_bucket_it_fits(recorder, exporter, 
 
 def test_gateway_time_is_the_request_minus_the_upstream_call(recorder, exporter):
     # Started 30 ms ago, of which the upstream took 29.9: the gateway's share is about 0.1 ms.
-    recorder.request("r", "GET", 200, None, "orders", 29.9, time.perf_counter() - 0.030)
+    answered(recorder, "r", "GET", 200, None, "orders", 29.9, time.perf_counter() - 0.030)
     exporter.fold()
     total = value(exporter, "tokengate_gateway_duration_seconds_sum")
     assert 0.0 < total < 0.030 - 0.0299 + 0.01   # generous: this is placement, not timing
@@ -82,13 +90,60 @@ def test_gateway_time_is_the_request_minus_the_upstream_call(recorder, exporter)
                                              if name == "tokengate_gateway_duration_seconds_bucket")
 
 
+def test_a_truncated_upstream_body_is_its_own_outcome_and_a_client_that_left_is_not(recorder, exporter):
+    started = time.perf_counter()
+    answered(recorder, "r", "GET", 200, "upstream_truncated", "orders", 2.0, started)
+    answered(recorder, "r", "GET", 200, "client_gone", "orders", 2.0, started)
+    answered(recorder, "r", "GET", 200, "client_stalled", "orders", 2.0, started)
+    exporter.fold()
+    name = "tokengate_requests_total"
+    assert value(exporter, name, route="r", method="read", outcome="upstream_broken", reason="upstream_truncated") == 1
+    assert value(exporter, name, route="r", method="read", outcome="forwarded", reason="client_gone") == 1
+    assert value(exporter, name, route="r", method="read", outcome="forwarded", reason="client_stalled") == 1
+
+
+def test_a_websocket_session_is_forwarded_and_its_length_is_no_gateway_time(recorder, exporter):
+    # The session lasted 5 s; its upstream handshake took 2 ms.
+    answered(recorder, "r", "GET", 101, None, "orders", 2.0, time.perf_counter() - 5.0, ws_close=1000)
+    exporter.fold()
+    assert value(exporter, "tokengate_requests_total", route="r", method="read", outcome="forwarded", reason="") == 1
+    assert value(exporter, "tokengate_upstream_duration_seconds_count", upstream="orders") == 1
+    assert value(exporter, "tokengate_gateway_duration_seconds_count") == 0
+
+
+def stage_buckets(exporter: Exporter, stage: str) -> dict[str, float]:
+    return {dict(labels)["le"]: v for (name, labels), v in samples(exporter).items()
+            if name == "tokengate_stage_duration_seconds_bucket" and dict(labels)["stage"] == stage}
+
+
+def test_each_stage_a_request_completed_lands_in_its_own_series(recorder, exporter):
+    started = time.perf_counter() - 1.0
+    # Routed 0.02 ms after arrival, token checked 0.3 ms later, upstream 7 ms.
+    answered(recorder, "r", "GET", 200, None, "orders", 7.0, started, routed_at=started + 0.00002,
+             checked_at=started + 0.00032)
+    answered(recorder, "r", "GET", 401, "token_expired", "orders", None, started, routed_at=started + 0.00002)
+    answered(recorder, None, "GET", 404, "no_route", None, None, started)   # never routed: no stage at all
+    exporter.fold()
+    name = "tokengate_stage_duration_seconds"
+    assert value(exporter, f"{name}_count", stage="route") == 2
+    assert value(exporter, f"{name}_sum", stage="route") == pytest.approx(0.00004)
+    assert value(exporter, f"{name}_count", stage="token") == 1
+    assert value(exporter, f"{name}_sum", stage="token") == pytest.approx(0.0003)
+    assert value(exporter, f"{name}_count", stage="upstream") == 1
+    assert value(exporter, f"{name}_sum", stage="upstream") == pytest.approx(0.007)
+    bounds = [f"{b / 1000}" for b in STAGE_BOUNDS_MS] + ["+Inf"]
+    assert stage_buckets(exporter, "route")[bounds[1]] == 0 and stage_buckets(exporter, "route")[bounds[2]] == 2
+    assert stage_buckets(exporter, "token")["0.00025"] == 0 and stage_buckets(exporter, "token")["0.0005"] == 1
+    assert stage_buckets(exporter, "upstream")["0.005"] == 0 and stage_buckets(exporter, "upstream")["0.01"] == 1
+
+
 def test_counts_are_folded_once(recorder, exporter):
     started = time.perf_counter()
-    recorder.request("r", "GET", 200, None, "orders", 3.0, started)
+    answered(recorder, "r", "GET", 200, None, "orders", 3.0, started)
     recorder.auth_action("login", "success")
     exporter.fold()
     exporter.fold()
-    recorder.request("r", "GET", 200, None, "orders", 3.0, started)
+    answered(recorder, "r", "GET", 200, None, "orders", 3.0, started)
     exporter.fold()
     exporter.fold()
     assert value(exporter, "tokengate_requests_total", route="r", method="read", outcome="forwarded", reason="") == 2
@@ -97,6 +152,7 @@ def test_counts_are_folded_once(recorder, exporter):
     assert value(exporter, "tokengate_gateway_duration_seconds_count") == 2
     assert value(exporter, "tokengate_auth_requests_total", action="login", outcome="success") == 1
     assert recorder.requests == {} and recorder.auth == {}
+    assert value(exporter, "tokengate_stage_duration_seconds_count", stage="upstream") == 2
 
 
 def _gateway(hits: int, misses: int, mirror: int, in_sync: bool, synced_s_ago: float | None,
@@ -149,7 +205,9 @@ def test_the_request_hook_costs_about_a_microsecond(recorder):
     """Not a timing assertion (CI machines vary): prints the figure; fails only when far off (> 20 µs)."""
     n = 100_000
     started = time.perf_counter()
-    best = min(timeit.repeat(lambda: recorder.request("GET /api/orders", "GET", 200, None, "orders", 2.2, started),
+    note = AccessNote(route="GET /api/orders", upstream="orders", upstream_ms=2.2, routed_at=started + 1e-5,
+                      checked_at=started + 2e-5)
+    best = min(timeit.repeat(lambda: recorder.request("GET", 200, note, started),
                              number=n, repeat=3)) / n
     print(f"Recorder.request: {best * 1e6:.2f} µs")
     assert best < 20e-6
