@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .auth_routes import (NO_STORE, InvalidCredentials, MethodNotAllowed, caller, read_json_object,
-                          refuse_form_post, sessions_of, string_field, token_response)
+from .auth_routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
+                          sessions_of, string_field, token_response)
 from .config import GatewayConfig
-from .errors import BadRequest, Forbidden, GatewayError, Handler, NoRoute
+from .errors import BadRequest, Forbidden, GatewayError, NoRoute
 from .password_policy import PasswordPolicy, WeakPassword
 from .pipeline import GATEWAY, Gateway
 from .ratelimit import RateLimiter, client_address
@@ -79,23 +79,11 @@ def add_account_routes(app: web.Application, cfg: GatewayConfig) -> None:
     proxy route and after the Gateway's cleanup context: the background work ends before the Gateway."""
     prefix = cfg.auth.prefix
     app.cleanup_ctx.append(_accounts_context)
-    if cfg.auth.signup:
-        _add_post(app, f"{prefix}/signup", signup)
-    else:   # the same answer as a path nothing serves
-        app.router.add_route("*", f"{prefix}/signup", _no_signup)
-    _add_post(app, f"{prefix}/forgot-password", forgot_password)
-    _add_post(app, f"{prefix}/reset-password", reset_password)
-    _add_post(app, f"{prefix}/change-password", change_password)
-
-
-def _add_post(app: web.Application, path: str, handler: Handler) -> None:
-    resource = app.router.add_resource(path)
-    resource.add_route("POST", handler)
-    resource.add_route("*", _refuse_method)
-
-
-async def _refuse_method(request: web.Request) -> web.StreamResponse:
-    raise MethodNotAllowed(headers={"Allow": "POST"})
+    # Without signup, the same answers as a path nothing serves: 404, and 405 method_refused for TRACE/CONNECT.
+    add_endpoint(app, f"{prefix}/signup", {"POST": signup} if cfg.auth.signup else {"*": _no_signup})
+    add_endpoint(app, f"{prefix}/forgot-password", {"POST": forgot_password})
+    add_endpoint(app, f"{prefix}/reset-password", {"POST": reset_password})
+    add_endpoint(app, f"{prefix}/change-password", {"POST": change_password})
 
 
 async def _no_signup(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from .account_routes import add_account_routes
-from .auth_routes import add_auth_routes
+from .auth_routes import add_auth_routes, add_endpoint
 from .config import GatewayConfig
 from .edge import EdgeRunner, edge_options
 from .errors import error_middleware
@@ -38,7 +38,7 @@ def build_app(cfg: GatewayConfig) -> web.Application:
     if cfg.admin.metrics:
         app[METRICS] = Recorder()   # the admin app's /metrics reads it
     app.cleanup_ctx.append(_gateway_context)
-    app.router.add_get(JWKS_PATH, _jwks)
+    add_endpoint(app, JWKS_PATH, {"GET": _jwks, "HEAD": _jwks})
     add_auth_routes(app, cfg)
     add_account_routes(app, cfg)   # after _gateway_context: its background work ends before the Gateway
     add_openapi_route(app, cfg)

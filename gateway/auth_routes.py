@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -17,12 +18,12 @@ from .authorize import authorize
 from .config import GatewayConfig
 from .cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
                       set_session_cookies)
-from .errors import BadRequest, ConflictingHeaders, GatewayError
+from .errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused
 from .identity import Identity
 from .metrics import counted
 from .paths import normalise
 from .proxy_headers import fold
-from .pipeline import GATEWAY, Gateway
+from .pipeline import GATEWAY, REFUSED_METHODS, Gateway
 from .ratelimit import RateLimiter, client_address
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, Sessions, TokenPair
 from .users import MAX_PASSWORD_CHARS
@@ -36,6 +37,8 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 5.1
 # Folded names (case folded, "_" read as "-"): every spelling of either family is a copy of one header.
 FORWARDED_METHOD = frozenset({"x-forwarded-method", "x-original-method"})
 FORWARDED_URI = frozenset({"x-forwarded-uri", "x-original-uri"})
+# Allow on an endpoint that answers every method but TRACE and CONNECT: what the proxy says (pipeline.proxy).
+ANY_METHOD = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # What an HTML form on another site can send without a CORS preflight.
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 
@@ -61,19 +64,30 @@ def add_auth_routes(app: web.Application, cfg: GatewayConfig) -> None:
     """Register the endpoints under ``cfg.auth.prefix``; call it before the catch-all proxy route.
     Any other method on these paths gets 405, never the proxy."""
     prefix = cfg.auth.prefix
-    for path, method, handler in ((f"{prefix}/login", "POST", login), (f"{prefix}/refresh", "POST", refresh),
-                                  (f"{prefix}/logout", "POST", logout),
-                                  (f"{prefix}/logout-all", "POST", logout_all)):
-        resource = app.router.add_resource(path)
-        resource.add_route(method, handler)
-        resource.add_route("*", _refuse(method))
+    for path, handler in ((f"{prefix}/login", login), (f"{prefix}/refresh", refresh), (f"{prefix}/logout", logout),
+                          (f"{prefix}/logout-all", logout_all)):
+        add_endpoint(app, path, {"POST": handler})
     # Every method: nginx's auth_request subrequest keeps the original request's method.
-    app.router.add_route("*", f"{prefix}/verify", verify)
+    add_endpoint(app, f"{prefix}/verify", {"*": verify})
 
 
-def _refuse(allowed: str) -> Any:
+def add_endpoint(app: web.Application, path: str, handlers: Mapping[str, Handler]) -> None:
+    """Register one of the gateway's own endpoints: ``handlers`` by method ("*": every other method).
+    TRACE and CONNECT get the proxy's 405 method_refused, on every path alike; any other method
+    without a handler gets 405 method_not_allowed. Both say Allow."""
+    resource = app.router.add_resource(path)
+    allow = ", ".join(method for method in handlers if method != "*") or ANY_METHOD
+    for method in sorted(REFUSED_METHODS):
+        resource.add_route(method, _refuse(MethodRefused, allow))
+    for method, handler in handlers.items():
+        resource.add_route(method, handler)
+    if "*" not in handlers:
+        resource.add_route("*", _refuse(MethodNotAllowed, allow))
+
+
+def _refuse(error: type[GatewayError], allow: str) -> Handler:
     async def refuse(request: web.Request) -> web.StreamResponse:
-        raise MethodNotAllowed(headers={"Allow": allowed})
+        raise error(headers={"Allow": allow})
     return refuse
 
 

@@ -6,8 +6,10 @@ headers, signup on/off); error answers are derived from the exception classes th
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -17,14 +19,14 @@ from . import __version__
 from .account_routes import (MAX_EMAIL_CHARS, ForeignAccount, InvalidAccountField, InvalidResetToken,
                              UsernameTaken, WeakPasswordRefused)
 from .auth_routes import (MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, InvalidCredentials, JsonRequired,
-                          MethodNotAllowed)
+                          add_endpoint)
 from .config import CredentialsUrlConfig, GatewayConfig
 from .cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
 from .errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, ExpiredToken, Forbidden, InvalidToken,
                      MissingToken, NoRoute, RateLimited, RevokedToken)
 from .pipeline import GATEWAY, JWKS_PATH
 from .resets import MAX_RESET_TOKEN_CHARS
-from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused
+from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused, SessionEnded
 from .users import MAX_PASSWORD_CHARS, USERNAME
 
 OPENAPI_VERSION = "3.1.0"
@@ -32,6 +34,7 @@ OPENAPI_PATH = "/openapi.json"          # under auth.prefix
 JSON = "application/json"
 PUBLIC_CACHE = "public, max-age=300"
 OPENAPI_BODY = web.AppKey("openapi_body", bytes)
+VERIFY_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]+")   # names that are safe to put in a pattern as written
 
 
@@ -67,8 +70,9 @@ def openapi_document(cfg: GatewayConfig) -> dict[str, Any]:
         paths[f"{p}/forgot-password"] = {"post": _forgot_password()}
         paths[f"{p}/reset-password"] = {"post": _reset_password()}
         paths[f"{p}/change-password"] = {"post": _change_password(cfg)}
-    # Forward-auth answers every method: nginx's auth_request keeps the original request's method.
-    paths[f"{p}/verify"] = {method: _verify(cfg, method) for method in ("get", "post", "put", "patch", "delete")}
+    # Forward-auth answers every method but TRACE and CONNECT (nginx's auth_request keeps the original
+    # request's method): every other one OpenAPI 3.1 has a name for.
+    paths[f"{p}/verify"] = {method: _verify(cfg, method) for method in VERIFY_METHODS}
     paths[JWKS_PATH] = {"get": _jwks()}
     paths[f"{p}{OPENAPI_PATH}"] = {"get": _openapi()}
     return {
@@ -94,18 +98,12 @@ def add_openapi_route(app: web.Application, cfg: GatewayConfig) -> None:
     """Register GET (and HEAD) {prefix}/openapi.json; call it before the catch-all proxy route.
     Other methods get 405 with Allow, like the other auth endpoints."""
     app[OPENAPI_BODY] = _encode(openapi_document(cfg))
-    resource = app.router.add_resource(f"{cfg.auth.prefix}{OPENAPI_PATH}")
-    resource.add_route("GET", serve_openapi)
-    resource.add_route("HEAD", serve_openapi)
-    resource.add_route("*", _refuse)
-
-
-async def _refuse(request: web.Request) -> web.StreamResponse:
-    raise MethodNotAllowed(headers={"Allow": "GET, HEAD"})
+    add_endpoint(app, f"{cfg.auth.prefix}{OPENAPI_PATH}", {"GET": serve_openapi, "HEAD": serve_openapi})
 
 
 def _encode(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    # UTF-8 as it is: the e-mail patterns list thousands of characters, under half the size of \u escapes.
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # --- operations ----------------------------------------------------------------------------------
@@ -131,8 +129,8 @@ def _refresh(cfg: GatewayConfig) -> dict[str, Any]:
         body=_body("RefreshRequest", required=False),
         security=[{"refreshCookie": []}, {}],
         responses={"200": _tokens(cfg),
-                   **_failures(BadRequest, InvalidRefreshToken, RefreshTokenReused, BodyTooLarge, RateLimited,
-                               DependencyDown)})
+                   **_failures(BadRequest, InvalidRefreshToken, RefreshTokenReused, SessionEnded, BodyTooLarge,
+                               RateLimited, DependencyDown)})
 
 
 def _logout(cfg: GatewayConfig) -> dict[str, Any]:
@@ -205,21 +203,37 @@ def _change_password(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def _verify(cfg: GatewayConfig, method: str) -> dict[str, Any]:
+    # X-Original-Method/-URI are the same two inputs under nginx's names, so they are said in words: a
+    # parameter list would make each header a free choice, and copies that disagree are refused.
     return _operation(
         f"verify{method.capitalize()}", "Forward-auth: may this request pass?",
         "For nginx auth_request, Traefik ForwardAuth and Envoy ext_authz. The request to judge is described "
-        "by X-Forwarded-Method or X-Original-Method (else this request's method) and X-Forwarded-Uri or "
-        "X-Original-URI (else /). Copies of either that disagree (both families, or one sent twice) get 400 "
-        "conflicting_headers whatever the token. Every method is answered alike. 200 carries the identity "
+        "by X-Forwarded-Method (else this request's method) and X-Forwarded-Uri (else /). nginx setups may "
+        "send them as X-Original-Method and X-Original-URI instead, read the same way; copies of one that "
+        "disagree (both names, or one sent twice) get 400 conflicting_headers whatever the token. Every "
+        "method but TRACE and CONNECT (405 method_refused) is answered alike. 200 carries the identity "
         "headers the upstream would receive (none for a public route).",
-        parameters=[_header_param(name, f"The {what} of the request to judge.")
-                    for name, what in (("X-Forwarded-Method", "method"), ("X-Forwarded-Uri", "path and query"),
-                                       ("X-Original-Method", "method (nginx)"),
-                                       ("X-Original-URI", "path and query (nginx)"))],
+        parameters=[_header_param("X-Forwarded-Method", "The method of the request to judge.", {"type": "string"}),
+                    _header_param("X-Forwarded-Uri", "The path and query of the request to judge. The path is "
+                                  "normalised like a proxied one (bad_path: no leading /, an encoded / or "
+                                  "\\, a ; parameter, a control character, a malformed or double-encoded escape, "
+                                  "bytes that are not UTF-8, .. above the root); the pattern is the part of "
+                                  "that a regular expression can say.", {"type": "string", "pattern": _uri_pattern()})],
         security=[*_access_security(cfg), {}],
         responses={"200": {"description": "Allowed.",
                            "headers": {**_no_store_headers(pragma=True), **_identity_headers(cfg)}},
                    **_failures(*TOKEN_FAILURES, ConflictingHeaders, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
+
+
+def _uri_pattern() -> str:
+    """paths.normalise's paths, as far as a regular expression can tell them (how far `..` climbs is
+    counting): printable ASCII but \\ ; and %, escapes of printable ASCII but . / % ; and \\, no `..`
+    segment; then anything after ? or #. An empty value is /."""
+    raw = _char_class(sorted(set(range(0x20, 0x7F)) - set(map(ord, "\\;%?#./"))))
+    escape = "%(?:2[0-46-9A-Da-d]|3[0-9AC-Fac-f]|[46][0-9A-Fa-f]|5[0-9ABD-Fabd-f]|7[0-9A-Ea-e])"
+    plain = f"(?:[{raw}]|{escape})"
+    segment = rf"(?:\.*{plain}(?:{plain}|\.)*|\.(?:\.\.+)?)"   # a plain character, or ., ..., ....
+    return rf"^(?:(?:/{segment}?)+(?:[?#].*)?)?$"
 
 
 def _jwks() -> dict[str, Any]:
@@ -259,9 +273,8 @@ def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
             "description": f"A JSON object of at most {MAX_BODY_BYTES} bytes."}
 
 
-def _header_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "header", "required": False, "description": description,
-            "schema": {"type": "string"}}
+def _header_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": False, "description": description, "schema": schema}
 
 
 def _access_security(cfg: GatewayConfig) -> list[dict[str, list[str]]]:
@@ -373,20 +386,16 @@ def _account_schemas(cfg: GatewayConfig) -> dict[str, Any]:
     new_password = {"type": "string", "minLength": policy.min_length, "maxLength": policy.max_length,
                     "description": "A new password: auth.password's lengths (characters), not a common password, "
                                    "not the username or e-mail address; else weak_password."}
-    # users.check_email: something@domain, printable, no spaces; the last @ splits it.
-    email = {"type": "string", "maxLength": MAX_EMAIL_CHARS, "pattern": r"^\S+@[^\s@]+$"}
     return {
         "SignupRequest": _object({"username": {"type": "string", "pattern": f"^{USERNAME.pattern}$",
                                                "description": "Case-sensitive: letters, digits and ._-@"},
                                   "password": new_password,
-                                  "email": {**email, "type": ["string", "null"], "description": "Where reset "
-                                            "links go."}},
+                                  "email": _email("Where reset links go:", nullable=True)},
                                  ["username", "password"]),
         "Account": {"type": "object", "required": ["username", "roles"], "additionalProperties": False,
                     "properties": {"username": {"type": "string"},
                                    "roles": {"type": "array", "items": {"type": "string"}}}},
-        "ForgotPasswordRequest": _object({"email": {**email, "description": "The account's e-mail address."}},
-                                         ["email"]),
+        "ForgotPasswordRequest": _object({"email": _email("The account's e-mail address:")}, ["email"]),
         "Accepted": {"type": "object", "required": ["status"], "additionalProperties": False,
                      "properties": {"status": {"const": "accepted"}}},
         "ResetPasswordRequest": _object({"token": _string(MAX_RESET_TOKEN_CHARS, "The token of the reset link."),
@@ -394,6 +403,44 @@ def _account_schemas(cfg: GatewayConfig) -> dict[str, Any]:
         "ChangePasswordRequest": _object({"current_password": _string(MAX_PASSWORD_CHARS, "The password now."),
                                           "new_password": new_password}, ["current_password", "new_password"]),
     }
+
+
+def _email(description: str, *, nullable: bool = False) -> dict[str, Any]:
+    # users.check_email: the last @ splits the address and neither side is empty (an inner @, and none
+    # at the end), every character printable and no space.
+    return {"type": ["string", "null"] if nullable else "string", "maxLength": MAX_EMAIL_CHARS,
+            "pattern": f"^[{_printable_class()}]+@[{_printable_class()}]+$",
+            "not": {"type": "string", "pattern": "@$"},
+            "description": f"{description} name@domain, printable characters (Unicode "
+                           f"{unicodedata.unidata_version}), no space; the last @ splits it."}
+
+
+@functools.cache
+def _printable_class() -> str:
+    """The inside of a [...] class of what users.check_email takes in an address: str.isprintable (no
+    Unicode "Other" or "Separator": no control, format, private-use or unassigned character) but the
+    space. The unassigned code points make it long."""
+    return _char_class(c for c in range(0x21, 0x110000) if chr(c).isprintable())
+
+
+def _char_class(code_points: Iterable[int]) -> str:
+    """The inside of a [...] class of these code points (ascending, below U+10000 when not printable), as
+    runs, spelled alike for ECMA-262 (unicode mode), Python and Rust: printable characters as themselves."""
+    runs: list[list[int]] = []
+    for c in code_points:
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "".join(_class_char(a) if a == b else f"{_class_char(a)}{'' if b == a + 1 else '-'}{_class_char(b)}"
+                   for a, b in runs)
+
+
+def _class_char(c: int) -> str:
+    char = chr(c)
+    if char in "\\]^-[":
+        return "\\" + char
+    return char if char.isprintable() and char != " " else f"\\u{c:04X}"
 
 
 def _token_response(cfg: GatewayConfig) -> dict[str, Any]:
