@@ -199,22 +199,15 @@ def test_route_without_methods_on_a_less_specific_path_is_no_conflict() -> None:
     assert (index_of(rules, "GET", "/api/x"), index_of(rules, "GET", "/api/y")) == (1, 0)
 
 
-def test_conflict_in_config_file_names_both_routes_file_and_line(write_config: Callable[..., Path]) -> None:
-    routes = [{"path": "/api/x", "upstream": "orders"}, {"path": "/api/y", "upstream": "orders"},
-              {"path": "/api/x/", "upstream": "accounts"}]
-    path = write_config(routes=routes)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    [problem] = info.value.problems
-    src = read_source(path)
-    assert (problem.key, problem.line) == ("routes[2]", src.line_of(("routes", 2)))
-    assert f"{path}:{src.line_of(('routes', 0))}" in problem.message
-
-
-def test_overlap_of_a_route_without_methods_in_config_file_names_both_lines(
-        write_config: Callable[..., Path]) -> None:
-    routes = [{"path": "/api/x", "upstream": "orders", "roles": ["user"]}, {"path": "/api/y", "upstream": "orders"},
-              {"path": "/api/x", "methods": ["GET"], "upstream": "orders", "public": True}]
+@pytest.mark.parametrize("routes", [
+    [{"path": "/api/x", "upstream": "orders"}, {"path": "/api/y", "upstream": "orders"},
+     {"path": "/api/x/", "upstream": "accounts"}],
+    # a route without methods beside one that lists GET (and makes it public) on the same path
+    [{"path": "/api/x", "upstream": "orders", "roles": ["user"]}, {"path": "/api/y", "upstream": "orders"},
+     {"path": "/api/x", "methods": ["GET"], "upstream": "orders", "public": True}],
+], ids=["same-path", "all-methods-beside-get"])
+def test_conflict_in_config_file_names_both_routes_file_and_line(write_config: Callable[..., Path],
+                                                                routes: list[dict[str, object]]) -> None:
     path = write_config(routes=routes)
     with pytest.raises(ConfigError) as info:
         load_config(path)
