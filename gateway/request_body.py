@@ -49,10 +49,9 @@ async def send_continue(request: web.BaseRequest) -> None:
 
 
 async def read_body(request: web.BaseRequest, buffer_bytes: int, timeout_s: float) -> Body:
-    """The request's body: whole when it has at most ``buffer_bytes`` (a chunked one too: it then
-    goes on with a Content-Length), else a stream. Raises RequestTimeout."""
-    if not request.body_exists:
-        return Body(request.content_length)   # Content-Length: 0 stays 0, none stays none
+    """The body of a request that has one (``request.body_exists``; without one the caller's Body is
+    ``Body(request.content_length)``): whole when it has at most ``buffer_bytes`` (a chunked one too:
+    it then goes on with a Content-Length), else a stream. Raises RequestTimeout."""
     content = request.content
     declared = request.content_length
     if declared is not None and declared > buffer_bytes:
