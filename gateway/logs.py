@@ -77,6 +77,7 @@ class AccessNote:
     code: str | None = None
     upstream_ms: float | None = None
     routed_at: float = 0.0             # path normalised and route matched
+    verified_at: float = 0.0           # a token not in the cache verified; its revocation check begins
     checked_at: float = 0.0            # token extracted, verified and checked against the revocations
     request_id: str | None = None      # for an answer that is no response object (a WebSocket session)
     ws_close: int | None = None        # how a WebSocket session ended: the first close code; 1006: no close frame

@@ -152,7 +152,7 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
     headers, identity = gw.passport.anonymous, None
     if not rule.public:
         token = extract_access_token(request, gw.config)       # MissingToken, BadRequest, CsrfFailed
-        known = await gw.authenticator.authenticate(token)     # InvalidToken, RevokedToken -> 401; 503
+        known = await gw.authenticator.authenticate(token, note)   # InvalidToken, RevokedToken -> 401; 503
         identity = known.identity
         if note is not None:
             note.subject, note.checked_at = identity.sub, time.perf_counter()

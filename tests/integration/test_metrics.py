@@ -118,6 +118,8 @@ async def test_websocket_sessions_broken_answers_and_stages_are_counted(echo_gw,
     assert total(samples, "tokengate_gateway_duration_seconds_count") == 1   # the session's length is not ours
     for stage in ("route", "token", "upstream"):
         assert total(samples, "tokengate_stage_duration_seconds_count", stage=stage) == 2
+    # The token's first use was checked against the revocations; its second came from the cache.
+    assert total(samples, "tokengate_stage_duration_seconds_count", stage="revocation") == 1
     assert 0 < total(samples, "tokengate_stage_duration_seconds_sum", stage="token") < 1
 
 

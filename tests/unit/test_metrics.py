@@ -118,23 +118,30 @@ def stage_buckets(exporter: Exporter, stage: str) -> dict[str, float]:
 
 def test_each_stage_a_request_completed_lands_in_its_own_series(recorder, exporter):
     started = time.perf_counter() - 1.0
-    # Routed 0.02 ms after arrival, token checked 0.3 ms later, upstream 7 ms.
+    # A cache hit: routed 0.02 ms after arrival, token looked up 0.3 ms later, upstream 7 ms.
     answered(recorder, "r", "GET", 200, None, "orders", 7.0, started, routed_at=started + 0.00002,
              checked_at=started + 0.00032)
+    # A cache miss: verified 2 ms after its route, its revocation check 0.04 ms after that.
+    answered(recorder, "r", "GET", 200, None, "orders", 7.0, started, routed_at=started + 0.00002,
+             verified_at=started + 0.00202, checked_at=started + 0.00206)
     answered(recorder, "r", "GET", 401, "token_expired", "orders", None, started, routed_at=started + 0.00002)
     answered(recorder, None, "GET", 404, "no_route", None, None, started)   # never routed: no stage at all
     exporter.fold()
     name = "tokengate_stage_duration_seconds"
-    assert value(exporter, f"{name}_count", stage="route") == 2
-    assert value(exporter, f"{name}_sum", stage="route") == pytest.approx(0.00004)
-    assert value(exporter, f"{name}_count", stage="token") == 1
-    assert value(exporter, f"{name}_sum", stage="token") == pytest.approx(0.0003)
-    assert value(exporter, f"{name}_count", stage="upstream") == 1
-    assert value(exporter, f"{name}_sum", stage="upstream") == pytest.approx(0.007)
+    assert value(exporter, f"{name}_count", stage="route") == 3
+    assert value(exporter, f"{name}_sum", stage="route") == pytest.approx(0.00006)
+    assert value(exporter, f"{name}_count", stage="token") == 2
+    assert value(exporter, f"{name}_sum", stage="token") == pytest.approx(0.0023)
+    assert value(exporter, f"{name}_count", stage="revocation") == 1
+    assert value(exporter, f"{name}_sum", stage="revocation") == pytest.approx(0.00004)
+    assert value(exporter, f"{name}_count", stage="upstream") == 2
+    assert value(exporter, f"{name}_sum", stage="upstream") == pytest.approx(0.014)
     bounds = [f"{b / 1000}" for b in STAGE_BOUNDS_MS] + ["+Inf"]
-    assert stage_buckets(exporter, "route")[bounds[1]] == 0 and stage_buckets(exporter, "route")[bounds[2]] == 2
+    assert stage_buckets(exporter, "route")[bounds[1]] == 0 and stage_buckets(exporter, "route")[bounds[2]] == 3
     assert stage_buckets(exporter, "token")["0.00025"] == 0 and stage_buckets(exporter, "token")["0.0005"] == 1
-    assert stage_buckets(exporter, "upstream")["0.005"] == 0 and stage_buckets(exporter, "upstream")["0.01"] == 1
+    assert stage_buckets(exporter, "token")["0.001"] == 1 and stage_buckets(exporter, "token")["0.0025"] == 2
+    assert stage_buckets(exporter, "revocation")["2.5e-05"] == 0 and stage_buckets(exporter, "revocation")["5e-05"] == 1
+    assert stage_buckets(exporter, "upstream")["0.005"] == 0 and stage_buckets(exporter, "upstream")["0.01"] == 2
 
 
 def test_counts_are_folded_once(recorder, exporter):
