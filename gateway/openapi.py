@@ -27,7 +27,7 @@ from .errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, Ex
 from .pipeline import GATEWAY, JWKS_PATH
 from .resets import MAX_RESET_TOKEN_CHARS
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused, SessionEnded
-from .users import MAX_PASSWORD_CHARS, USERNAME
+from .users import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_PATH = "/openapi.json"          # under auth.prefix
@@ -407,25 +407,28 @@ def _account_schemas(cfg: GatewayConfig) -> dict[str, Any]:
 
 def _email(description: str, *, nullable: bool = False) -> dict[str, Any]:
     # users.check_email: the last @ splits the address and neither side is empty (an inner @, and none
-    # at the end), every character printable and no space.
+    # at the end), no character of a refused Unicode category.
+    refused = _email_refused_class()
     return {"type": ["string", "null"] if nullable else "string", "maxLength": MAX_EMAIL_CHARS,
-            "pattern": f"^[{_printable_class()}]+@[{_printable_class()}]+$",
+            "pattern": f"^[^{refused}]+@[^{refused}]+$",
             "not": {"type": "string", "pattern": "@$"},
-            "description": f"{description} name@domain, printable characters (Unicode "
-                           f"{unicodedata.unidata_version}), no space; the last @ splits it."}
+            "description": f"{description} name@domain, without controls, format characters, private-use "
+                           f"characters or separators of any kind (Unicode {unicodedata.unidata_version}: "
+                           f"categories {', '.join(sorted(REFUSED_IN_EMAIL))}); the last @ splits it."}
 
 
 @functools.cache
-def _printable_class() -> str:
-    """The inside of a [...] class of what users.check_email takes in an address: str.isprintable (no
-    Unicode "Other" or "Separator": no control, format, private-use or unassigned character) but the
-    space. The unassigned code points make it long."""
-    return _char_class(c for c in range(0x21, 0x110000) if chr(c).isprintable())
+def _email_refused_class() -> str:
+    """The inside of a [...] class of the characters users.check_email refuses. Surrogates are left
+    out: no valid Unicode text holds one, and a pattern cannot name them in every engine."""
+    return _char_class(c for c in range(0x110000) if unicodedata.category(chr(c)) in REFUSED_IN_EMAIL
+                       and not 0xD800 <= c <= 0xDFFF)
 
 
 def _char_class(code_points: Iterable[int]) -> str:
-    """The inside of a [...] class of these code points (ascending, below U+10000 when not printable), as
-    runs, spelled alike for ECMA-262 (unicode mode), Python and Rust: printable characters as themselves."""
+    """The inside of a [...] class of these code points (ascending), as runs, spelled alike for ECMA-262
+    (unicode mode), Python and Rust: printable characters and those above U+FFFF (which no \\u escape
+    reaches in all three) as themselves, the others as \\u escapes."""
     runs: list[list[int]] = []
     for c in code_points:
         if runs and runs[-1][1] == c - 1:
@@ -440,7 +443,7 @@ def _class_char(c: int) -> str:
     char = chr(c)
     if char in "\\]^-[":
         return "\\" + char
-    return char if char.isprintable() and char != " " else f"\\u{c:04X}"
+    return char if (char.isprintable() and char != " ") or c > 0xFFFF else f"\\u{c:04X}"
 
 
 def _token_response(cfg: GatewayConfig) -> dict[str, Any]:
