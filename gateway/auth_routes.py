@@ -25,7 +25,7 @@ from .paths import normalise
 from .proxy_headers import fold
 from .pipeline import GATEWAY, REFUSED_METHODS, Gateway
 from .ratelimit import RateLimiter, client_address
-from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, Sessions, TokenPair
+from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, MissingRefreshToken, Sessions, TokenPair
 from .users import MAX_PASSWORD_CHARS
 
 log = logging.getLogger("tokengate.auth")
@@ -126,7 +126,7 @@ async def refresh(request: web.Request) -> web.StreamResponse:
                       cfg.auth.rate_limits.refresh)
     token = await presented_refresh_token(request, cfg)
     if token is None:
-        raise BadRequest("no refresh token: send the refresh cookie or {\"refresh_token\": ...}")
+        raise MissingRefreshToken()
     pair = await sessions_of(gw).rotate(token)
     return token_response(request, cfg, pair)
 

@@ -26,7 +26,8 @@ from .errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, Ex
                      MissingToken, NoRoute, RateLimited, RevokedToken)
 from .pipeline import GATEWAY, JWKS_PATH
 from .resets import MAX_RESET_TOKEN_CHARS
-from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, RefreshTokenReused, SessionEnded
+from .sessions import (MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, MissingRefreshToken, RefreshTokenReused,
+                       SessionEnded)
 from .users import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 
 OPENAPI_VERSION = "3.1.0"
@@ -129,8 +130,8 @@ def _refresh(cfg: GatewayConfig) -> dict[str, Any]:
         body=_body("RefreshRequest", required=False),
         security=[{"refreshCookie": []}, {}],
         responses={"200": _tokens(cfg),
-                   **_failures(BadRequest, InvalidRefreshToken, RefreshTokenReused, SessionEnded, BodyTooLarge,
-                               RateLimited, DependencyDown)})
+                   **_failures(BadRequest, MissingRefreshToken, InvalidRefreshToken, RefreshTokenReused,
+                               SessionEnded, BodyTooLarge, RateLimited, DependencyDown)})
 
 
 def _logout(cfg: GatewayConfig) -> dict[str, Any]:

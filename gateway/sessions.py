@@ -48,6 +48,14 @@ class InvalidGrant(Unauthenticated):
     error, code, description = "invalid_grant", "invalid_grant", "the grant is invalid"
 
 
+class MissingRefreshToken(Unauthenticated):
+    """A refresh with no refresh token at all: a missing credential, 401 like a missing access token
+    (a browser whose session cookie is gone learns that it is logged out, not that it sent garbage)."""
+
+    error, code = "invalid_request", "missing_refresh_token"
+    description = "no refresh token: send the refresh cookie or {\"refresh_token\": ...}"
+
+
 class InvalidRefreshToken(InvalidGrant):
     code, description = "invalid_refresh_token", "the refresh token is invalid, expired or revoked"
 

@@ -75,20 +75,24 @@ async def test_concurrent_refreshes_with_one_token_give_exactly_one_success(auth
     assert statuses == {200: 1, 401: CONCURRENT - 1}
 
 
-@pytest.mark.parametrize("body, status", [(b"", 400), (b"{}", 400), (b"[]", 400), (b"{", 400),
-                                          (b'{"refresh_token": 5}', 400), (b'{"refresh_token": ["x"]}', 400),
-                                          (b'{"refresh_token": "no-such-token"}', 401)])
-async def test_bad_refresh_requests(auth: Auth, body: bytes, status: int) -> None:
+@pytest.mark.parametrize("body, status, code", [
+    (b"[]", 400, "bad_request"), (b"{", 400, "bad_request"), (b'{"refresh_token": 5}', 400, "bad_request"),
+    (b'{"refresh_token": ["x"]}', 400, "bad_request"),
+    (b'{"refresh_token": "no-such-token"}', 401, "invalid_refresh_token"),
+    # No refresh token at all (and no cookie): a missing credential, as a logged-out browser sends.
+    (b"", 401, "missing_refresh_token"), (b"{}", 401, "missing_refresh_token"),
+    (b'{"refresh_token": null}', 401, "missing_refresh_token")])
+async def test_bad_refresh_requests(auth: Auth, body: bytes, status: int, code: str) -> None:
     resp = await auth.post("refresh", data=body, headers={"Content-Type": "application/json"})
-    assert resp.status == status
+    assert (resp.status, await error_code(resp)) == (status, code)
     if status == 401:
-        assert await error_code(resp) == "invalid_refresh_token"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 async def test_refresh_tokens_are_never_read_from_the_query_string(auth: Auth) -> None:
     token = (await auth.session())["refresh_token"]
     resp = await auth.client.post("/auth/refresh", params={"refresh_token": token})
-    assert resp.status == 400
+    assert (resp.status, await error_code(resp)) == (401, "missing_refresh_token")
 
 
 async def test_refresh_follows_role_changes(auth: Auth) -> None:
