@@ -413,8 +413,8 @@ def _email(description: str, *, nullable: bool = False) -> dict[str, Any]:
     return {"type": ["string", "null"] if nullable else "string", "maxLength": MAX_EMAIL_CHARS,
             "pattern": f"^[^{refused}]+@[^{refused}]+$",
             "not": {"type": "string", "pattern": "@$"},
-            "description": f"{description} name@domain, without controls, format characters, private-use "
-                           f"characters or separators of any kind (Unicode {unicodedata.unidata_version}: "
+            "description": f"{description} name@domain, without controls, format characters or separators "
+                           f"of any kind (Unicode {unicodedata.unidata_version}: "
                            f"categories {', '.join(sorted(REFUSED_IN_EMAIL))}); the last @ splits it."}
 
 

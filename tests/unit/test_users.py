@@ -241,7 +241,6 @@ async def test_bad_account_input_is_refused(users_file, hasher, username, passwo
     "a\tb@x.test", "a@x.test\n", "a\x7fb@x.test", "a\x85b@x.test",      # controls, C0 and C1
     "a b@x.test", "a\u00a0b@x.test", "a\u3000b@x.test", "a\u2028b@x.test",  # any space or line separator
     "admin\u202e@x.test", "ad\u200bmin@x.test", "a@x.test\ufeff", "a\U000e0041@x.test",  # invisible formats
-    "a\ue000@x.test", "a\U000f0000@x.test",                              # private use
     "a@", "@x.test", "a@x.test@", "x" * 250 + "@abcd",
 ])
 def test_email_addresses_with_invisible_or_control_characters_are_refused(email):
@@ -249,7 +248,8 @@ def test_email_addresses_with_invisible_or_control_characters_are_refused(email)
         check_email(email)
 
 
-@pytest.mark.parametrize("email", ["josé@exämple.test", "用户@例子.广告", "a@b@x.test", "o'neil+tag@x.test"])
+@pytest.mark.parametrize("email", ["josé@exämple.test", "用户@例子.广告", "a@b@x.test", "o'neil+tag@x.test",
+                                   "a\ue000@x.test"])
 def test_international_and_unusual_but_visible_addresses_are_taken(email):
     assert check_email(email) == email
 
