@@ -47,13 +47,25 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
+    """200 when this instance should get traffic. The store counts unless ``store.readiness: ignore``:
+    then an outage leaves every instance in the load balancer, answering as ``store.on_error`` says
+    (503 under deny), instead of taking the whole fleet out at once. The body names each check and
+    the store's state either way."""
     serving = request.app[SERVING]
     gw = serving.main.get(GATEWAY)
     # store: reachable and the revocation mirror loaded (DESIGN: not ready until the store connects)
     checks = {"config": True, "keys": gw is not None, "accepting": serving.accepting,
               "store": gw is not None and gw.ready}
-    ok = all(checks.values())
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    body: dict[str, object] = {"checks": checks}
+    counted = checks
+    if gw is not None:
+        store = gw.config.store
+        body["store"] = {"state": "up" if checks["store"] else "down", "readiness": store.readiness,
+                         "on_error": store.on_error}
+        if store.readiness == "ignore":
+            counted = {name: ok for name, ok in checks.items() if name != "store"}
+    ok = all(counted.values())
+    return web.json_response({"ready": ok, **body}, status=200 if ok else 503)
 
 
 async def _revoke(request: web.Request) -> web.Response:

@@ -127,6 +127,7 @@ STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+sentinel", "rediss+
 class StoreConfig(Model):
     url: str = "memory://"
     on_error: Literal["deny", "allow"] = "deny"
+    readiness: Literal["require", "ignore"] = "require"   # /readyz: fails while the store is down, or not
 
     @field_validator("url")
     @classmethod

@@ -1,4 +1,5 @@
-"""The admin port's own bearer token (admin.token), through the real `tokengate serve` process."""
+"""The admin port through the real `tokengate serve` process: its own bearer token (admin.token), and
+what /readyz says while the store is down under each `store.readiness`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.conftest import bearer
 from tests.integration.test_revocation import fleet_config, status_of
+from tests.redisproc import free_port
 
 pytestmark = pytest.mark.integration
 ADMIN_TOKEN = "admin-token-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -29,6 +31,8 @@ async def test_admin_token_guards_the_admin_api_but_not_the_probes(start_gateway
     for probe in ("/healthz", "/readyz"):
         async with http.get(f"{gw.admin_url}{probe}") as resp:
             assert resp.status == 200
+            if probe == "/readyz":
+                assert (await resp.json())["store"] == {"state": "up", "readiness": "require", "on_error": "deny"}
     token = mint(roles=["user"])
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     status, body, challenge = await _post_revoke(http, gw.admin_url, {"jti": jti}, {})
@@ -40,3 +44,21 @@ async def test_admin_token_guards_the_admin_api_but_not_the_probes(start_gateway
     assert status == 200 and body["revoked"]["id"] == jti
     assert (await status_of(http, gw, token))[0] == 401
     assert ADMIN_TOKEN not in gw.log()
+
+
+@pytest.mark.parametrize("readiness, ready_status", [("require", 503), ("ignore", 200)])
+async def test_readyz_names_the_store_state_and_counts_it_unless_readiness_is_ignore(
+        spawn_gateway_unready, keys_dir, echo_upstream, http, mint, readiness, ready_status):
+    dead = f"redis://127.0.0.1:{free_port()}"   # nothing listens: the store is down from the start
+    gw = await spawn_gateway_unready(fleet_config(keys_dir, echo_upstream, dead, readiness=readiness))
+    async with http.get(f"{gw.admin_url}/readyz") as resp:
+        assert resp.status == ready_status
+        body = await resp.json()
+    assert body["ready"] is (ready_status == 200)
+    assert body["checks"] == {"config": True, "keys": True, "accepting": True, "store": False}
+    assert body["store"] == {"state": "down", "readiness": readiness, "on_error": "deny"}
+    # Either way the gateway answers for itself: fail closed where a token is needed, public routes served.
+    status, answer = await status_of(http, gw, mint(roles=["user"]))
+    assert (status, answer["code"]) == (503, "dependency_unavailable")
+    async with http.get(f"{gw.url}/api/public/x") as resp:
+        assert resp.status == 200

@@ -46,7 +46,7 @@ def design(design_dir: Path) -> GatewayConfig:
 def test_design_example_sections_load_as_written(design: GatewayConfig) -> None:
     assert (design.listen.host, design.listen.port, design.listen.workers) == ("0.0.0.0", 8080, 1)
     assert (design.admin.host, design.admin.port) == ("127.0.0.1", 9090)
-    assert (design.store.url, design.store.on_error) == ("memory://", "deny")
+    assert (design.store.url, design.store.on_error, design.store.readiness) == ("memory://", "deny", "require")
     assert dict(design.identity.headers) == {"sub": "X-User-Id", "roles": "X-User-Roles", "email": "X-User-Email"}
     assert (design.identity.claims_header, design.identity.assertion_header) == ("X-Auth-Claims", "X-Auth-Assertion")
     assert design.identity.roles_claim == "roles" and design.identity.strip_authorization is True
@@ -401,6 +401,12 @@ def test_safe_url_hides_the_password(url: str, safe: str) -> None:
 def test_store_on_error(write_config: Callable[..., Path], make_config: Callable[..., GatewayConfig]) -> None:
     assert make_config(store={"on_error": "allow"}).store.on_error == "allow"
     assert single(problems_of(write_config(store={"on_error": "open"}))).key == "store.on_error"
+
+
+def test_store_readiness(write_config: Callable[..., Path], make_config: Callable[..., GatewayConfig]) -> None:
+    assert make_config().store.readiness == "require"
+    assert make_config(store={"readiness": "ignore"}).store.readiness == "ignore"
+    assert single(problems_of(write_config(store={"readiness": "never"}))).key == "store.readiness"
 
 
 # --- identity ------------------------------------------------------------------------------------
