@@ -17,6 +17,7 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 import gateway.app as gateway_app
 from gateway.app import CONFIG, build_app
@@ -25,6 +26,7 @@ from gateway.errors import RevokedToken, error_middleware
 from gateway.passwords import PasswordHasher
 from gateway.pipeline import GATEWAY, Gateway, handle
 from gateway.sessions import SESSION_CLAIM, hash_refresh_token
+from gateway.store.base import FAMILY, RATE, REFRESH, REFRESH_FAMILY_OF
 from gateway.users import StoreUsers
 from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER, bearer, flush
 
@@ -365,14 +367,43 @@ async def test_store_down_answers_503_never_a_success(make_auth: MakeAuth, backe
         assert "Set-Cookie" not in resp.headers
 
 
-async def test_store_down_during_rotation_is_a_503(auth: Auth, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.store.base import StoreUnavailable
+@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.integration)])
+async def test_store_failing_mid_rotation_is_a_503_and_the_old_refresh_token_survives(
+        make_auth: MakeAuth, spawn_redis: Callable[..., Any]) -> None:
+    """A real Redis of the test's own fails the refresh after the gateway found the token, read the
+    account and minted the next pair: at the rotation's atomic step. The client gets a 503 (never the
+    minted pair), and once Redis is back the old refresh token still works: nothing half-rotated.
 
+    Redis only: the embedded store cannot fail part-way (it fails whole when closed; see
+    test_store_down_answers_503_never_a_success). How it fails: an ACL takes write access away from
+    every key but the ones this refresh must write before the rotation, so Redis answers the rotation
+    NOPERM, which the store treats as unavailable, like an outage. Not CLIENT PAUSE, OOM or a stopped
+    server: each refresh first counts itself in its rate-limit bucket (a write), so those fail it at the
+    rate limiter, and no condition to poll marks the moment between that write and the rotation.
+    The ACL LOG shows the refusal struck where this test says (a move of the keys or the steps fails it)."""
+    redis = await asyncio.to_thread(spawn_redis)
+    auth = await make_auth(url=redis.url)
+    await add_accounts(auth.gw)
+    await until(lambda: auth.gw.denylist.in_sync)
     pair = await auth.session()
-
-    async def down(*args: Any, **kwargs: Any) -> Any:
-        raise StoreUnavailable("test://", "gone")
-
-    monkeypatch.setattr(auth.gw.store, "rotate_refresh", down)
-    resp = await auth.refresh(pair["refresh_token"])
-    assert resp.status == 503 and json.loads(await resp.text())["code"] == "dependency_unavailable"
+    family = claims_of(pair["access_token"])[SESSION_CLAIM]
+    record = f"{REFRESH}{{{family}}}:"   # refresh:{<family>}:<hash>, one per token of the session
+    old_record = record + hash_refresh_token(pair["refresh_token"])
+    async with Redis.from_url(redis.url, decode_responses=True) as admin:
+        await admin.acl_log_reset()
+        # Read anything; write the rate limits, the token -> family pointers, the family and the old token's
+        # record (a script needs write access to every key it is given): all this refresh touches before
+        # the rotation's script, which is also given the new token's record, and is refused.
+        await admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "%R~*", f"~{RATE}*",
+                                    f"~{REFRESH_FAMILY_OF}*", f"~{FAMILY}*", f"~{old_record}")
+        resp = await auth.refresh(pair["refresh_token"])
+        [refusal] = await admin.acl_log()
+        await admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "allkeys")   # Redis is back
+    assert resp.status == 503, await resp.text()
+    assert await error_code(resp) == "dependency_unavailable" and "Set-Cookie" not in resp.headers
+    assert refusal["reason"] == "key" and refusal["client-info"]["cmd"] == "evalsha"
+    assert refusal["object"].startswith(record) and refusal["object"] != old_record   # the successor's record
+    again = await auth.refresh(pair["refresh_token"])
+    assert again.status == 200, await again.text()
+    proxied = await auth.client.get("/api/orders", headers=bearer((await again.json())["access_token"]))
+    assert proxied.status == 200

@@ -1,9 +1,9 @@
-"""gateway.mail without sockets: smtp urls, the message, masking, the log backend, the queue, retries
-and close(). Delivery over a real SMTP server is in tests/integration/test_mail_smtp.py."""
+"""gateway.mail without sockets: smtp urls, the message, masking, the log backend, the queue and the
+worker's guard. Delivery, retries and close() against real servers (one that accepts, refuses, is down or
+never answers) are in tests/integration/test_mail_smtp.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -136,26 +136,13 @@ async def test_nothing_is_queued_once_closed() -> None:
     assert m.send("a@example.test", "s", "b") is False
 
 
-async def test_failed_deliveries_are_retried_a_bounded_number_of_times(caplog: pytest.LogCaptureFixture,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    m = mailer(attempts=3)
-    calls: list[str] = []
-
-    async def refused(mail: Mail) -> None:
-        calls.append(mail.to)
-        raise ConnectionRefusedError("nobody listens")
-
-    monkeypatch.setattr(m, "_deliver", refused)
-    m.send("a@example.test", "s", f"{LINK}", secrets=[LINK])
-    await m.close()
-    assert calls == ["a@example.test"] * 3 and (m.delivered, m.failed) == (0, 1)
-    assert [r.levelname for r in caplog.records if "failed (attempt" in r.getMessage()] == ["WARNING"] * 3
-    assert "attempt 3 of 3" in logged(caplog) and "not delivered" in logged(caplog)
-    assert TOKEN not in logged(caplog)
-
-
 async def test_a_bug_in_one_delivery_does_not_stop_the_worker(caplog: pytest.LogCaptureFixture,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in, because no real peer can do this: aiosmtplib turns whatever a server answers (garbage,
+    overlong lines, unknown codes, silence) into an SMTPException or a timeout, which are retried, not bugs.
+    The one unexpected error real input causes (a recipient with a line break: ValueError while building
+    the message; test_mail_smtp.py meets it over real SMTP) carries no text of the mail, so only an
+    error that does (the body, token and all) shows that the log names the error's type alone."""
     m = mailer()
     real = m._deliver
 
@@ -170,15 +157,3 @@ async def test_a_bug_in_one_delivery_does_not_stop_the_worker(caplog: pytest.Log
     await m.close()
     assert (m.delivered, m.failed) == (1, 1) and "KeyError" in logged(caplog) and TOKEN not in logged(caplog)
 
-
-async def test_close_gives_up_on_a_stuck_delivery_after_its_timeout(caplog: pytest.LogCaptureFixture,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    m = Mailer(MailConfig(backend="log"), close_timeout_s=0.05)
-
-    async def stuck(mail: Mail) -> None:
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(m, "_deliver", stuck)
-    m.send("a@example.test", "s", "b")
-    await asyncio.wait_for(m.close(), 5)
-    assert "1 mails undelivered" in logged(caplog)
