@@ -1,25 +1,30 @@
-"""Trusted issuers: a real aiohttp server serves the JWKS; the Verifier fetches, caches and refetches it."""
+"""Trusted issuers: real aiohttp servers serve the JWKS; the Verifier fetches, caches and refetches it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
-from blockbuster import blockbuster_ctx
+from blockbuster import BlockingError, blockbuster_ctx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import get_default_algorithms
 
 from gateway.denylist import Denylist
 from gateway.errors import DependencyDown, InvalidToken
-from gateway.keys import MAX_AGE_S, REFETCH_INTERVAL_S, JwksCache
+from gateway.keys import MAX_AGE_S, REFETCH_INTERVAL_S, JwksCache, KeyRing, keyset_from_jwks
 from gateway.store import MemoryStore
 from gateway.tokencache import Authenticator, TokenCache
 from gateway.verify import Verifier
@@ -28,15 +33,35 @@ from tests.conftest import HS_SECRET
 pytestmark = pytest.mark.integration
 
 IDP = "https://idp.example.test"
+IDP_B = "https://idp-b.example.test"
 CLIENT = "my-client"
+
+# The blocking-call guard scans the modules that define these objects, taken from the objects (never
+# from module names), so a move takes the guard along and a module left behind as a shim is not what it scans.
+GUARDED = (Verifier, KeyRing, JwksCache)
+# The code that fetches and reads a JWKS on the loop. Each must be defined in a scanned module: a
+# rename fails here at import, a move out of those modules fails guarded_modules() (loudly, in every test).
+FETCH_PATH = (Verifier.verify, JwksCache.select, JwksCache.prefetch, JwksCache._refresh, JwksCache._fetch,
+              keyset_from_jwks)
+
+
+def guarded_modules() -> list[ModuleType]:
+    modules = {sys.modules[obj.__module__] for obj in GUARDED}
+    scanned = {module.__file__ for module in modules}
+    for func in FETCH_PATH:
+        source = inspect.unwrap(func).__code__.co_filename
+        assert source in scanned, (f"{func.__qualname__} is defined in {source}, which the blocking-call guard "
+                                   f"does not scan ({sorted(scanned)}): add an object of that module to GUARDED")
+    return sorted(modules, key=lambda module: module.__name__)
 
 
 @pytest.fixture(autouse=True)
 def _no_blocking_calls() -> Iterator[None]:
-    """Blocking I/O from keys.py or verify.py on the event loop fails the test (JWKS fetches stay async).
+    """Blocking I/O on the event loop from the verifier's or the key caches' modules fails the test (JWKS
+    fetches stay async); test_a_blocking_call_in_the_jwks_fetch_fails_the_test shows it trips.
 
     Scoped to those modules: the tests themselves load configs from files, which is startup work."""
-    with blockbuster_ctx(["gateway.keys", "gateway.verify"]):
+    with blockbuster_ctx(guarded_modules()):
         yield
 
 
@@ -44,6 +69,7 @@ def _no_blocking_calls() -> Iterator[None]:
 class Idp:
     """The identity provider's side: its keys, what its JWKS endpoint serves, and how often it was asked."""
 
+    issuer: str = IDP
     keys: dict[str, Any] = field(default_factory=dict)
     status: int = 200
     extra: list[dict[str, Any]] = field(default_factory=list)
@@ -59,7 +85,7 @@ class Idp:
 
     def mint(self, kid: str | None, key: Any = None, **claims: Any) -> str:
         now = int(time.time())
-        body = {"iss": IDP, "aud": CLIENT, "sub": "carol", "iat": now, "exp": now + 300,
+        body = {"iss": self.issuer, "aud": CLIENT, "sub": "carol", "iat": now, "exp": now + 300,
                 "jti": uuid.uuid4().hex, "groups": ["ops"], **claims}
         headers = {"kid": kid} if kid else {}
         return jwt.encode(body, key if key is not None else self.keys[kid], algorithm="ES256", headers=headers)
@@ -85,8 +111,8 @@ def idp() -> Idp:
     return state
 
 
-@pytest.fixture
-async def jwks_server(aiohttp_server: Any, idp: Idp) -> TestServer:
+async def serve_jwks(aiohttp_server: Any, idp: Idp) -> TestServer:
+    """A real aiohttp server on loopback serving ``idp``'s JWKS at /jwks."""
     async def serve(request: web.Request) -> web.Response:
         idp.requests += 1
         if idp.status != 200:
@@ -96,6 +122,11 @@ async def jwks_server(aiohttp_server: Any, idp: Idp) -> TestServer:
     app = web.Application()
     app.router.add_get("/jwks", serve)
     return await aiohttp_server(app)
+
+
+@pytest.fixture
+async def jwks_server(aiohttp_server: Any, idp: Idp) -> TestServer:
+    return await serve_jwks(aiohttp_server, idp)
 
 
 @pytest.fixture
@@ -253,18 +284,27 @@ async def test_prefetch_warms_the_cache(make_config: Callable[..., Any], idp: Id
         await cache.close()
 
 
-@pytest.fixture
-async def authenticator(verifier: Verifier) -> AsyncIterator[Authenticator]:
+@contextlib.asynccontextmanager
+async def authenticating(verifier: Verifier) -> AsyncIterator[Authenticator]:
+    """An Authenticator (verified-token cache and revocation mirror) around ``verifier``."""
     store = MemoryStore()
     denylist = Denylist(store)
     await denylist.start()
-    deadline = time.monotonic() + 5
-    while not denylist.in_sync:   # a cache hit counts only while the mirror is in sync
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-    yield Authenticator(verifier, denylist, TokenCache(100, leeway_s=30))
-    await denylist.close()
-    await store.close()
+    try:
+        deadline = time.monotonic() + 5
+        while not denylist.in_sync:   # a cache hit counts only while the mirror is in sync
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        yield Authenticator(verifier, denylist, TokenCache(100, leeway_s=30))
+    finally:
+        await denylist.close()
+        await store.close()
+
+
+@pytest.fixture
+async def authenticator(verifier: Verifier) -> AsyncIterator[Authenticator]:
+    async with authenticating(verifier) as authenticator:
+        yield authenticator
 
 
 async def test_a_cached_token_dies_when_its_issuer_drops_its_key(authenticator: Authenticator, idp: Idp,
@@ -284,3 +324,91 @@ async def test_a_cached_token_lives_no_longer_than_its_issuers_keys_are_fresh(au
                                                                              idp: Idp) -> None:
     entry = await authenticator.authenticate(idp.mint("idp1"))
     assert entry.until <= time.time() + MAX_AGE_S   # the refresh due then may remove the key
+
+
+# --- two issuers whose keys share their kids ------------------------------------------------------
+
+@dataclass
+class TwoIdps:
+    a: Idp
+    b: Idp
+    verifier: Verifier
+
+
+@pytest.fixture
+async def two_idps(aiohttp_server: Any, make_config: Callable[..., Any], clock: Clock) -> AsyncIterator[TwoIdps]:
+    """Two trusted issuers, each with a real JWKS server of its own, each naming its key `k1`. The
+    issuers differ in nothing else (same audience, same roles claim): only the key decides."""
+    a, b = Idp(), Idp(issuer=IDP_B)
+    trusted = []
+    for idp in (a, b):
+        idp.add_key("k1")
+        server = await serve_jwks(aiohttp_server, idp)
+        trusted.append({"issuer": idp.issuer, "jwks_uri": str(server.make_url("/jwks")), "audience": [CLIENT],
+                        "roles_claim": "groups"})
+    config = make_config(tokens={"trusted_issuers": trusted})
+    verifier = Verifier(config.tokens, config.identity, jwks=JwksCache(config.tokens.trusted_issuers, clock=clock))
+    yield TwoIdps(a, b, verifier)
+    await verifier.close()
+
+
+async def refused_as_invalid(verifier: Verifier, token: str) -> None:
+    with pytest.raises(InvalidToken) as info:
+        await verifier.verify(token)
+    assert info.value.code == "invalid_token"
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+async def test_overlapping_kids_each_issuer_accepts_only_its_own_key(two_idps: TwoIdps, first: str) -> None:
+    """A token claiming one issuer, signed with the other's `k1`, is refused both ways, whichever issuer's
+    keys were fetched first; the same tokens signed with the claimed issuer's own `k1` pass."""
+    idps = (two_idps.a, two_idps.b) if first == "a" else (two_idps.b, two_idps.a)
+    for idp in idps:   # the controls, and each issuer's JWKS fetched, in this order
+        identity = await two_idps.verifier.verify(idp.mint("k1"))
+        assert (identity.iss, identity.sub) == (idp.issuer, "carol")
+    for claimed, signer in (idps, idps[::-1]):
+        await refused_as_invalid(two_idps.verifier, claimed.mint("k1", key=signer.keys["k1"]))
+    assert (two_idps.a.requests, two_idps.b.requests) == (1, 1)
+
+
+async def test_a_key_refresh_of_one_issuer_leaves_the_other_alone(two_idps: TwoIdps, clock: Clock) -> None:
+    """Issuer A rotates `k1` out: A's keys are refetched and A's cached tokens die; B's keys are not
+    refetched, B's cached token stays cached, and B's `k1` never stands in for the `k1` A dropped."""
+    a, b, verifier = two_idps.a, two_idps.b, two_idps.verifier
+    async with authenticating(verifier) as authenticator:
+        a_old, b_token = a.mint("k1"), b.mint("k1")
+        await authenticator.authenticate(a_old)
+        b_entry = await authenticator.authenticate(b_token)
+        a.add_key("k2")
+        del a.keys["k1"]
+        clock.advance(REFETCH_INTERVAL_S)
+        assert (await authenticator.authenticate(a.mint("k2"))).identity.iss == IDP   # unknown kid: A refetched
+        assert (a.requests, b.requests) == (2, 1)
+        assert await authenticator.authenticate(b_token) is b_entry   # still cached: A's refresh dropped A's only
+        assert (await verifier.verify(b.mint("k1"))).iss == IDP_B
+        assert b.requests == 1
+        with pytest.raises(InvalidToken):   # the cached entry went with A's keys; A has no k1 now
+            await authenticator.authenticate(a_old)
+        await refused_as_invalid(verifier, a.mint("k1", key=b.keys["k1"]))
+
+
+# --- the blocking-call guard trips --------------------------------------------------------------
+
+async def test_a_blocking_call_in_the_jwks_fetch_fails_the_test(make_config: Callable[..., Any],
+                                                               jwks_server: TestServer, clock: Clock) -> None:
+    """A blocking call made inside a JWKS fetch raises BlockingError: the guard is live where it matters.
+
+    The call is made by an aiohttp trace hook, which runs inside the fetcher's request. The fetch is
+    started by prefetch, so no frame of the Verifier's module is on the stack: the JWKS fetcher's own
+    module must be among the scanned ones (a guard left scanning a shim fails this test)."""
+    async def block(*_: Any) -> None:
+        time.sleep(0)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(block)
+    trusted = {"issuer": IDP, "jwks_uri": str(jwks_server.make_url("/jwks")), "audience": [CLIENT]}
+    config = make_config(tokens={"trusted_issuers": [trusted]})
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        cache = JwksCache(config.tokens.trusted_issuers, session, clock=clock)
+        with pytest.raises(BlockingError):
+            await cache.prefetch()

@@ -567,29 +567,67 @@ async def test_description_says_why(verifier: Verifier, request: pytest.FixtureR
 
 # --- trusted issuers (key source stubbed; the real JwksCache is in tests/integration) -------------
 
+OTHER = "https://other-idp.example.test"
+# Who signs what in the trusted-issuer tests: each name is an issuer and the holder of its key. The two
+# trusted issuers name their keys alike (`idp1`), so only the issuer can tell which key a token needs.
+ISSUERS = {"ours": ISSUER, "idp": TRUSTED, "other_idp": OTHER}
+AUDIENCES = {ISSUER: AUDIENCE, TRUSTED: "my-client", OTHER: AUDIENCE}   # OTHER names no audience: ours
+
+
 class StubJwks:
-    def __init__(self, keys: KeySet) -> None:
-        self.keys, self.calls = keys, 0
+    """Each trusted issuer's own KeySet, as JwksCache keeps them. ``calls`` lists the issuers whose
+    keys were asked for; asking for an issuer that is not trusted fails the test (JwksCache has none)."""
+
+    def __init__(self, keysets: dict[str, KeySet]) -> None:
+        self.keysets = keysets
+        self.calls: list[str] = []
 
     async def select(self, issuer: str, kid: str | None, alg: str) -> VerificationKey:
-        self.calls += 1
-        return self.keys.select(kid, alg)
+        self.calls.append(issuer)
+        if issuer not in self.keysets:
+            pytest.fail(f"the verifier asked for the keys of {issuer!r}, which is not a trusted issuer")
+        return self.keysets[issuer].select(kid, alg)
 
     async def close(self) -> None:
         pass
 
 
+@pytest.fixture(scope="module")
+def other_idp_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 @pytest.fixture
-def trusted_verifier(make_config: Callable[..., Any], private_keys: dict[str, Any]) -> tuple[Verifier, StubJwks]:
+def trusted_verifier(make_config: Callable[..., Any], private_keys: dict[str, Any],
+                     other_idp_key: ec.EllipticCurvePrivateKey) -> tuple[Verifier, StubJwks]:
     config = make_config(tokens={"trusted_issuers": [
         {"issuer": TRUSTED, "jwks_uri": "https://idp.example.test/jwks", "audience": ["my-client"],
          "roles_claim": "groups", "algorithms": ["ES256"]},
-        {"issuer": "https://other-idp.example.test", "jwks_uri": "https://other-idp.example.test/jwks"},
+        {"issuer": OTHER, "jwks_uri": "https://other-idp.example.test/jwks"},
     ]})
     algorithm = get_default_algorithms()["ES256"]
-    stub = StubJwks(KeySet([VerificationKey("idp1", "ES256", algorithm,
-                                            algorithm.prepare_key(private_keys["foreign_ec256"].public_key()))]))
+
+    def idp1(private: ec.EllipticCurvePrivateKey) -> KeySet:
+        return KeySet([VerificationKey("idp1", "ES256", algorithm, algorithm.prepare_key(private.public_key()))])
+
+    stub = StubJwks({TRUSTED: idp1(private_keys["foreign_ec256"]), OTHER: idp1(other_idp_key)})
     return Verifier(config.tokens, config.identity, jwks=stub), stub   # type: ignore[arg-type]
+
+
+@pytest.fixture
+def signed_by(mint: Callable[..., str], private_keys: dict[str, Any],
+              other_idp_key: ec.EllipticCurvePrivateKey) -> Callable[[str, str], str]:
+    """signed_by(signer, claimed) -> a token claiming issuer ``claimed`` (and its audience), signed with
+    the ES256 key of issuer ``signer`` (names of ISSUERS); nothing else differs between the tokens."""
+    keys = {"ours": ("ec1", private_keys["ec256"]), "idp": ("idp1", private_keys["foreign_ec256"]),
+            "other_idp": ("idp1", other_idp_key)}
+
+    def sign(signer: str, claimed: str) -> str:
+        kid, key = keys[signer]
+        issuer = ISSUERS[claimed]
+        return mint(kid=kid, key=key, alg="ES256", iss=issuer, aud=AUDIENCES[issuer], groups=["ops"])
+
+    return sign
 
 
 async def test_trusted_issuer_token_uses_its_audience_and_roles_claim(
@@ -598,17 +636,17 @@ async def test_trusted_issuer_token_uses_its_audience_and_roles_claim(
     token = mint(kid="idp1", key=private_keys["foreign_ec256"], alg="ES256", iss=TRUSTED, aud="my-client",
                  groups=["ops"], roles=["admin"])
     identity = await verifier.verify(token)
-    assert (identity.iss, identity.roles, stub.calls) == (TRUSTED, frozenset({"ops"}), 1)
+    assert (identity.iss, identity.roles, stub.calls) == (TRUSTED, frozenset({"ops"}), [TRUSTED])
     wrong_aud = mint(kid="idp1", key=private_keys["foreign_ec256"], alg="ES256", iss=TRUSTED, aud=AUDIENCE)
     assert (await refused(verifier, wrong_aud)).code == "invalid_token"
 
 
 async def test_trusted_issuer_without_audience_requires_ours(
-        trusted_verifier: tuple[Verifier, StubJwks], mint: Callable[..., str], private_keys: dict[str, Any]) -> None:
+        trusted_verifier: tuple[Verifier, StubJwks], mint: Callable[..., str],
+        other_idp_key: ec.EllipticCurvePrivateKey) -> None:
     verifier, _ = trusted_verifier
-    other = "https://other-idp.example.test"
-    signer = {"kid": "idp1", "key": private_keys["foreign_ec256"], "alg": "ES256", "iss": other}
-    assert (await verifier.verify(mint(aud=AUDIENCE, **signer))).iss == other
+    signer = {"kid": "idp1", "key": other_idp_key, "alg": "ES256", "iss": OTHER}
+    assert (await verifier.verify(mint(aud=AUDIENCE, **signer))).iss == OTHER
     assert (await refused(verifier, mint(aud="anything", **signer))).code == "invalid_token"
 
 
@@ -617,13 +655,25 @@ async def test_trusted_issuer_alg_outside_its_list_is_refused_before_any_key_loo
     verifier, stub = trusted_verifier
     token = mint(kid="idp1", key=HS_SECRET, alg="HS256", iss=TRUSTED, aud="my-client")
     assert (await refused(verifier, token)).code == "invalid_token"
-    assert stub.calls == 0
+    assert stub.calls == []
 
 
-async def test_issuers_never_share_keys(trusted_verifier: tuple[Verifier, StubJwks], mint: Callable[..., str],
-                                        private_keys: dict[str, Any]) -> None:
-    verifier, _ = trusted_verifier
-    ours_claiming_idp = mint(kid="ec1", iss=TRUSTED, aud="my-client")
-    idp_claiming_ours = mint(kid="idp1", key=private_keys["foreign_ec256"], alg="ES256")
-    for token in (ours_claiming_idp, idp_claiming_ours):
-        assert (await refused(verifier, token)).code == "invalid_token"
+@pytest.mark.parametrize("issuer", list(ISSUERS))
+async def test_each_issuers_token_is_checked_with_its_own_keys(
+        trusted_verifier: tuple[Verifier, StubJwks], signed_by: Callable[[str, str], str], issuer: str) -> None:
+    """The control for test_issuers_never_share_keys: the same tokens, each signed by its own issuer, pass."""
+    verifier, stub = trusted_verifier
+    identity = await verifier.verify(signed_by(issuer, issuer))
+    assert (identity.iss, identity.sub) == (ISSUERS[issuer], "alice")
+    assert stub.calls == ([] if issuer == "ours" else [ISSUERS[issuer]])
+
+
+@pytest.mark.parametrize("signer, claimed", [(s, c) for s in ISSUERS for c in ISSUERS if s != c],
+                         ids=[f"{s}_key_claiming_{c}" for s in ISSUERS for c in ISSUERS if s != c])
+async def test_issuers_never_share_keys(trusted_verifier: tuple[Verifier, StubJwks],
+                                        signed_by: Callable[[str, str], str], signer: str, claimed: str) -> None:
+    """A token claiming one issuer but signed with another's key is refused, even where both issuers
+    name their keys alike (idp1); only the claimed issuer's keys are ever consulted."""
+    verifier, stub = trusted_verifier
+    assert (await refused(verifier, signed_by(signer, claimed))).code == "invalid_token"
+    assert stub.calls == ([] if claimed == "ours" else [ISSUERS[claimed]])
