@@ -14,7 +14,7 @@ from gateway.config import StoreConfig
 from gateway.store import RefreshRecord, Revocation, UserRecord, open_store
 from gateway.store.base import REVOCATIONS_CHANNEL
 
-from .conftest import ISS, flush
+from .conftest import ISS, drop_idle_subscribers, flush
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +87,13 @@ async def test_users_and_rate_limits_are_keyed_as_designed(redis_store, raw):
 
 async def test_a_quiet_feed_keeps_its_subscription_alive_with_pings(redis_url, raw):
     store = await open_store(StoreConfig(url=redis_url))
-    store.feed_ping_s = 0.05   # quiet for many ping intervals, then a revocation
+    store.feed_ping_s = 0.2   # well within the idle limit
     try:
-        async with store.revocation_events() as feed:
+        async with drop_idle_subscribers(redis_url) as reaper, store.revocation_events() as feed:
             waiting = asyncio.create_task(anext(feed))
-            await asyncio.sleep(0.3)
+            silent = await reaper.outwait_silent_subscribers()   # quiet for longer than the server allows
+            assert len(reaper.seen - set(silent)) == 1   # the reaper watched the feed's subscription too
+            assert sorted(reaper.killed) == sorted(silent), "the feed's subscription was dropped as idle"
             assert not waiting.done()
             now = time.time()
             await store.revoke(Revocation("jti", ISS, "j2", now + 60, now + 60))

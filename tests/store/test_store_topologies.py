@@ -17,7 +17,7 @@ from gateway.store import Revocation, Store, StoreUnavailable, open_store
 from tests.redis_topologies import start_sentinel
 from tests.redisproc import free_port
 
-from .conftest import ISS, flush
+from .conftest import ISS, drop_idle_subscribers, flush
 from .test_store_unavailable import assert_every_call_fails
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis_topology]
@@ -106,12 +106,14 @@ async def test_a_quiet_feed_keeps_its_subscription_alive_with_pings(topology: st
     url = request.getfixturevalue(topology)
     await flush(url)
     store = await open_store(StoreConfig(url=url))
-    store.feed_ping_s = 0.1   # several PINGs go out on the subscription before the revoke
+    store.feed_ping_s = 0.2   # well within the idle limit
     revocation = Revocation("jti", ISS, "quiet", time.time() + 60, time.time() + 60)
     try:
-        async with store.revocation_events() as feed:
+        async with drop_idle_subscribers(url) as reaper, store.revocation_events() as feed:
             waiting = asyncio.ensure_future(anext(feed))
-            await asyncio.sleep(0.5)
+            silent = await reaper.outwait_silent_subscribers()   # quiet for longer than the servers allow
+            assert len(reaper.seen - set(silent)) == 1   # the reaper watched the feed's subscription too
+            assert sorted(reaper.killed) == sorted(silent), "the feed's subscription was dropped as idle"
             assert not waiting.done()
             await store.revoke(revocation)
             assert await asyncio.wait_for(waiting, 5) == revocation

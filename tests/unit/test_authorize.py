@@ -7,11 +7,12 @@ from collections.abc import Callable
 import pytest
 
 from gateway.authorize import authorize
-from gateway.errors import Forbidden, MissingToken
+from gateway.errors import Forbidden, GatewayError, MissingToken
 from gateway.identity import Identity
 from gateway.rules import Rule
 
 SECRET_LOOKING_JTI = "jti-0f1e2d3c"
+ALLOWED = "allowed"
 
 
 def make_rule(*, public: bool = False, roles: set[str] | None = None) -> Rule:
@@ -27,17 +28,31 @@ def identity() -> Callable[..., Identity]:
     return make
 
 
+def outcome(rule: Rule, identity: Identity | None) -> str | int:
+    """"allowed" when authorize() lets the caller through, else the status of what it raised."""
+    try:
+        result = authorize(rule, identity)
+    except GatewayError as exc:
+        return exc.status
+    assert result is None
+    return ALLOWED
+
+
 def test_public_rule_lets_anyone_in_even_without_identity() -> None:
-    authorize(make_rule(public=True), None)
+    assert outcome(make_rule(public=True), None) == ALLOWED
+    assert outcome(make_rule(public=True, roles={"admin"}), None) == ALLOWED   # public wins over roles
+    assert outcome(make_rule(), None) == 401                                   # the flag is what let it in
 
 
 def test_rule_without_roles_lets_any_authenticated_caller_in(identity: Callable[..., Identity]) -> None:
-    authorize(make_rule(), identity())
+    assert outcome(make_rule(), identity()) == ALLOWED
+    assert outcome(make_rule(roles={"admin"}), identity()) == 403              # the same caller, a rule with roles
 
 
 @pytest.mark.parametrize("roles", [("admin",), ("user", "admin"), ("admin", "auditor", "user")])
 def test_caller_with_any_one_of_the_roles_gets_in(identity: Callable[..., Identity], roles: tuple[str, ...]) -> None:
-    authorize(make_rule(roles={"admin", "ops"}), identity(*roles))
+    assert outcome(make_rule(roles={"admin", "ops"}), identity(*roles)) == ALLOWED
+    assert outcome(make_rule(roles={"ops"}), identity(*roles)) == 403           # it is the shared role that counts
 
 
 @pytest.mark.parametrize("roles", [(), ("user",), ("Admin",), ("admins",)])
@@ -58,4 +73,4 @@ def test_forbidden_names_the_roles_needed_but_nothing_about_the_token(identity: 
 def test_protected_rule_without_identity_fails_closed_with_401(roles: set[str] | None) -> None:
     with pytest.raises(MissingToken) as info:
         authorize(make_rule(roles=roles), None)
-    assert info.value.status == 401
+    assert (info.value.status, info.value.code) == (401, "missing_token")

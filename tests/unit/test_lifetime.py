@@ -54,11 +54,28 @@ async def test_subject_watermark_ends_tokens_issued_before_it():
     assert (old, new) == (["revoked"], [])
 
 
+async def past_the_expiry_of(exp_in_s: float) -> None:
+    """Return once the loop has run every timer due when a token made now with ``exp_in_s`` expires: a
+    token expiring later ends by itself (the loop runs due timers in the order they fall due)."""
+    later: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    with ConnectionWatcher().watch(identity(jti="later", exp_in_s=exp_in_s + 0.05), later.set_result):
+        assert await asyncio.wait_for(later, 5) == "expired"
+
+
 async def test_end_is_reported_once_and_never_after_the_connection_closed():
     reasons: list[str] = []
     watcher = ConnectionWatcher()
     with watcher.watch(identity(exp_in_s=0.05), reasons.append):
         watcher.revoke(Revocation("jti", ISS, "j1", 0, time.time() + 60))
         watcher.revoke(Revocation("jti", ISS, "j1", 0, time.time() + 60))
-    await asyncio.sleep(0.1)   # past the expiry: the timer must have been cancelled
+    await past_the_expiry_of(0.05)
     assert reasons == ["revoked"]
+
+
+async def test_a_connection_closed_before_its_token_expires_is_never_told():
+    reasons: list[str] = []
+    watcher = ConnectionWatcher()
+    with watcher.watch(identity(exp_in_s=0.05), reasons.append):
+        pass
+    await past_the_expiry_of(0.05)
+    assert reasons == [] and len(watcher) == 0

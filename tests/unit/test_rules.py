@@ -255,6 +255,6 @@ def test_match_cost_does_not_grow_with_route_count(method: str, path: str) -> No
         except NoRoute:
             results.append(None)
     assert results[0] == results[1]
-    assert small.visits == large.visits
+    assert 0 < small.visits == large.visits   # 0 would mean match() no longer goes through _walk: count again
     depth = len(path.strip("/").split("/"))
     assert large.visits <= 2 * (depth + 1)

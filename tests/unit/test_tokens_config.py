@@ -98,7 +98,10 @@ def test_hmac_secret_shorter_than_the_hash_is_refused(write_keys: Callable[..., 
 
 
 def test_secret_length_counts_bytes_not_characters(write_keys: Callable[..., Path]) -> None:
-    load_config(write_keys("{kid: k, alg: HS256, secret: 'ééééééééééééééää'}"), environ={})   # 16 chars, 32 bytes
+    secret = "ééééééééééééééää"   # 16 characters, 32 bytes: enough for HS256
+    cfg = load_config(write_keys(f"{{kid: k, alg: HS256, secret: '{secret}'}}"), environ={})
+    assert cfg.tokens.keys[0].material.secret == secret.encode() and len(secret.encode()) == 32
+    only(write_keys(f"{{kid: k, alg: HS256, secret: '{secret[:-1]}'}}"), "tokens.keys[0].secret", "kid: k")   # 30 bytes
 
 
 def test_public_key_may_come_from_a_certificate(write_keys: Callable[..., Path]) -> None:

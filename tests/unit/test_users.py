@@ -11,6 +11,7 @@ import yaml
 
 from gateway.errors import DependencyDown
 from gateway.passwords import PasswordHasher
+from gateway.store import MemoryStore
 from gateway.store.base import StoreUnavailable
 from gateway.users import (AuthenticatedUser, CredentialsUsers, FileUsers, InvalidAccount, StoreUsers,
                            UsersFileError, build_directory, check_email)
@@ -92,15 +93,15 @@ async def test_non_string_credentials_are_refused(users_file, hasher):
 
 # -- loading and reloading ----------------------------------------------------------------------
 
-def test_missing_file_is_refused_unless_missing_ok(tmp_path, hasher):
+async def test_missing_file_is_refused_unless_missing_ok(tmp_path, hasher):
     with pytest.raises(UsersFileError, match="does not exist"):
         FileUsers(tmp_path / "nope.yaml", hasher)
-    assert FileUsers(tmp_path / "nope.yaml", hasher, missing_ok=True)._accounts == {}
+    assert await FileUsers(tmp_path / "nope.yaml", hasher, missing_ok=True).list() == []
 
 
-def test_empty_file_has_no_accounts(tmp_path, hasher):
+async def test_empty_file_has_no_accounts(tmp_path, hasher):
     (tmp_path / "u.yaml").write_text("")
-    assert FileUsers(tmp_path / "u.yaml", hasher)._accounts == {}
+    assert await FileUsers(tmp_path / "u.yaml", hasher).list() == []
 
 
 @pytest.mark.parametrize("content", [
@@ -303,8 +304,7 @@ async def test_store_outage_is_dependency_down_never_a_refusal_or_success(hasher
 
 @pytest.fixture
 async def memory_store():
-    memory = pytest.importorskip("gateway.store.memory")
-    store = memory.MemoryStore()
+    store = MemoryStore()
     yield store
     await store.close()
 
