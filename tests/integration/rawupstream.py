@@ -3,8 +3,14 @@ script the test writes (answers exactly as given, 1xx answers, hang-ups), counte
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
+import os
+import socket
+import struct
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 BOUND_S = 5.0
@@ -85,3 +91,80 @@ async def raw_upstreams() -> AsyncIterator[Callable[[Script], Awaitable[RawUpstr
 
 
 StartUpstream = Callable[[Script], Awaitable[RawUpstream]]
+
+
+# --- what the kernel knows: a listener that never answers, how much a peer in this process has read ---
+
+@contextlib.asynccontextmanager
+async def unanswering_listener() -> AsyncIterator[str]:
+    """Yields the URL of a loopback port that listens but never completes a handshake: a backlog of 0,
+    never accepted, its accept queue filled by one connection first. Linux drops the SYNs of any
+    later connect (the queue is full; net.ipv4.tcp_abort_on_overflow is 0, the default), so a
+    client's connect hangs as it does for a blackholed host."""
+    listener = socket.socket()
+    filler = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(filler, listener.getsockname())   # now queued
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        filler.close()
+        listener.close()
+
+
+def peer_counts(writer: asyncio.StreamWriter) -> tuple[int, int] | None:
+    """(bytes read, bytes waiting to be read) at the other end of ``writer``'s connection, when that
+    end is a socket of this process (the gateway under test), from the kernel: Linux TCP_INFO's
+    tcpi_bytes_received less FIONREAD, on a duplicate of its descriptor closed at once (a duplicate
+    kept would keep the connection open). None when no socket of this process is that end (closed)."""
+    mine = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(fd))) as sock:
+                if sock.type != socket.SOCK_STREAM or (sock.getpeername(), sock.getsockname()) != mine:
+                    continue
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+                waiting = array.array("i", [0])
+                fcntl.ioctl(sock, termios.FIONREAD, waiting)
+        except OSError:   # gone meanwhile, not a TCP socket, not connected
+            continue
+        return struct.unpack_from("Q", info, 128)[0] - waiting[0], waiting[0]
+    return None
+
+
+async def until_peer_read(writer: asyncio.StreamWriter, count: int, limit_s: float = BOUND_S) -> bool:
+    """Poll until the other end of ``writer``'s connection (in this process) has read ``count``
+    bytes: True; False once it closed instead."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while (counts := peer_counts(writer)) is not None:
+        if counts[0] >= count:
+            return True
+        assert loop.time() < deadline, f"the peer read {counts[0]} bytes of {count}"
+        await asyncio.sleep(0)   # a reading transport reads on the loop's next turn
+    return False
+
+
+async def until_peer_stops_reading(writer: asyncio.StreamWriter, limit_s: float = BOUND_S) -> int:
+    """Poll until the other end of ``writer``'s connection (a socket of this process's event loop)
+    has stopped reading: bytes wait there and two turns of the loop later none of them was read (a
+    transport that reads is called on the first turn its socket is readable, after this task).
+    Returns how much it had read by then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    read = 0
+    while True:
+        before = peer_counts(writer)
+        assert before is not None, f"it never stopped reading: it closed the connection after {read} bytes"
+        read = before[0]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        after = peer_counts(writer)
+        if before[1] and after is not None and after[0] == read:
+            return read
+        assert loop.time() < deadline, f"it never stopped reading (read {read} bytes)"
+        await asyncio.sleep(0.01)
