@@ -31,9 +31,16 @@ _CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type
 
 
 def open_session(up: UpstreamConfig, tls: ssl.SSLContext | None) -> aiohttp.ClientSession:
-    """The upstream's client session (needs the running loop); ``tls``: the context for HTTPS."""
+    """The upstream's client session (needs the running loop); ``tls``: the context for HTTPS.
+
+    Every request gets a connection of its own, closed after its answer (``force_close``): aiohttp's
+    pool reads and keeps an answer an upstream sends on an idle connection, and hands it to the next
+    request on that connection as its own (aio-libs/aiohttp#13656), one client's answer to another.
+    This path carries the rarer requests (HEAD, chunked uploads, WebSocket upgrades, which never go
+    back to a pool anyway); the lean path's pool refuses such bytes (upstream_pool.py)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=tls if tls is not None else True),
+        connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=tls if tls is not None else True,
+                                       force_close=True),
         timeout=_timeout(up),
         auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
         request_class=_VerbatimRequest, response_class=_CheckedResponse, trust_env=False)
@@ -50,7 +57,8 @@ def _timeout(up: UpstreamConfig) -> aiohttp.ClientTimeout:
 class _VerbatimRequest(aiohttp.ClientRequest):
     """Sends the headers request_header_items built, as they are: aiohttp invents no Accept,
     Accept-Encoding, User-Agent or Content-Type (``skip_auto_headers`` without rebuilding the skip
-    list on every request), and adds only Host, which the filter always removes."""
+    list on every request), and adds only Host, which the filter always removes, and ``Connection:
+    close`` (every connection of this path closes after its answer, see open_session)."""
 
     _SKIPPED: CIMultiDict[None] = CIMultiDict((name, None) for name in _CLIENT_AUTO_HEADERS)
 

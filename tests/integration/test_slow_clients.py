@@ -44,8 +44,8 @@ async def counting_upstream(raw_upstream: StartUpstream) -> RawUpstream:
     return box[0]
 
 
-async def test_slow_small_bodies_hold_no_upstream_connection(make_proxy: MakeProxy,
-                                                             raw_upstream: StartUpstream) -> None:
+async def test_slow_small_bodies_hold_no_upstream_connection(make_proxy: MakeProxy, raw_upstream: StartUpstream,
+                                                             forward_path: str) -> None:
     """The finding: four clients sending 10 bytes of a 1,000-byte body held all four upstream
     connections, and everyone else got 504. Bodies within buffer_body are read before the upstream is
     asked, so the others go through at once, and the stalled ones get 408 after body_timeout."""
@@ -56,7 +56,8 @@ async def test_slow_small_bodies_hold_no_upstream_connection(make_proxy: MakePro
         for _ in range(3):
             resp = await proxy.get("/other")
             assert resp.status == 200
-        assert up.connections == 1   # the slow ones never reached the upstream
+        # The slow ones never reached the upstream (aiohttp's path opens a connection a request).
+        assert up.connections == (1 if forward_path == "lean" else 3)
         for reader, writer in slow:
             status, body = await answer_of(reader)
             assert (status, body["code"]) == (408, "request_timeout")
