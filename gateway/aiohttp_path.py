@@ -73,15 +73,18 @@ class _VerbatimRequest(aiohttp.ClientRequest):
 
 class _CheckedResponse(aiohttp.ClientResponse):
     """Refuses a malformed head (answer_head.py: aiohttp's parser lets through a status outside
-    100..599 and control characters in the reason or a value) with ClientResponseError, as aiohttp
-    does for the heads its parser refuses; so a plain request and a WebSocket handshake both get 502."""
+    100..599, control characters in the reason or a value, and codings other than chunked) with
+    ClientResponseError, as aiohttp does for the heads its parser refuses; so a plain request and a
+    WebSocket handshake both get 502."""
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         await super().start(connection)
         try:
+            codings = self.headers.getall("Transfer-Encoding", None)
             check_answer_head(self.status, self.reason or "", self.headers.items(),
-                              f"{self.version.major}.{self.version.minor}" if self.version else "1.1")
+                              f"{self.version.major}.{self.version.minor}" if self.version else "1.1",
+                              ", ".join(codings) if codings else None)
         except MalformedAnswer as exc:
             # A body that came with the head has put the connection back in the pool already:
             # close it there, so nothing more is read from an upstream that broke the protocol.

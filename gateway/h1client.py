@@ -106,7 +106,7 @@ class Answer:
             self._reason = b""
             return
         self.status, self.reason = status, _decode(self._reason)
-        chunked = False
+        coding: str | None = None   # every Transfer-Encoding value, joined
         headers = self.headers
         for raw_name, raw_value in self._raw_headers:
             name, value = _decode(raw_name), _decode(raw_value)
@@ -115,13 +115,15 @@ class Answer:
             if lowered == "content-length":
                 self.content_length = int(value)   # llhttp let through only digits, and one value
             elif lowered == "transfer-encoding":
-                chunked = chunked or "chunked" in value.lower()
+                coding = value if coding is None else f"{coding}, {value}"
         self._raw_headers = []
-        try:   # llhttp lets through a status outside 100..599 and control characters in the reason
-            check_answer_head(status, self.reason, headers, self._parser.get_http_version())   # type: ignore[union-attr]
+        try:   # llhttp lets through a status outside 100..599, control characters in the reason, and codings
+            check_answer_head(status, self.reason, headers, self._parser.get_http_version(),   # type: ignore[union-attr]
+                              coding)
         except MalformedAnswer as exc:   # raised from a callback: parsing stops, feed fails the answer
             raise UpstreamError(f"malformed answer: {exc}") from exc
-        self._until_eof = self.content_length is None and not chunked and status not in (204, 304)
+        # Past the check, a coding is one chunked.
+        self._until_eof = self.content_length is None and coding is None and status not in (204, 304)
         self.head_done = True
         self._wake()
 

@@ -67,6 +67,10 @@ async def test_a_body_that_runs_until_the_close_arrives_whole(make_proxy: MakePr
     b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 7000 + b"Content-Length: 2\r\n\r\nok",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    # A coding other than one chunked: neither client undoes it, and it would reach the client as plain.
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nokok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
 ])
 async def test_a_broken_answer_gives_502(make_proxy: MakeProxy, raw_upstream: StartUpstream, answer: bytes) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:

@@ -72,3 +72,18 @@ def test_one_control_character_is_enough(reason: str, headers: list[tuple[str, s
     broken = list(zip(parts[1::2], parts[2::2]))
     with pytest.raises(MalformedAnswer):
         check_answer_head(200, parts[0], broken)
+
+
+@pytest.mark.parametrize(("coding", "ok"), [
+    (None, True), ("chunked", True), ("Chunked", True), (" chunked ", True),
+    ("gzip", False), ("gzip, chunked", False), ("chunked, chunked", False), ("chunked, gzip", False),
+    ("identity", False), ("", False), ("chunkedx", False),
+])
+def test_only_one_chunked_coding_passes(coding: str | None, ok: bool) -> None:
+    # Both clients undo chunked at most, and Transfer-Encoding is never relayed: any other coding would
+    # reach the client as if the body were plain.
+    if ok:
+        check_answer_head(200, "OK", [], "1.1", coding)
+    else:
+        with pytest.raises(MalformedAnswer):
+            check_answer_head(200, "OK", [], "1.1", coding)
