@@ -2,6 +2,7 @@
 # tokengate developer entry point: sets up everything a fresh Debian/Ubuntu machine needs.
 #   ./dev.sh demo    start the demo gateway (memory:// store) and its echo upstream
 #   ./dev.sh test    run the whole test suite
+#   ./dev.sh mutate  mutation testing of the security-critical modules (slow; see tests/README.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=.venv
@@ -18,8 +19,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
-ensure_python() {   # $1: runtime (the demo: `pip install -e .`) or test (`-e '.[test]'`: pytest, schemathesis ...)
-  local want=$1
+ensure_python() {   # $1: runtime (the demo: `pip install -e .`), test (`-e '.[test]'`: pytest, schemathesis ...)
+  local want=$1      # or mutation (the test set and mutmut)
   if ! command -v "$PY" >/dev/null; then apt_install python3 python3-venv python3-pip; fi
   if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "tokengate needs Python 3.11 or newer; $PY is $("$PY" --version)" >&2; exit 1
@@ -36,7 +37,10 @@ ensure_python() {   # $1: runtime (the demo: `pip install -e .`) or test (`-e '.
   local stamp="$VENV/.installed-$want"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    if [ "$want" = test ]; then
+    if [ "$want" = mutation ]; then
+      "$VENV/bin/python" -m pip install -q -e '.[test,mutation]'
+      touch "$VENV/.installed-runtime" "$VENV/.installed-test"   # it includes both other sets
+    elif [ "$want" = test ]; then
       "$VENV/bin/python" -m pip install -q -e '.[test]'
       touch "$VENV/.installed-runtime"   # the test set includes the runtime one
     else
@@ -73,6 +77,14 @@ case "${1:-}" in
     ensure_nginx
     shift
     exec "$VENV/bin/python" -m pytest -q "$@"
+    ;;
+  mutate)   # [tool.mutmut] in pyproject.toml names the modules and the tests; results stay in mutants/
+    ensure_python mutation
+    ensure_redis
+    ensure_nginx
+    shift
+    "$VENV/bin/mutmut" run "$@"
+    exec "$VENV/bin/mutmut" results
     ;;
   *)
     sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'

@@ -73,3 +73,13 @@ def test_a_change_of_pyproject_reinstalls_each_set_at_its_next_use(checkout: Pat
         os.utime(stamp, (past, past))   # as if pyproject.toml had changed since
     assert dev_sh(checkout, "demo") == ["-m pip install -q -e ."]
     assert dev_sh(checkout, "test") == ["-m pip install -q -e .[test]"]
+
+
+def test_mutate_adds_mutmut_to_the_test_set_once_and_runs_it(checkout: Path) -> None:
+    _executable(checkout / ".venv" / "bin" / "mutmut", '#!/bin/sh\necho "mutmut $*" >> "$(dirname "$0")/../../calls.log"\n')
+    assert dev_sh(checkout, "test") == ["-m pip install -q -e .[test]"]
+    assert dev_sh(checkout, "mutate") == ["-m pip install -q -e .[test,mutation]"]
+    assert dev_sh(checkout, "mutate") == []
+    assert dev_sh(checkout, "test") == [] and dev_sh(checkout, "demo") == []
+    runs = [line for line in (checkout / "calls.log").read_text().splitlines() if line.startswith("mutmut")]
+    assert runs == ["mutmut run", "mutmut results"] * 2
