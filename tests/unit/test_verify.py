@@ -487,9 +487,13 @@ async def test_issuer_of_the_wrong_json_type_is_invalid(verifier: Verifier, iss:
     assert (await refused(verifier, token)).code == "invalid_token"
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-async def test_non_finite_exp_is_refused(verifier: Verifier, literal: str) -> None:
-    payload = json.dumps(claims(exp=0)).replace('"exp": 0', f'"exp": {literal}')
+# NaN and Infinity are no JSON (refused by the parser); 1e400 is a JSON number that Python reads as inf,
+# so only the claim check stands between it and a token that never expires.
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_non_finite_time_claim_is_refused(verifier: Verifier, claim: str, literal: str) -> None:
+    payload = json.dumps(claims(**{claim: 0})).replace(f'"{claim}": 0', f'"{claim}": {literal}')
+    assert literal in payload
     token = hs256_by_hand({"alg": "HS256", "kid": "main"}, payload, HS_SECRET.encode())
     assert (await refused(verifier, token)).code == "invalid_token"
 
