@@ -13,7 +13,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import source
 from gateway.source import MAX_VALUES, Problem, Source, format_key, read_source
+from loadtests.benchconfig import write_bench_config
+from tests.unit.config_checks import DATA
 
 
 @pytest.fixture
@@ -196,6 +199,38 @@ def test_dumped_data_reads_back_as_safe_load_reads_it(read: Callable[..., Source
     text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True)
     src = read(text)   # safe_dump starts every top-level key in column 0, so dedent changes nothing
     assert src.problems == [] and src.data == _stringify(yaml.safe_load(text))
+
+
+# --- libyaml first, PyYAML's own parser for what libyaml refuses -------------------------------------
+
+def _parsed_with(loader_class: type, path: Path) -> Source:
+    src = Source(str(path))
+    source._parse(src, path.read_text(encoding="utf-8"), {"TOKENGATE_SECRET": "s" * 40}, loader_class)
+    return src
+
+
+@pytest.mark.parametrize("name", ["design-example.yaml", "minimal.yaml", "bench-1000-routes"])
+def test_libyaml_and_the_python_loader_read_a_config_alike(tmp_path: Path, name: str) -> None:
+    """The fast path must not change a value or a line that an error message would name."""
+    path = tmp_path / "config.yaml"
+    if name == "bench-1000-routes":
+        write_bench_config(path, 1000, 2, "memory://", False)
+    else:   # DESIGN's example quotes the reset URL now: a file libyaml reads
+        quoted = "reset_url: 'https://app.example.test/reset?token={token}'}"
+        path.write_text((DATA / name).read_text().replace("reset_url: https://app.example.test/reset?token={token}}",
+                                                          quoted))
+    yaml.CSafeLoader(path.read_text()).get_single_node()   # libyaml reads it: the fast path is the one compared
+    fast, slow = _parsed_with(source._CLoader, path), _parsed_with(source._Loader, path)
+    assert fast.problems == slow.problems and fast.data == slow.data and fast.lines == slow.lines
+    assert fast.data is not None and len(fast.lines) > 10
+
+
+def test_libyaml_reads_valid_files_and_hands_the_rest_to_the_python_loader(read: Callable[..., Source]) -> None:
+    assert yaml.__with_libyaml__ and issubclass(source._CLoader, yaml.CSafeLoader)
+    text = "reset_url: {url: https://x.test/r?token={token}}\n"   # libyaml refuses '{' inside a flow scalar
+    with pytest.raises(yaml.YAMLError):
+        yaml.CSafeLoader(text).get_single_node()
+    assert data_of(read(text)) == {"reset_url": {"url": "https://x.test/r?token={token}"}}
 
 
 # --- anchors, aliases and merges -------------------------------------------------------------------
