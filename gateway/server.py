@@ -1,7 +1,8 @@
-"""Run the gateway: one uvloop process, or N worker processes sharing a port (SO_REUSEPORT).
+"""Serve the gateway in one uvloop process: a worker of supervisor.py, or the whole gateway.
 
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (at most listen.drain_timeout),
-then exit 0. With workers > 1 a supervisor restarts a worker that dies unexpectedly.
+then exit 0. SIGHUP: reload (reload.py); a supervisor's worker asks its supervisor instead, which
+reloads every worker one after another.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ import asyncio
 import contextlib
 import gc
 import logging
-import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
-from pathlib import Path
+from multiprocessing.connection import Connection
 from typing import Any
 
 import uvloop
@@ -26,17 +26,14 @@ from aiohttp import web
 
 from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
-from .config import GatewayConfig, load_config
+from .config import GatewayConfig
 from .edge import EdgeRunner, edge_options
 from .proxy_headers import is_loopback
-from .logs import configure_logging
-from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
-from .reload import reload_config, watch_file
+from .reload import ReadConfig, apply_read, reload_config, watch_file
 from .pipeline import GATEWAY, Gateway
 from .users import FileUsers, UsersFileError
 
 log = logging.getLogger("tokengate")
-RESTARTS_PER_MINUTE = 5
 # How long serve keeps the proxy port shut waiting for the revocation mirror's first load. A store that
 # answers loads 200k revocations in ~2.5 s (measured on 2 busy cores); one that cannot be reached ends the
 # wait at once. Past it the port opens anyway: not ready, and store.on_error decides until the mirror is in sync.
@@ -44,6 +41,8 @@ FIRST_LOAD_WAIT_S = 10.0
 # The ports, as the one-line message of a port that is taken names them.
 PROXY, ADMIN, DEMO = "the proxy port, listen.port", "the admin port, admin.port", "a demo port"
 LISTEN_FAILED = 3   # a worker's exit status when it cannot listen: restarting it would fail the same way
+# A worker's messages to its supervisor (supervisor.py) on its control pipe.
+HANGUP, APPLIED, REFUSED = b"hangup", b"applied", b"refused"
 
 
 class ListenFailed(Exception):
@@ -58,9 +57,11 @@ class Bind:
 
 async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False,
                 extra_apps: Sequence[tuple[web.Application, Bind]] = (),
-                started: Callable[[web.Application], Awaitable[object]] | None = None) -> None:
+                started: Callable[[web.Application], Awaitable[object]] | None = None,
+                control: Connection | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return. Raises ListenFailed for a port it cannot have.
-    ``started(app)`` (the demo's) is awaited once every port is open, with the gateway's app."""
+    ``started(app)`` (the demo's) is awaited once every port is open, with the gateway's app.
+    ``control``: a supervisor's worker's pipe to its supervisor, which runs the reloads."""
     main_app = build_app(cfg)
     admin_token = cfg.admin.token.get_secret_value() if cfg.admin.token is not None else None
     admin_app = build_admin_app(main_app, admin_token)
@@ -85,10 +86,12 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
                  main.host, main.port, admin.host, admin.port, os.getpid())
         if started is not None:
             await started(main_app)
+        reloads = _Reloads(main_app, control)
         watcher = None
-        if cfg.reload.watch:
-            watcher = asyncio.create_task(watch_file(cfg.source, cfg.reload.interval, lambda: reload(main_app)))
-        await _wait_for_stop_signal(lambda: asyncio.ensure_future(reload(main_app)))
+        if cfg.reload.watch and control is None:   # a supervisor watches for its workers
+            watcher = asyncio.create_task(watch_file(cfg.source, cfg.reload.interval, reloads.here))
+        await _wait_for_stop_signal(reloads.on_hangup)
+        reloads.close()
         if watcher is not None:
             watcher.cancel()
         admin_app[SERVING].accepting = False
@@ -153,6 +156,58 @@ async def _wait_for_stop_signal(on_hangup: Callable[[], object]) -> None:
             loop.remove_signal_handler(sig)
 
 
+class _Reloads:
+    """SIGHUP in this process. Alone, it reloads itself, one reload at a time. A supervisor's worker
+    asks its supervisor (which has the file read once and asks each worker in turn) and applies what
+    comes on ``control``, answering APPLIED or REFUSED."""
+
+    def __init__(self, app: web.Application, control: Connection | None) -> None:
+        self.app, self.control = app, control
+        self.lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        if control is not None:
+            self.loop.add_reader(control.fileno(), self._from_supervisor)
+
+    def on_hangup(self) -> None:
+        if self.control is None:
+            self._start(self.here())
+        else:
+            with contextlib.suppress(OSError):
+                self.control.send_bytes(HANGUP)
+
+    async def here(self) -> None:
+        async with self.lock:
+            await reload(self.app)
+
+    def _from_supervisor(self) -> None:
+        assert self.control is not None
+        try:
+            message = self.control.recv_bytes()
+        except (EOFError, OSError):   # the supervisor is gone: serve on with the config there is
+            self.loop.remove_reader(self.control.fileno())
+            return
+        self._start(self._apply(message, time.perf_counter()))
+
+    async def _apply(self, message: bytes, arrived: float) -> None:
+        async with self.lock:
+            gw = self.app.get(GATEWAY)
+            read: ReadConfig = pickle.loads(message)
+            applied = gw is not None and apply_read(gw, read, arrived)
+            await reload_accounts(self.app)
+        with contextlib.suppress(OSError):
+            self.control.send_bytes(APPLIED if applied else REFUSED)   # type: ignore[union-attr]
+
+    def _start(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.loop.remove_reader(self.control.fileno())
+
+
 async def reload(app: web.Application) -> None:
     """SIGHUP: the config (routes, upstreams, identity, keys), then the users file."""
     gw = app.get(GATEWAY)
@@ -174,34 +229,14 @@ async def reload_accounts(app: web.Application) -> None:
     log.info("SIGHUP: reloaded %d accounts from %s", count, gw.users.path)
 
 
-def run_one(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False) -> None:
+def run_one(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool = False,
+            control: Connection | None = None) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # until serve() handles it: a reload must never kill us
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(cfg, main, admin, reuse_port=reuse_port))
+        runner.run(serve(cfg, main, admin, reuse_port=reuse_port, control=control))
 
 
-def _worker(config_path: str, main: Bind, admin: Bind) -> None:
-    cfg = load_config(config_path)
-    configure_logging(cfg.log)
-    try:
-        run_one(cfg, main, admin, reuse_port=True)
-    except ListenFailed as exc:
-        log.error("%s", exc)
-        raise SystemExit(LISTEN_FAILED) from None
-
-
-def run(cfg: GatewayConfig, main: Bind, admin: Bind, workers: int) -> int:
-    """Serve with ``workers`` processes; returns the exit status."""
-    if workers == 1:
-        run_one(cfg, main, admin)
-        return 0
-    if cfg.store.url.startswith("memory://"):
-        log.warning("store is memory:// with %d workers: every worker has a store of its own, so a revocation, "
-                    "session or account made through one worker is unknown to the others; use Redis", workers)
-    return _Supervisor(cfg.source, workers, cfg.listen.drain_timeout).run(main, admin)
-
-
-def _reserve(bind: Bind, what: str) -> tuple[socket.socket, Bind]:
+def reserve(bind: Bind, what: str) -> tuple[socket.socket, Bind]:
     """Bind (without listening) so port 0 becomes one real port all workers then share.
 
     The bind itself is made without SO_REUSEPORT, so it fails when anyone else holds the port, even
@@ -218,104 +253,3 @@ def _reserve(bind: Bind, what: str) -> tuple[socket.socket, Bind]:
         raise ListenFailed(_cannot_listen(bind, what, exc)) from None
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return sock, Bind(bind.host, sock.getsockname()[1])
-
-
-class _Supervisor:
-    def __init__(self, config_path: str, workers: int, drain_timeout_s: float) -> None:
-        self.config_path = str(Path(config_path).resolve())
-        self.workers = workers
-        self.drain_timeout_s = drain_timeout_s
-        self.ctx = multiprocessing.get_context("spawn")
-        self.stopping = False
-        self.hangups = 0
-        self.restarts: list[float] = []
-
-    def run(self, main: Bind, admin: Bind) -> int:
-        main_sock, main = _reserve(main, PROXY)
-        try:
-            admin_sock, admin = _reserve(admin, ADMIN)
-        except ListenFailed:
-            main_sock.close()
-            raise
-        wake_r, wake_w = socket.socketpair()
-        wake_w.setblocking(False)
-        old_fd = signal.set_wakeup_fd(wake_w.fileno())
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        metrics_dir = make_multiprocess_dir()   # /metrics adds up every worker's values from there
-        try:
-            procs = [self._spawn(main, admin) for _ in range(self.workers)]
-            return self._supervise(procs, main, admin, wake_r)
-        finally:
-            signal.set_wakeup_fd(old_fd)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            for s in (main_sock, admin_sock, wake_r, wake_w):
-                s.close()
-            remove_multiprocess_dir(metrics_dir)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        if signum == signal.SIGHUP:
-            self.hangups += 1      # passed on to every worker by the supervising loop
-        else:
-            self.stopping = True
-
-    def _spawn(self, main: Bind, admin: Bind) -> multiprocessing.process.BaseProcess:
-        proc = self.ctx.Process(target=_worker, args=(self.config_path, main, admin), daemon=False)
-        # An ignored SIGHUP survives exec: a reload sent while the worker still starts cannot kill it.
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        try:
-            proc.start()
-        finally:
-            signal.signal(signal.SIGHUP, previous)
-        return proc
-
-    def _supervise(self, procs: list, main: Bind, admin: Bind, wake: socket.socket) -> int:
-        wake.setblocking(False)
-        while not self.stopping:
-            if wake in wait([p.sentinel for p in procs] + [wake], timeout=None):
-                with contextlib.suppress(BlockingIOError):
-                    wake.recv(4096)   # the signal's wake-up bytes: drained, or wait() would spin
-            if self.stopping:
-                break
-            self._pass_on_hangups(procs)
-            for i, proc in enumerate(procs):
-                if proc.exitcode is None:
-                    continue
-                if proc.exitcode == LISTEN_FAILED:   # it logged which port and why
-                    self._stop(procs)
-                    return 1
-                if not self._may_restart():
-                    log.error("workers keep dying (last exit status %s); stopping", proc.exitcode)
-                    self._stop(procs)
-                    return 1
-                log.warning("worker pid %s exited with %s; starting a new one", proc.pid, proc.exitcode)
-                mark_dead([proc.pid])   # its live gauges stop counting; its counters stay in the sums
-                procs[i] = self._spawn(main, admin)
-        return self._stop(procs)
-
-    def _pass_on_hangups(self, procs: list) -> None:
-        if self.hangups:
-            self.hangups = 0
-            for proc in procs:
-                if proc.exitcode is None and proc.pid is not None:
-                    os.kill(proc.pid, signal.SIGHUP)
-
-    def _may_restart(self) -> bool:
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
-        return len(self.restarts) <= RESTARTS_PER_MINUTE
-
-    def _stop(self, procs: list) -> int:
-        for proc in procs:
-            if proc.exitcode is None:
-                proc.terminate()          # SIGTERM: each worker drains on its own
-        status = 0
-        deadline = time.monotonic() + self.drain_timeout_s + 10
-        for proc in procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.exitcode is None:
-                log.error("worker pid %s did not stop in time; killing it", proc.pid)
-                proc.kill()
-                proc.join()
-            status = status or (0 if proc.exitcode in (0, -signal.SIGTERM) else 1)
-        return status

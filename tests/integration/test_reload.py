@@ -5,6 +5,9 @@ and the old one keeps serving; sections bound to sockets wait for a restart."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
 import signal
 import time
 from collections import Counter
@@ -137,3 +140,84 @@ async def test_reload_watch_picks_up_a_changed_file_without_a_signal(start_gatew
     rewrite(gw, lambda data: data["routes"].append({"path": "/api/new", "upstream": "accounts"}))
     await until_every_worker(gw, "/api/new", token, 200, 1)
     assert "changed: reloading" in gw.log() and "config reload: reloaded from" in gw.log()
+
+
+# --- with a supervisor: read once, applied one worker after another -----------------------------------
+
+RELOADED = "config reload: reloaded from"
+
+
+def records(gw: GatewayProcess, text: str) -> list[dict[str, Any]]:
+    """The JSON log records whose message starts with ``text``, in the order they were written."""
+    lines = (json.loads(line) for line in gw.log().splitlines() if line.startswith("{"))
+    return [record for record in lines if record["message"].startswith(text)]
+
+
+def worker_pids(gw: GatewayProcess) -> list[int]:
+    """The pids of the workers that started serving, in order."""
+    return [int(r["message"].rsplit("(pid ", 1)[1].rstrip(")")) for r in records(gw, "tokengate serving on")]
+
+
+async def test_two_workers_get_one_reading_of_the_file_one_after_the_other(start_gateway, echo_upstream, keys_dir):
+    gw = await start_gateway(gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/")), "--workers", "2")
+    await _until_logged(gw, "tokengate serving on", 2)
+    workers = worker_pids(gw)
+    for n in range(1, 4):
+        rewrite(gw, lambda data, n=n: data["routes"].append({"path": f"/api/new{n}", "upstream": "accounts"}))
+        gw.proc.send_signal(signal.SIGHUP)
+        await _until_logged(gw, RELOADED, 2 * n)
+        done = records(gw, RELOADED)[-2:]
+        # Both workers applied the same reading, made once by a reader that is neither of them nor the supervisor.
+        assert [r["worker_pid"] for r in done] == workers   # in turn: the second is asked once the first has applied
+        assert {r["config_sha256"] for r in done} == {hashlib.sha256(config_path(gw).read_bytes()).hexdigest()}
+        (reader,) = {r["read_by_pid"] for r in done}
+        assert reader not in {*workers, gw.proc.pid}
+        assert all(r["read_ms"] > 0 and r["apply_ms"] > 0 for r in done)
+    assert worker_pids(gw) == workers   # nobody restarted
+
+
+async def test_a_replacement_worker_starts_with_the_config_the_others_reloaded(start_gateway, echo_upstream,
+                                                                                 keys_dir, mint):
+    gw = await start_gateway(gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/")), "--workers", "2")
+    await _until_logged(gw, "tokengate serving on", 2)
+    token = mint(roles=["user"])
+    rewrite(gw, lambda data: data["routes"].append({"path": "/api/new", "upstream": "accounts"}))
+    gw.proc.send_signal(signal.SIGHUP)
+    await _until_logged(gw, RELOADED, 2)
+    config_path(gw).write_text("routes: [not read by the replacement\n")   # it must not read the file at all
+    os.kill(worker_pids(gw)[0], signal.SIGKILL)
+    await _until_logged(gw, "tokengate serving on", 3)
+    await until_every_worker(gw, "/api/new", token, 200, 2)
+    assert "invalid YAML" not in gw.log()
+
+
+async def test_a_sighup_to_one_worker_reloads_every_worker(start_gateway, echo_upstream, keys_dir, mint):
+    gw = await start_gateway(gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/")), "--workers", "2")
+    await _until_logged(gw, "tokengate serving on", 2)
+    rewrite(gw, lambda data: data["routes"].append({"path": "/api/new", "upstream": "accounts"}))
+    os.kill(worker_pids(gw)[1], signal.SIGHUP)
+    await _until_logged(gw, RELOADED, 2)
+    await until_every_worker(gw, "/api/new", mint(roles=["user"]), 200, 2)
+    assert {r["worker_pid"] for r in records(gw, RELOADED)} == set(worker_pids(gw))
+
+
+async def test_hangups_that_come_together_end_in_the_last_config_on_every_worker(start_gateway, echo_upstream,
+                                                                                   keys_dir, mint):
+    gw = await start_gateway(gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/")), "--workers", "2")
+    await _until_logged(gw, "tokengate serving on", 2)
+    for n in range(5):
+        rewrite(gw, lambda data, n=n: data["routes"].append({"path": f"/api/new{n}", "upstream": "accounts"}))
+        gw.proc.send_signal(signal.SIGHUP)
+    await until_every_worker(gw, "/api/new4", mint(roles=["user"]), 200, 2)
+    assert gw.proc.poll() is None and len(worker_pids(gw)) == 2
+
+
+async def test_with_two_workers_the_supervisor_watches_the_file(start_gateway, echo_upstream, keys_dir, mint):
+    cfg = gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/"))
+    cfg["reload"] = {"watch": True, "interval": "200ms"}
+    gw = await start_gateway(cfg, "--workers", "2")
+    await _until_logged(gw, "tokengate serving on", 2)
+    rewrite(gw, lambda data: data["routes"].append({"path": "/api/new", "upstream": "accounts"}))
+    await until_every_worker(gw, "/api/new", mint(roles=["user"]), 200, 2)
+    await _until_logged(gw, RELOADED, 2)
+    assert gw.log().count("changed: reloading") == 1   # seen once, by the supervisor, for both workers

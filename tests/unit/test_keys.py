@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from jwt.algorithms import get_default_algorithms
 
 from gateway.errors import InvalidToken
 from gateway.keys import JwksFetchFailed, KeyRing, SigningKey, keyset_from_jwks
-from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
+from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
 
 ASYMMETRIC = frozenset({"RS256", "PS256", "ES256", "ES384", "EdDSA"})
 
@@ -100,6 +101,26 @@ def test_signing_key_signs_what_the_keyring_verifies(make_config: Callable[..., 
         signer = SigningKey.from_config(key_cfg)
         assert ring.select(key_cfg.kid, key_cfg.alg).verify(b"a.b", signer.sign(b"a.b"))
         assert not ring.select(key_cfg.kid, key_cfg.alg).verify(b"a.c", signer.sign(b"a.b"))
+
+
+def test_a_config_crosses_a_pipe_pickled_with_every_key_intact(make_config: Callable[..., Any],
+                                                              keys_dir: Path) -> None:
+    """A reload's reader process sends the validated config to the workers pickled (reload.py):
+    every kind of key must arrive and sign or verify exactly as the one that was read."""
+    keys = [*base_config(keys_dir)["tokens"]["keys"],
+            {"kid": "partner", "alg": "ES384", "public_key_file": str(keys_dir / "ec384.pub.pem")}]
+    tokens = make_config(tokens={"keys": keys}).tokens
+    copy = pickle.loads(pickle.dumps(tokens))
+    ring, ring_copy = KeyRing.from_config(tokens), KeyRing.from_config(copy)
+    assert ring_copy.public_jwks() == ring.public_jwks() and len(ring.public_jwks()["keys"]) == 4
+    signers = [key_cfg for key_cfg in tokens.keys if key_cfg.can_sign]
+    assert {k.alg for k in signers} == {"HS256", "RS256", "ES256", "EdDSA"}
+    for original, copied in zip(tokens.keys, copy.keys, strict=True):
+        assert repr(copied.material) == repr(original.material)
+        if original.can_sign:   # what the copy signs the original verifies, and the other way round
+            assert ring.select(original.kid, original.alg).verify(b"a.b", SigningKey.from_config(copied).sign(b"a.b"))
+            assert ring_copy.select(original.kid, original.alg).verify(b"a.b",
+                                                                       SigningKey.from_config(original).sign(b"a.b"))
 
 
 def test_a_public_key_cannot_sign(make_config: Callable[..., Any], keys_dir: Path) -> None:
