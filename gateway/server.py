@@ -8,15 +8,15 @@ reloads every worker one after another.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import pickle
 import signal
 import socket
+import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -43,6 +43,9 @@ PROXY, ADMIN, DEMO = "the proxy port, listen.port", "the admin port, admin.port"
 LISTEN_FAILED = 3   # a worker's exit status when it cannot listen: restarting it would fail the same way
 # A worker's messages to its supervisor (supervisor.py) on its control pipe.
 HANGUP, APPLIED, REFUSED = b"hangup", b"applied", b"refused"
+# multiprocessing's Connection.send_bytes framing (a signed 4-byte big-endian length; messages
+# here are far below 2 GiB, where it would add 8 more bytes).
+MESSAGE_HEAD = struct.Struct("!i")
 
 
 class ListenFailed(Exception):
@@ -159,53 +162,63 @@ async def _wait_for_stop_signal(on_hangup: Callable[[], object]) -> None:
 class _Reloads:
     """SIGHUP in this process. Alone, it reloads itself, one reload at a time. A supervisor's worker
     asks its supervisor (which has the file read once and asks each worker in turn) and applies what
-    comes on ``control``, answering APPLIED or REFUSED."""
+    comes on ``control``, answering APPLIED or REFUSED.
+
+    ``control`` is read with asyncio streams, never with Connection.recv_bytes: the loop may only
+    wait for bytes, and a reading of a 1,000-route config (~90 KB) arrives in several pieces. The
+    framing is Connection.send_bytes', which the supervisor uses (MESSAGE_HEAD)."""
 
     def __init__(self, app: web.Application, control: Connection | None) -> None:
-        self.app, self.control = app, control
+        self.app = app
+        self.supervised = control is not None
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.get_running_loop()
+        self.writer: asyncio.StreamWriter | None = None
         if control is not None:
-            self.loop.add_reader(control.fileno(), self._from_supervisor)
+            self._start(self._follow(control))
 
     def on_hangup(self) -> None:
-        if self.control is None:
-            self._start(self.here())
+        if self.supervised:
+            self._tell(HANGUP)
         else:
-            with contextlib.suppress(OSError):
-                self.control.send_bytes(HANGUP)
+            self._start(self.here())
 
     async def here(self) -> None:
         async with self.lock:
             await reload(self.app)
 
-    def _from_supervisor(self) -> None:
-        assert self.control is not None
-        try:
-            message = self.control.recv_bytes()
-        except (EOFError, OSError):   # the supervisor is gone: serve on with the config there is
-            self.loop.remove_reader(self.control.fileno())
-            return
-        self._start(self._apply(message, time.perf_counter()))
+    async def _follow(self, control: Connection) -> None:
+        sock = socket.socket(fileno=os.dup(control.fileno()))   # the Connection's socketpair end
+        control.close()
+        reader, self.writer = await asyncio.open_unix_connection(sock=sock)
+        while True:
+            try:
+                (size,) = MESSAGE_HEAD.unpack(await reader.readexactly(MESSAGE_HEAD.size))
+                message = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, OSError):   # the supervisor is gone: serve on as we are
+                return
+            arrived = time.perf_counter()
+            async with self.lock:
+                gw = self.app.get(GATEWAY)
+                read: ReadConfig = pickle.loads(message)
+                applied = gw is not None and apply_read(gw, read, arrived)
+                await reload_accounts(self.app)
+            self._tell(APPLIED if applied else REFUSED)
 
-    async def _apply(self, message: bytes, arrived: float) -> None:
-        async with self.lock:
-            gw = self.app.get(GATEWAY)
-            read: ReadConfig = pickle.loads(message)
-            applied = gw is not None and apply_read(gw, read, arrived)
-            await reload_accounts(self.app)
-        with contextlib.suppress(OSError):
-            self.control.send_bytes(APPLIED if applied else REFUSED)   # type: ignore[union-attr]
+    def _tell(self, message: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(MESSAGE_HEAD.pack(len(message)) + message)
 
-    def _start(self, work: Awaitable[None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def close(self) -> None:
-        if self.control is not None:
-            self.loop.remove_reader(self.control.fileno())
+        for task in self.tasks:
+            task.cancel()
+        if self.writer is not None:
+            self.writer.close()
 
 
 async def reload(app: web.Application) -> None:

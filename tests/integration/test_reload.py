@@ -221,3 +221,19 @@ async def test_with_two_workers_the_supervisor_watches_the_file(start_gateway, e
     await until_every_worker(gw, "/api/new", mint(roles=["user"]), 200, 2)
     await _until_logged(gw, RELOADED, 2)
     assert gw.log().count("changed: reloading") == 1   # seen once, by the supervisor, for both workers
+
+
+async def test_a_reload_of_a_thousand_routes_reaches_every_worker(start_gateway, echo_upstream, keys_dir, mint):
+    """The validated config of 1,000 routes is ~90 KB pickled: it reaches a worker in several pieces."""
+    gw = await start_gateway(gateway_config(keys_dir, str(echo_upstream.make_url("")).rstrip("/")), "--workers", "2")
+    await _until_logged(gw, "tokengate serving on", 2)
+
+    def add_a_thousand_routes(data: dict[str, Any]) -> None:
+        data["routes"] += [{"path": f"/svc{n}/items/*", "upstream": "accounts", "roles": [f"team{n}"]}
+                           for n in range(1000)]
+
+    rewrite(gw, add_a_thousand_routes)
+    gw.proc.send_signal(signal.SIGHUP)
+    await _until_logged(gw, RELOADED, 2)
+    assert {r["worker_pid"] for r in records(gw, RELOADED)} == set(worker_pids(gw))
+    await until_every_worker(gw, "/svc999/items/x", mint(roles=["team999"]), 200, 2)
