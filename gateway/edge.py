@@ -5,9 +5,15 @@ handler, or a 400/408 JSON answer and a closed connection.
 
 aiohttp has no public hook for any of this (``on_response_prepare`` fires only for requests that
 went through the router, which the FrontDoor skips, and the parser's errors never reach an app), so
-this module leans on aiohttp internals: RequestHandler's ``_messages``, ``_waiter``, ``_close`` and
-its ``_ErrInfo`` messages, ``Application._make_request(_cls=...)``, ``Request._prepare_hook`` and
-``Server._kwargs``. tests/integration/test_edge_server.py fails when a new aiohttp changes them.
+this module leans on aiohttp internals: RequestHandler's ``_messages``, ``_waiter``, ``_close``,
+``_manager``, ``_request_in_progress`` and its ``_ErrInfo`` messages, ``Application._make_request(_cls=...)``,
+``Request._prepare_hook`` and ``_protocol``, ``Server._kwargs``, and BaseRunner's ``_shutdown_timeout``
+(read by its ``cleanup``, which must run after the drain: 0 means no limit there).
+tests/integration/test_edge_server.py and test_drain.py fail when a new aiohttp changes them.
+
+SIGTERM drains a port (EdgeRunner.cleanup): the listener closes, then every answer says
+``Connection: close`` and ends its connection, requests in progress finish, an idle keep-alive
+connection's next request is still served for DRAIN_IDLE_GRACE_S, all within listen.drain_timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from .errors import BadRequest, GatewayError, RequestTimeout, error_response
 from .request_id import REQUEST_ID, pick_request_id
 
 log = logging.getLogger("tokengate")
+# How long a drain keeps idle keep-alive connections open for a next request that may already be on its
+# way (it is served, with Connection: close); closing them at once would drop that request unanswered.
+DRAIN_IDLE_GRACE_S = 1.0
+DRAIN_POLL_S = 0.02   # how often a drain looks at its connections (only while draining)
+_SHORTEST_LIMIT_S = 0.001   # what is left of a drain that ran out: aiohttp reads a limit of 0 as none
 
 # What a refused head was, in words (never the bytes the client sent); the most specific class first.
 _MALFORMED = (
@@ -61,6 +72,13 @@ class EdgeRequest(web.Request):
             headers[REQUEST_ID] = pick_request_id(self.headers.getall(REQUEST_ID, []))
         if self._match_info is not None:   # routed: the app's on_response_prepare signals; else no coroutine
             await super()._prepare_hook(response)
+        server = self._protocol._manager   # None once the connection is gone
+        if isinstance(server, EdgeServer) and server.draining and response.status != 101:
+            # Draining: this is the connection's last answer and it says so (RFC 9112 9.6), so the
+            # client sends its next request elsewhere instead of into a connection about to close.
+            # It replaces the "keep-alive" an HTTP/1.0 answer has. (A WebSocket's 101 keeps its Upgrade.)
+            headers[hdrs.CONNECTION] = "close"
+            response.force_close()
 
 
 class EdgeHandler(RequestHandler):
@@ -158,14 +176,34 @@ def _request_ids(request: web.BaseRequest) -> list[str]:
 
 
 class EdgeServer(web.Server):
-    """aiohttp's Server, making EdgeHandlers."""
+    """aiohttp's Server, making EdgeHandlers. ``draining``: every answer from now on closes its connection."""
 
     def __init__(self, handler: Any, *, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.draining = False
 
     def __call__(self) -> EdgeHandler:
         return EdgeHandler(self, loop=self._loop, header_timeout_s=self.header_timeout_s, **self._kwargs)
+
+    async def drain(self, deadline: float, idle_grace_s: float) -> None:
+        """Set ``draining`` and wait, until the loop time ``deadline`` at the latest, while a connection
+        has a request in progress, queued or coming in, and for ``idle_grace_s`` while idle keep-alive
+        connections are open. Returns at once when every connection has closed."""
+        self.draining = True
+        loop = self._loop
+        idle_until = min(loop.time() + idle_grace_s, deadline)
+        # A bounded poll: aiohttp tells nobody when a request ends or a connection goes.
+        while (now := loop.time()) < deadline:
+            connections = self.connections
+            if not connections or (now >= idle_until and not any(map(_is_busy, connections))):
+                return
+            await asyncio.sleep(min(DRAIN_POLL_S, deadline - now))
+
+
+def _is_busy(conn: RequestHandler) -> bool:
+    # A head that has begun to arrive counts: its client has sent (part of) a request already.
+    return conn._request_in_progress or bool(conn._messages) or (isinstance(conn, EdgeHandler) and conn._head_begun)
 
 
 class EdgeRunner(web.AppRunner):
@@ -175,6 +213,21 @@ class EdgeRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
+
+    async def cleanup(self) -> None:
+        """Drain, then aiohttp's cleanup, within ``shutdown_timeout`` (listen.drain_timeout) in all:
+        the listener closes (new connections are refused), requests in progress and an idle
+        connection's next request within DRAIN_IDLE_GRACE_S are answered with Connection: close, and
+        aiohttp closes what is left and cuts requests still running when the time is up."""
+        server = self.server
+        if isinstance(server, EdgeServer):   # set up (a runner that never was has nothing to drain)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._shutdown_timeout
+            for site in list(self.sites):
+                await site.stop()
+            await server.drain(deadline, DRAIN_IDLE_GRACE_S)
+            self._shutdown_timeout = max(deadline - loop.time(), _SHORTEST_LIMIT_S)
+        await super().cleanup()
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()   # starts the app; aiohttp's Server with every handler argument

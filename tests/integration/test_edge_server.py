@@ -1,7 +1,8 @@
 """The edge of the gateway's own HTTP server, byte for byte over raw sockets (DESIGN "HTTP behaviour"):
 listen.header_timeout bounds reading a head (408, or a plain close when nothing came), listen.idle_timeout
 closes idle keep-alive connections, a refused request's unread body is never read, the parser's own
-refusals are JSON, and every answer carries X-Request-Id and no Server header of the gateway's own.
+refusals are JSON, every answer carries X-Request-Id and no Server header of the gateway's own, and
+while a port drains every answer says Connection: close and ends its connection (test_drain.py: SIGTERM).
 
 The ports are served as ``serve`` serves them (server.runner_for), in this process.
 """
@@ -25,7 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.admin import SERVING, build_admin_app
 from gateway.app import build_app
-from gateway.edge import EdgeRunner
+from gateway.edge import EdgeRunner, EdgeServer
 from gateway.pipeline import GATEWAY
 from gateway.server import ADMIN, PROXY, runner_for
 from .conftest import StartUpstream
@@ -80,6 +81,12 @@ def get(path: str, *headers: str) -> bytes:
 class Edge:
     port: int
     admin_port: int
+    servers: tuple[EdgeServer, ...] = ()   # the proxy port's and the admin port's
+
+    def start_draining(self) -> None:
+        """As SIGTERM's drain does, without closing the listeners: every answer from now on closes."""
+        for server in self.servers:
+            server.draining = True
 
     async def connect(self, admin: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.admin_port if admin else self.port)
@@ -111,7 +118,7 @@ async def serve_edge(make_config: Callable[..., Any], echo_upstream: TestServer)
                                           upstreams={"accounts": {"url": url}, "orders": {"url": url}})
             main_app = build_app(cfg)
             admin_app = build_admin_app(main_app)
-            ports = []
+            ports, servers = [], []
             for app, port in ((main_app, PROXY), (admin_app, ADMIN)):
                 runner = runner_for(app, cfg, port)
                 await runner.setup()
@@ -120,8 +127,10 @@ async def serve_edge(make_config: Callable[..., Any], echo_upstream: TestServer)
                     assert await main_app[GATEWAY].denylist.first_load(BOUND_S)   # as serve waits for it
                 await web.TCPSite(runner, "127.0.0.1", 0).start()
                 ports.append(int(runner.addresses[0][1]))
+                assert isinstance(runner.server, EdgeServer)
+                servers.append(runner.server)
             admin_app[SERVING].accepting = True
-            return Edge(*ports)
+            return Edge(*ports, servers=tuple(servers))
 
         yield start
 
@@ -367,3 +376,31 @@ async def test_a_websocket_handshake_answer_carries_a_request_id_and_no_gateway_
     assert answer.status == 101
     assert answer.values("X-Request-Id") == ["ws-1"]
     assert answer.values("Server") == []
+
+
+# -- 6. draining: every answer is the connection's last and says so -----------------------------------
+
+DRAINED_ANSWERS = {"own": (False, "/api/orders", 401), "proxied": (False, "/_echo/status/201", 201),
+                   "admin": (True, "/healthz", 200)}
+
+
+@pytest.mark.parametrize("admin, path, status", DRAINED_ANSWERS.values(), ids=DRAINED_ANSWERS.keys())
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_while_draining_the_next_answer_on_a_keep_alive_connection_says_close_and_closes_it(
+        serve_edge, admin, path, status, version):
+    edge = await serve_edge()
+    ask = f"GET {path} HTTP/{version}\r\nHost: gw.test\r\nConnection: keep-alive\r\n\r\n".encode()
+    reader, writer = await edge.connect(admin)
+    try:
+        writer.write(ask)
+        before = await read_answer(reader)
+        assert before.status == status, before
+        assert before.values("Connection") == (["keep-alive"] if version == "1.0" else [])
+        edge.start_draining()
+        writer.write(ask)   # the same keep-alive connection's next request
+        after = await read_answer(reader)
+        assert after.status == status, after
+        assert after.values("Connection") == ["close"]   # for HTTP/1.0 instead of its keep-alive
+        assert await closed_by_server(reader)
+    finally:
+        writer.close()
