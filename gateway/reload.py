@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .config import ConfigError, GatewayConfig, load_config
 from .pipeline import Gateway
+from .rules import RuleSet
 
 log = logging.getLogger("tokengate")
 NEEDS_RESTART = ("listen", "admin", "store", "auth", "log", "reload")
@@ -92,13 +93,13 @@ def start_reader(path: str) -> tuple[BaseProcess, Connection]:
     return proc, answer
 
 
-def finish_reader(proc: BaseProcess, answer: Connection, path: str, timeout_s: float = READ_TIMEOUT_S) -> bytes:
-    """The reader's answer, pickled, once it comes (blocking, at most ``timeout_s``); a reader that
-    dies or hangs becomes a refusal that says so."""
+def finish_reader(proc: BaseProcess, answer: Connection, path: str, wait_s: float = READ_TIMEOUT_S) -> bytes:
+    """The reader's answer, pickled, once it comes (blocking, at most ``wait_s``; a supervisor, which
+    waits for it elsewhere, passes 0); a reader that dies or hangs becomes a refusal that says so."""
     try:
-        if answer.poll(timeout_s):
+        if answer.poll(wait_s):
             return answer.recv_bytes()
-        why = f"reading it took longer than {timeout_s:g}s"
+        why = f"reading it took longer than {READ_TIMEOUT_S:g}s"
     except (EOFError, OSError):
         why = "the process reading it ended without an answer"
     finally:
@@ -125,13 +126,15 @@ def merged(current: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig, l
 
 async def reload_config(gw: Gateway) -> bool:
     """SIGHUP in a single process: read the file off the loop, then apply it."""
-    return apply_read(gw, await read_off_loop(gw.config.source))
+    return await apply_read(gw, await read_off_loop(gw.config.source))
 
 
-def apply_read(gw: Gateway, read: ReadConfig, started: float | None = None) -> bool:
+async def apply_read(gw: Gateway, read: ReadConfig, started: float | None = None) -> bool:
     """Apply one reading of the config; True when applied, False (logged) when it was refused.
-    The log line names this worker, the file's hash and what the reload cost: ``apply_ms`` from
-    ``started`` (perf_counter; when the pickled reading arrived) to the swap, all on the loop."""
+    The routes are compiled in slices, between which requests are served; the swap itself is one
+    step. The log line names this worker, the file's hash and what the reload cost: ``apply_ms``
+    from ``started`` (perf_counter; when the pickled reading arrived) to the swap, which bounds
+    the time the loop spent on it."""
     where = {"worker_pid": os.getpid(), "config_sha256": read.sha256, "read_ms": round(read.read_ms, 1),
              "read_by_pid": read.read_by}
     if read.config is None:
@@ -143,8 +146,9 @@ def apply_read(gw: Gateway, read: ReadConfig, started: float | None = None) -> b
     if fixed:
         log.warning("config reload: %s changed; these sections apply only after a restart and keep their old values",
                     ", ".join(fixed))
+    rules = await RuleSet.compile_in_slices(applied.routes)   # validated by the reader: no conflict here
     try:
-        gw.apply(applied)
+        gw.apply(applied, rules)
     except ValueError as exc:
         log.error("config reload: the config was not reloaded, the old one keeps serving: %s", exc, extra=where)
         return False

@@ -201,7 +201,7 @@ class _Reloads:
             async with self.lock:
                 gw = self.app.get(GATEWAY)
                 read: ReadConfig = pickle.loads(message)
-                applied = gw is not None and apply_read(gw, read, arrived)
+                applied = gw is not None and await apply_read(gw, read, arrived)
                 await reload_accounts(self.app)
             self._tell(APPLIED if applied else REFUSED)
 

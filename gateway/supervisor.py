@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 from .config import GatewayConfig
 from .logs import configure_logging
 from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
-from .reload import ReadConfig, file_signature, finish_reader, fork_context, merged, start_reader
+from .reload import READ_TIMEOUT_S, ReadConfig, file_signature, finish_reader, fork_context, merged, start_reader
 from .server import ADMIN, APPLIED, HANGUP, LISTEN_FAILED, PROXY, REFUSED, Bind, ListenFailed, reserve, run_one
 
 log = logging.getLogger("tokengate")
@@ -85,6 +85,7 @@ class Supervisor:
         self.hangup_asked = False
         self.restarts: list[float] = []
         self.reading: tuple[BaseProcess, Connection] | None = None
+        self.reading_until = 0.0
         self.handoff: _Handoff | None = None
         self.watched = file_signature(self.path) if cfg.reload.watch else None
         self.next_watch = time.monotonic() + cfg.reload.interval
@@ -146,12 +147,13 @@ class Supervisor:
                 if worker.control in ready:
                     self._from_worker(worker)
             self._watch()
-            if self.reading is not None and self.reading[1] in ready:
+            if self.reading is not None and (self.reading[1] in ready or time.monotonic() >= self.reading_until):
                 self._read_done()
             self._hand_on()
             if self.hangup_asked and self.reading is None and self.handoff is None:
                 self.hangup_asked = False
                 self.reading = start_reader(self.path)
+                self.reading_until = time.monotonic() + READ_TIMEOUT_S
             for i, worker in enumerate(workers):
                 if worker.proc.exitcode is None:
                     continue
@@ -173,6 +175,8 @@ class Supervisor:
         deadlines = []
         if self.handoff is not None and self.handoff.asked is not None:
             deadlines.append(self.handoff.deadline)
+        if self.reading is not None:
+            deadlines.append(self.reading_until)
         if self.started_with.reload.watch:
             deadlines.append(self.next_watch)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -203,7 +207,7 @@ class Supervisor:
         assert self.reading is not None
         proc, answer = self.reading
         self.reading = None
-        message = finish_reader(proc, answer, self.path, timeout_s=0.0)
+        message = finish_reader(proc, answer, self.path, wait_s=0.0)
         self.handoff = _Handoff(message, pickle.loads(message))
         self.handoff.waiting.extend(self.live)
 
@@ -213,11 +217,14 @@ class Supervisor:
         if handoff is None:
             return
         if handoff.asked is not None:
-            if time.monotonic() < handoff.deadline:
+            if handoff.asked.proc.exitcode is not None:   # it died before answering; its replacement is asked later
+                handoff.asked = None
+            elif time.monotonic() < handoff.deadline:
                 return
-            log.warning("config reload: worker pid %s did not apply the new config within %gs; going on without it",
-                        handoff.asked.proc.pid, ACK_TIMEOUT_S)
-            handoff.asked = None
+            else:
+                log.warning("config reload: worker pid %s did not apply the new config within %gs; going on without it",
+                            handoff.asked.proc.pid, ACK_TIMEOUT_S)
+                handoff.asked = None
         while handoff.waiting:
             worker = handoff.waiting.popleft()
             if worker.proc.exitcode is not None:

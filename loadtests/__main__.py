@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ConfigError, load_config
-from gateway.durations import parse_duration_s
 
 from . import chart, drivers, report
-from .arguments import positive
+from .arguments import duration, positive, rate
 from .benchconfig import LOAD_PATH, SECRET_VAR, write_bench_config
 from .driver import RemoteTarget, check_target
 from .procs import StartFailed
@@ -30,24 +29,6 @@ from .wrkdriver import WrkFailed
 
 class UsageError(Exception):
     """Bad input: a message for people, exit 2."""
-
-
-def _duration(value: str) -> float:
-    try:
-        return parse_duration_s(value if not value.replace(".", "", 1).isdigit() else f"{value}s")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _rate(value: str) -> float:
-    number = value.strip().removesuffix("/s")
-    try:
-        rate = float(number)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a rate; write requests per second, like 500/s") from None
-    if rate <= 0:
-        raise argparse.ArgumentTypeError("the rate must be above 0")
-    return rate
 
 
 def _load(path: str) -> Any:
@@ -157,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     pool.add_argument("--mix", help="KIND=WEIGHT,... (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()) + ")")
     pool.add_argument("--path", default="/api/orders", help="the GET path every token is sent to")
     pool.add_argument("--role", default="user", help="the role valid tokens carry")
-    pool.add_argument("--ttl", type=_duration, help="token lifetime (default: the config's tokens.access_ttl)")
+    pool.add_argument("--ttl", type=duration, help="token lifetime (default: the config's tokens.access_ttl)")
     pool.add_argument("--seed", type=int, help="shuffle seed (default: random)")
     pool.set_defaults(func=cmd_pool)
     config = sub.add_parser("config", help="write the hot-path benchmark's gateway config")
@@ -190,11 +171,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--driver", choices=("auto", "wrk", "asyncio"), default="auto",
                      help="auto (default): wrk when installed and no --rate/--requests, else asyncio")
     bound = run.add_mutually_exclusive_group()
-    bound.add_argument("--duration", type=_duration, help="how long to send requests (default 10s)")
+    bound.add_argument("--duration", type=duration, help="how long to send requests (default 10s)")
     bound.add_argument("--requests", type=positive, help="how many requests to send")
-    run.add_argument("--max-time", type=_duration, help="hard cap on the run (default: duration + 10s, or 130s)")
+    run.add_argument("--max-time", type=duration, help="hard cap on the run (default: duration + 10s, or 130s)")
     run.add_argument("--concurrency", type=positive, default=64)
-    run.add_argument("--rate", type=_rate, help="fixed rate, like 500/s (default: full speed)")
+    run.add_argument("--rate", type=rate, help="fixed rate, like 500/s (default: full speed)")
     run.add_argument("--json", help="write the report as JSON here")
     run.add_argument("--png", help="write a latency + throughput chart here (needs matplotlib); with --start: "
                      "the best round of every target, a line each")
