@@ -20,6 +20,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
@@ -43,6 +44,18 @@ def worker_main(cfg: GatewayConfig, main: Bind, admin: Bind, control: Connection
     except ListenFailed as exc:
         log.error("%s", exc)
         raise SystemExit(LISTEN_FAILED) from None
+
+
+def _ensure_fork_server() -> None:
+    """Start the fork server (or again, if it died) with SIGHUP ignored: it keeps that across exec,
+    and so does every process it forks, so a SIGHUP to the whole process group while a worker
+    starts cannot kill it. Only the fork server's own start (a fork and exec, milliseconds; its
+    imports run afterwards, in it) has SIGHUP ignored here: a reload asked for then would be lost."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 @dataclass
@@ -123,14 +136,10 @@ class Supervisor:
     def _spawn(self) -> _Worker:
         ours, theirs = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=worker_main, args=(self.config, self.main, self.admin, theirs), daemon=False)
-        # Started with SIGHUP ignored: the fork server (started by the first start, or again if it
-        # died) and every process it forks inherit that, so a reload sent while a worker still
-        # starts cannot kill it.
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _ensure_fork_server()
         try:
             proc.start()
         finally:
-            signal.signal(signal.SIGHUP, previous)
             theirs.close()
         return _Worker(proc, ours)
 
@@ -152,6 +161,7 @@ class Supervisor:
             self._hand_on()
             if self.hangup_asked and self.reading is None and self.handoff is None:
                 self.hangup_asked = False
+                _ensure_fork_server()
                 self.reading = start_reader(self.path)
                 self.reading_until = time.monotonic() + READ_TIMEOUT_S
             for i, worker in enumerate(workers):
