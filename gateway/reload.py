@@ -35,7 +35,8 @@ from .rules import RuleSet
 
 log = logging.getLogger("tokengate")
 NEEDS_RESTART = ("listen", "admin", "store", "auth", "log", "reload")
-READER_NICENESS = 10      # the reader yields the CPU to serving workers on a busy machine
+# The lowest priority: on a saturated machine a reload takes seconds longer rather than CPU from requests.
+READER_NICENESS = 19
 READ_TIMEOUT_S = 60.0     # a reader that has not answered by then is killed and the reload refused
 # What the fork server imports once, so that a worker or a reader forked from it starts warm.
 FORK_SERVER_PRELOAD = ["gateway.supervisor"]
