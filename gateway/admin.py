@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .errors import GatewayError, Handler, InvalidToken, error_middleware
+from .answers import error_middleware
+from .errors import GatewayError, Handler, InvalidToken
 from .extract import bearer_credentials
 from .metrics import METRICS, add_metrics
 from .pipeline import GATEWAY

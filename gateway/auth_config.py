@@ -13,11 +13,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from .config_fields import Duration, HttpUrl, Invalid, Model, Rate, StrList, http_url
-from .mail import parse_smtp_url
+from .smtp_url import parse_smtp_url
 
 MAX_RESET_TTL_S = 86400.0
-MAX_PASSWORD_CHARS = 1024   # users.MAX_PASSWORD_CHARS: what any password field accepts at all
-_ROLE = re.compile(r"[!-+\--~]{1,64}")   # users.ROLE (users.py imports this module, so not from there)
+MAX_PASSWORD_CHARS = 1024   # accounts.MAX_PASSWORD_CHARS: what any password field accepts at all
+_ROLE = re.compile(r"[!-+\--~]{1,64}")   # accounts.ROLE (the config sits below the accounts, so not from there)
 
 
 class UsersFileConfig(Model):

@@ -10,25 +10,21 @@ import argparse
 import json
 import os
 import re
-import sys
 import traceback
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, GatewayConfig, load_config
+from .cli_base import EXIT_BAD_INPUT, UsageError, add_config_option, config_from, print_error
+from .cli_revoke import add_revoke_parser
+from .cli_users import add_users_parser
+from .config import ConfigError, GatewayConfig
 from .durations import parse_duration_s
 from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 
-EXIT_BAD_INPUT = 2
 EXIT_NO_MATCH = 1
-EXIT_FAILED = 1
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message says what to change."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,45 +32,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
-        _err(f"{len(exc.problems)} problem(s) in the config:\n{exc}")
+        print_error(f"{len(exc.problems)} problem(s) in the config:\n{exc}")
         return EXIT_BAD_INPUT
     except UsageError as exc:
-        _err(str(exc))
+        print_error(str(exc))
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         if os.environ.get("TOKENGATE_DEBUG"):
             traceback.print_exc()
-        _err(f"unexpected error ({type(exc).__name__}): {exc}. Set TOKENGATE_DEBUG=1 for details.")
+        print_error(f"unexpected error ({type(exc).__name__}): {exc}. Set TOKENGATE_DEBUG=1 for details.")
         return 1
 
 
-def _err(message: str) -> None:
-    print(f"tokengate: {message}", file=sys.stderr)
-
-
-def fail(message: str) -> int:
-    """Report a failure that is not bad input (not found, store down ...): exit status 1."""
-    _err(message)
-    return EXIT_FAILED
-
-
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="config file (default: $TOKENGATE_CONFIG)")
-
-
-def config_from(args: argparse.Namespace) -> GatewayConfig:
-    path = args.config or os.environ.get("TOKENGATE_CONFIG")
-    if not path:
-        raise UsageError("no config file: pass --config PATH or set TOKENGATE_CONFIG")
-    return load_config(path)
-
-
 def _parser() -> argparse.ArgumentParser:
-    from .cli_revoke import add_revoke_parser   # these build on this module, so import late
-    from .cli_users import add_users_parser
-
     p = argparse.ArgumentParser(prog="tokengate", description="Async JWT edge gateway and reverse proxy.")
     p.add_argument("--version", action="version", version=f"tokengate {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -142,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return run(cfg, main, admin, args.workers or cfg.listen.workers)
     except ListenFailed as exc:
-        _err(str(exc))
+        print_error(str(exc))
         return 1
 
 

@@ -9,6 +9,7 @@ import asyncio
 import sys
 from typing import Any
 
+from .cli_base import UsageError, add_config_option, config_from, fail
 from .config import GatewayConfig
 from .errors import InvalidToken
 from .revocation import NothingToRevoke, apply_revocation, build_revocation
@@ -16,8 +17,6 @@ from .store.base import StoreUnavailable
 
 
 def add_revoke_parser(sub: Any) -> None:
-    from .cli import add_config_option
-
     p = sub.add_parser("revoke", help="revoke a token (by jti or whole token) or every token of a subject",
                        description="Revoke a token by its jti (--iss defaults to tokens.issuer), a whole "
                                    "token (--token -, read from stdin, keeps it out of the process list), "
@@ -32,8 +31,6 @@ def add_revoke_parser(sub: Any) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from .cli import UsageError, config_from, fail
-
     cfg = config_from(args)
     if cfg.store.url.startswith("memory://"):
         return fail("store.url is memory://: revocations live only inside the serving process. Use "

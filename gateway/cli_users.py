@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .cli import UsageError, add_config_option, config_from, fail
+from .cli_base import UsageError, add_config_option, config_from, fail
 from .config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from .errors import DependencyDown
 from .password_policy import PasswordPolicy, WeakPassword

@@ -9,7 +9,7 @@ import logging
 import aiohttp
 
 from .errors import DependencyDown
-from .users import AuthenticatedUser, NotEditable, UserDirectory, check_email, check_roles
+from .accounts import AuthenticatedUser, NotEditable, UserDirectory, check_email, check_roles
 
 log = logging.getLogger("tokengate")
 CREDENTIALS_TIMEOUT_S = 5.0

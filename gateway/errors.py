@@ -1,4 +1,5 @@
-"""The exception tree, and the one middleware that turns it into HTTP answers.
+"""The exception tree, and how each error reads as HTTP: its status, JSON body and challenge.
+It imports nothing of gateway's; the middleware that answers with these is in answers.py.
 
 Bodies follow DESIGN.md (RFC 6750 shape): ``{"error", "error_description", "code"}`` where
 ``error`` is the OAuth/RFC 6750 error and ``code`` the gateway's finer reason. A 401 carries a
@@ -8,15 +9,10 @@ Bodies follow DESIGN.md (RFC 6750 shape): ``{"error", "error_description", "code
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .logs import ACCESS_NOTE
-from .request_id import REQUEST_ID, pick_request_id
-
-log = logging.getLogger("tokengate")
 REALM = "tokengate"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -130,40 +126,3 @@ def error_response(exc: GatewayError) -> web.Response:
         headers["WWW-Authenticate"] = challenge(exc)
     return web.Response(status=exc.status, text=json.dumps(body), content_type="application/json",
                         headers=headers)
-
-
-async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``handler``'s answer, or the JSON answer for what it raised (see ``answer_for``)."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception as exc:
-        return answer_for(request, exc)
-
-
-def answer_for(request: web.Request, exc: Exception) -> web.Response:
-    """The JSON answer for an exception a handler raised: a GatewayError's own, else a logged
-    bare 500. It carries the request's X-Request-Id, so a client can match even a refusal. When the
-    request's body has not all come, the connection closes after it (Connection: close): the rest
-    of a refused body is never read."""
-    if isinstance(exc, GatewayError):
-        # The access line says it with the status and the code (debug: the same, for the admin port).
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("denied", extra={"code": exc.code, "method": request.method, "path": request.rel_url.path})
-        if (note := request.get(ACCESS_NOTE)) is not None:
-            note.code = exc.code
-    else:
-        log.error("unhandled error", exc_info=exc, extra={"method": request.method, "path": request.rel_url.path})
-        exc = GatewayError()
-    resp = error_response(exc)
-    if REQUEST_ID not in resp.headers:
-        resp.headers[REQUEST_ID] = pick_request_id(request.headers.getall(REQUEST_ID, []))
-    if not request.content.is_eof():
-        resp.force_close()
-    return resp
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    return await answer_errors(request, handler)

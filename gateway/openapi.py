@@ -407,7 +407,7 @@ def _account_schemas(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def _email(description: str, *, nullable: bool = False) -> dict[str, Any]:
-    # users.check_email: the last @ splits the address and neither side is empty (an inner @, and none
+    # accounts.check_email: the last @ splits the address and neither side is empty (an inner @, and none
     # at the end), no character of a refused Unicode category.
     refused = _email_refused_class()
     return {"type": ["string", "null"] if nullable else "string", "maxLength": MAX_EMAIL_CHARS,
@@ -420,7 +420,7 @@ def _email(description: str, *, nullable: bool = False) -> dict[str, Any]:
 
 @functools.cache
 def _email_refused_class() -> str:
-    """The inside of a [...] class of the characters users.check_email refuses. Surrogates are left
+    """The inside of a [...] class of the characters accounts.check_email refuses. Surrogates are left
     out: no valid Unicode text holds one, and a pattern cannot name them in every engine."""
     return _char_class(c for c in range(0x110000) if unicodedata.category(chr(c)) in REFUSED_IN_EMAIL
                        and not 0xD800 <= c <= 0xDFFF)

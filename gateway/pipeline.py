@@ -18,7 +18,8 @@ from aiohttp import web
 from .authorize import authorize
 from .config import GatewayConfig
 from .denylist import Denylist
-from .errors import Handler, MethodRefused, answer_for
+from .answers import answer_for
+from .errors import Handler, MethodRefused
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
 from .request_id import REQUEST_ID

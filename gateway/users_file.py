@@ -17,8 +17,8 @@ import yaml
 from .config import GatewayConfig, UsersFileConfig
 from .passwords import PasswordHasher, is_argon2id
 from .store.base import UserRecord
-from .users import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,
-                    check_username)
+from .accounts import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,
+                       check_username)
 
 class FileUsers(_RecordDirectory):
     """Accounts in a YAML file: a list of {username, password_hash (argon2id), roles, email, disabled}.

@@ -17,7 +17,8 @@ from typing import Any
 from redis import exceptions as rx
 from redis.asyncio import RedisCluster
 
-from . import redis_scripts
+from .redis_scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE,
+                            PUT_RESET, PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
 from .base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, RATE, REFRESH,
                    REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
                    Revocation, Rotation, Store, StoreUnavailable, UserRecord)
@@ -65,10 +66,11 @@ class RedisStore(Store):
         self._feeds: set[RedisFeed] = set()
         self._closed = False
         self._is_cluster = isinstance(client, RedisCluster)
-        self._scripts = {name: client.register_script(getattr(redis_scripts, name.upper()))
-                         for name in ("watermark", "index", "live", "add_refresh", "rotate", "find_refresh",
-                                      "kill_family", "add_member", "add_user", "put_user", "hit", "put_reset",
-                                      "take_reset")}
+        scripts = {"watermark": WATERMARK, "index": INDEX, "live": LIVE, "add_refresh": ADD_REFRESH, "rotate": ROTATE,
+                   "find_refresh": FIND_REFRESH, "kill_family": KILL_FAMILY, "add_member": ADD_MEMBER,
+                   "add_user": ADD_USER, "put_user": PUT_USER, "hit": HIT, "put_reset": PUT_RESET,
+                   "take_reset": TAKE_RESET}
+        self._scripts = {name: client.register_script(script) for name, script in scripts.items()}
 
     def translate(self, exc: BaseException) -> StoreUnavailable | None:
         """StoreUnavailable for an error that means "unreachable" (without any password), else None."""

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
+from gateway.answers import error_middleware
 from gateway.echo import ECHO, EchoState, build_echo_app
-from gateway.errors import error_middleware
 from gateway.forward import Forwarder
 from tests.integration.rawupstream import StartUpstream, raw_upstreams
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready

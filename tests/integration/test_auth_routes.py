@@ -20,9 +20,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 import gateway.app as gateway_app
+from gateway.answers import error_middleware
 from gateway.app import CONFIG, build_app
 from gateway.config import GatewayConfig
-from gateway.errors import RevokedToken, error_middleware
+from gateway.errors import RevokedToken
 from gateway.passwords import PasswordHasher
 from gateway.pipeline import GATEWAY, Gateway, handle
 from gateway.sessions import SESSION_CLAIM, hash_refresh_token
