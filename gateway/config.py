@@ -25,6 +25,7 @@ from .config_fields import (TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, M
                             suggest_key)
 from .keyfiles import KeyMaterial, load_key_material
 from .routes_config import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
+from .rules import RuleConflict, RuleSet
 from .source import Problem, Source, read_source
 from .tokens_config import (HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig,
                             key_problems)
@@ -277,8 +278,6 @@ def _report(src: Source, where: KeyPath, message: str) -> None:
 
 
 def _compile_rules(cfg: GatewayConfig, src: Source) -> None:
-    from .rules import RuleConflict, RuleSet   # rules builds on config models, so import late
-
     try:
         RuleSet.compile(cfg.routes)
     except RuleConflict as exc:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
 from .answer_head import MalformedAnswer, check_answer_head
-
-if TYPE_CHECKING:
-    from .upstream_pool import Connection
 
 MAX_HEAD_BYTES = 64 * 1024    # an answer's status line and headers together
 MAX_FIELD_BYTES = 8190        # one header line, and
@@ -44,6 +41,20 @@ class TimedOut(UpstreamError):
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")   # as aiohttp's parser does
+
+
+class Connection(Protocol):
+    """What an Answer needs of the connection it reads from (upstream_pool.Connection)."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport | None
+    closed: bool
+
+    async def drain(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def done(self, reusable: bool) -> None: ...
 
 
 class Answer:
