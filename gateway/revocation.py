@@ -30,11 +30,6 @@ class Outcome:
         return f"revoked {what} (issuer {r.iss}){extra}"
 
 
-def longest_life_s(cfg: GatewayConfig) -> float:
-    """How long a token issued now may stay usable: the bound for entries whose exp is unknown."""
-    return max(cfg.tokens.access_ttl, cfg.tokens.refresh_ttl) + cfg.tokens.leeway
-
-
 async def build_revocation(cfg: GatewayConfig, *, jti: str | None = None, sub: str | None = None,
                            token: str | None = None, iss: str | None = None,
                            now: float | None = None) -> Revocation:
@@ -58,9 +53,9 @@ async def build_revocation(cfg: GatewayConfig, *, jti: str | None = None, sub: s
     if not isinstance(target, str) or not target or len(target) > 1024:
         raise ValueError("a jti or sub is a non-empty string of at most 1024 characters")
     if jti is not None:
-        expires_at = now + longest_life_s(cfg)
+        expires_at = now + cfg.tokens.longest_life_s
         return Revocation("jti", issuer, jti, expires_at, expires_at)
-    return Revocation("sub", issuer, target, now, now + longest_life_s(cfg))
+    return Revocation("sub", issuer, target, now, now + cfg.tokens.longest_life_s)
 
 
 async def apply_revocation(store: Store, revocation: Revocation,

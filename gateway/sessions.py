@@ -142,6 +142,7 @@ class Sessions:
         self._store, self._minter, self._users, self._denylist = store, minter, users, denylist
         self._issuer = tokens.issuer
         self._access_ttl_s, self._refresh_ttl_s, self._leeway_s = tokens.access_ttl, tokens.refresh_ttl, tokens.leeway
+        self._longest_s = tokens.longest_life_s
         self._grace_s = grace_s
         self._clock = clock
 
@@ -195,11 +196,10 @@ class Sessions:
         """Every family of the subject dies, and every access token it was issued before now.
         Returns how many families died."""
         now = self._clock()
-        longest_s = max(self._access_ttl_s, self._refresh_ttl_s) + self._leeway_s
         with store_reachable():
             killed = await self._store.kill_families_of(identity.iss, identity.sub)
             await self._denylist.revoke(Revocation("sub", identity.iss, identity.sub, value=now,
-                                                   expires_at=now + longest_s))
+                                                   expires_at=now + self._longest_s))
         return killed
 
     async def _replay(self, token: str, token_hash: str) -> TokenPair:

@@ -164,6 +164,12 @@ class TokensConfig(Model):
         return self
 
     @property
+    def longest_life_s(self) -> float:
+        """How long a token issued now may stay usable (the longer lifetime, plus the leeway): how
+        long a revocation whose token's exp is unknown, or a subject's watermark, must last."""
+        return max(self.access_ttl, self.refresh_ttl) + self.leeway
+
+    @property
     def signer(self) -> KeyConfig | None:
         """The key new tokens are signed with: ``signing_key``, else the first key able to sign."""
         if self.signing_key is not None:

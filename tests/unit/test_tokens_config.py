@@ -304,3 +304,11 @@ def test_audience_list(make_config: Callable[..., GatewayConfig]) -> None:
 def test_secret_from_environment_in_a_key_list(write_keys: Callable[..., Path]) -> None:
     path = write_keys('{kid: main, alg: HS256, secret: "${TG_KEY}"}')
     assert load_config(path, environ={"TG_KEY": SECRET_32}).tokens.keys[0].material.secret == SECRET_32.encode()
+
+
+@pytest.mark.parametrize(("access", "refresh", "leeway", "longest"),
+                         [("15m", "7d", "30s", 7 * 86400 + 30), ("2h", "1h", "0s", 7200), ("1h", "1h", "1m", 3660)])
+def test_the_longest_life_of_a_token_is_the_longer_lifetime_plus_the_leeway(
+        make_config: Callable[..., GatewayConfig], access: str, refresh: str, leeway: str, longest: float) -> None:
+    tokens = make_config(tokens={"access_ttl": access, "refresh_ttl": refresh, "leeway": leeway}).tokens
+    assert tokens.longest_life_s == longest
