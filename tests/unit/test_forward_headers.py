@@ -11,8 +11,8 @@ from multidict import CIMultiDict
 from gateway.config import AuthConfig, IdentityConfig
 from gateway.cookies import gateway_cookies
 from gateway.forward import Target
-from gateway.proxy_headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_trusted, request_header_items,
-                                   response_header_items)
+from gateway.proxy_headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_loopback, is_trusted,
+                                   request_header_items, response_header_items)
 from gateway.request_id import REQUEST_ID, pick_request_id
 from gateway.errors import BadPath, BadRequest, UnknownTransferCoding
 
@@ -111,9 +111,17 @@ def test_trusted_peer_chain_is_extended() -> None:
                            ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "app.test"),
                            ("Forwarded", "for=1.2.3.4"), ("Host", "gw.internal")], peer=TRUSTED)
     assert out.getall("X-Forwarded-For") == ["1.2.3.4, 5.6.7.8, 10.0.0.2"]
-    assert out["X-Forwarded-Proto"] == "https"
-    assert out["X-Forwarded-Host"] == "app.test"
+    assert out.getall("X-Forwarded-Proto") == ["https"]   # the proxy's, and no second one of the gateway's
+    assert out.getall("X-Forwarded-Host") == ["app.test"]
     assert out["Forwarded"] == "for=1.2.3.4"
+
+
+@pytest.mark.parametrize(("sent", "added"), [("X-Forwarded-Proto", "X-Forwarded-Host"),
+                                             ("X-Forwarded-Host", "X-Forwarded-Proto")])
+def test_a_trusted_peer_that_sets_one_of_proto_and_host_gets_the_gateways_other(sent: str, added: str) -> None:
+    out = request_headers([(sent, "from-proxy"), ("Host", "gw.internal")], peer=TRUSTED)
+    assert out.getall(sent) == ["from-proxy"]
+    assert out.getall(added) == ["gw.internal" if added == "X-Forwarded-Host" else TRUSTED.scheme]
 
 
 def test_trusted_peer_without_headers_gets_defaults() -> None:
@@ -276,6 +284,17 @@ def test_is_trusted(address: str | None, trusted: bool) -> None:
     nets = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
     assert is_trusted(address, nets) is trusted
     assert is_trusted(address, []) is False
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("localhost", True), ("LocalHost", True), ("127.0.0.1", True), ("127.9.8.7", True), ("::1", True),
+    ("[::1]", True), ("0.0.0.0", False), ("::", False), ("[::]", False), ("10.0.0.1", False),
+    ("localhost.example.test", False), ("not-an-ip", False),
+])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    """Whether the admin port's bind is loopback only (server.py warns about an unguarded admin port
+    otherwise)."""
+    assert is_loopback(host) is loopback
 
 
 @pytest.mark.parametrize(("base", "path", "query", "url"), [

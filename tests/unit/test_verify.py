@@ -20,7 +20,7 @@ from gateway.errors import ExpiredToken, InvalidToken
 from gateway.identity import Identity
 from gateway.keys import KeySet, VerificationKey
 from gateway.tokens import Minter
-from gateway.verify import HEADER_MEMO_SIZE, Verifier
+from gateway.verify import HEADER_MEMO_SIZE, MAX_TOKEN_CHARS, Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 HS512_SECRET = "hs512-secret-" + "x" * 64
@@ -269,6 +269,20 @@ async def test_only_genuine_headers_are_remembered_and_the_memo_stays_bounded(
     for i in range(HEADER_MEMO_SIZE + 10):
         assert (await verifier.verify(mint(headers={"x": i}))).sub == "alice"
         assert 0 < len(verifier._headers) <= HEADER_MEMO_SIZE
+
+
+async def test_a_remembered_header_keeps_naming_its_key(
+        make_config: Callable[..., Any], mint: Callable[..., str]) -> None:
+    """Two keys share an algorithm: the memo keeps the header's `kid` with its `alg`, so a second token
+    with the same header is still checked with the key it names."""
+    keys = [{"kid": "main", "alg": "HS256", "secret": HS_SECRET},
+            {"kid": "main2", "alg": "HS256", "secret": HS_SECRET[::-1]}]
+    config = make_config(tokens={"keys": keys})
+    verifier = Verifier(config.tokens, config.identity)
+    first, second = (mint(kid="main2", key=HS_SECRET[::-1]) for _ in range(2))
+    assert first.split(".")[0] == second.split(".")[0]
+    assert (await verifier.verify(first)).sub == "alice"   # its header is now remembered
+    assert (await verifier.verify(second)).sub == "alice"
 
 
 # --- key choice -----------------------------------------------------------------------------------
@@ -520,6 +534,8 @@ MALFORMED = {
     "bad_base64_length": f"a.{b64json(claims())}.abcd",
     "padding": f"{b64json({'alg': 'HS256'})}==.{b64json(claims())}.abcd",
     "header_not_json": f"{b64('not json')}.{b64json(claims())}.abcd",
+    "header_one_character": f"{b64('x')}.{b64json(claims())}.abcd",   # (no JSON value starts at 0: decode decides)
+    "payload_one_space": f"{b64json({'alg': 'HS256'})}.{b64(' ')}.abcd",
     "header_is_list": f"{b64json(['alg', 'HS256'])}.{b64json(claims())}.abcd",
     "header_not_utf8": f"{b64(bytes([0xff, 0xfe, 0x7b]))}.{b64json(claims())}.abcd",
     "header_without_alg": f"{b64json({'typ': 'JWT', 'kid': 'main'})}.{b64json(claims())}.abcd",
@@ -537,6 +553,20 @@ MALFORMED = {
 @pytest.mark.parametrize("token", list(MALFORMED.values()), ids=list(MALFORMED))
 async def test_malformed_token_is_invalid(verifier: Verifier, token: str) -> None:
     assert (await refused(verifier, token)).code == "invalid_token"
+
+
+async def test_a_token_of_exactly_max_token_chars_passes_and_one_more_is_refused(
+        verifier: Verifier, mint: Callable[..., str]) -> None:
+    def of_length(target: int) -> str:
+        for extra in range(3):   # a base64url segment is never 4n+1 long: a header field shifts the payload's
+            for pad in range(target * 3 // 4 - 400, target * 3 // 4):   # base64url: 4 characters per 3 bytes
+                token = mint(pad="x" * pad, headers={"x": "y" * extra})
+                if len(token) == target:
+                    return token
+        raise AssertionError(f"no token of {target} characters")
+
+    assert (await verifier.verify(of_length(MAX_TOKEN_CHARS))).sub == "alice"
+    assert (await refused(verifier, of_length(MAX_TOKEN_CHARS + 1))).code == "invalid_token"
 
 
 @pytest.mark.parametrize("token", [None, b"a.b.c", 42], ids=["none", "bytes", "int"])
@@ -681,3 +711,26 @@ async def test_issuers_never_share_keys(trusted_verifier: tuple[Verifier, StubJw
     verifier, stub = trusted_verifier
     assert (await refused(verifier, signed_by(signer, claimed))).code == "invalid_token"
     assert stub.calls == ([] if claimed == "ours" else [ISSUERS[claimed]])
+
+
+@pytest.mark.parametrize("kid, passes", [("idp2", True), ("idp1", False), ("idp3", False)])
+async def test_a_trusted_issuers_token_is_checked_with_the_key_its_kid_names(
+        make_config: Callable[..., Any], mint: Callable[..., str], private_keys: dict[str, Any],
+        other_idp_key: ec.EllipticCurvePrivateKey, kid: str, passes: bool) -> None:
+    """An issuer with two keys of one algorithm: `kid` picks the key (DESIGN's key rule holds for
+    trusted issuers' keys too), so a token signed with idp2's key passes only when it names idp2;
+    naming the other key or one the issuer does not have is refused."""
+    config = make_config(tokens={"trusted_issuers": [
+        {"issuer": TRUSTED, "jwks_uri": "https://idp.example.test/jwks", "audience": ["my-client"],
+         "algorithms": ["ES256"]}]})
+    algorithm = get_default_algorithms()["ES256"]
+    keys = KeySet([VerificationKey(name, "ES256", algorithm, algorithm.prepare_key(private.public_key()))
+                   for name, private in (("idp1", private_keys["foreign_ec256"]), ("idp2", other_idp_key))])
+    stub = StubJwks({TRUSTED: keys})
+    verifier = Verifier(config.tokens, config.identity, jwks=stub)   # type: ignore[arg-type]
+    token = mint(kid=kid, key=other_idp_key, alg="ES256", iss=TRUSTED, aud="my-client")
+    if passes:
+        assert (await verifier.verify(token)).iss == TRUSTED
+    else:
+        assert (await refused(verifier, token)).code == "invalid_token"
+    assert stub.calls == [TRUSTED]
