@@ -102,6 +102,16 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL
     aiohttp sends it chunked); ``stall_s``: how long the client may leave a streamed answer unread."""
     sent_at = time.perf_counter()
     resp = await _send(session, request, url, headers, body)
+    if body.stream is not None:
+        # The answer may be streaming while the body is still being sent. If the client then stops
+        # sending, the exchange is over: the answer's relay must end cut off, never as if whole
+        # (closing the connection instead would end an answer that runs until the close cleanly).
+        def stalled() -> None:
+            resp.content.set_exception(aiohttp.ClientPayloadError("the request body stopped coming"))
+
+        body.on_stall = stalled
+        if body.stalled:
+            stalled()
     if note is not None:
         note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
     return await _relay(request, resp, request_id, lifetime, stall_s)

@@ -9,7 +9,7 @@ Content-Length the upstream sees (proxy_headers.request_header_items writes it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import HttpVersion11, web
@@ -26,12 +26,14 @@ class Body:
 
     ``length`` is None when there is no body, or when a chunked body longer than the buffer is
     streamed (its upstream client frames it as chunked). ``stalled``: the stream ended because the
-    client fell silent (the caller answers 408, not 502)."""
+    client fell silent (the caller answers 408, not 502). ``on_stall``: called then, for an upstream
+    client whose answer may already be streaming while the body is still being sent."""
 
     length: int | None = None
     data: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     stalled: bool = False
+    on_stall: Callable[[], object] | None = None
 
 
 def check_expectation(request: web.BaseRequest) -> None:
@@ -100,6 +102,8 @@ async def _timed(content: StreamReader, timeout_s: float, first: bytes, body: Bo
                 chunk = await content.readany()
         except TimeoutError:
             body.stalled = True
+            if body.on_stall is not None:
+                body.on_stall()
             raise RequestTimeout() from None
         if not chunk:
             return
