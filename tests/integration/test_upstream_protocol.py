@@ -344,18 +344,24 @@ async def test_a_large_answer_reaches_a_slow_reader_whole(make_proxy: MakeProxy,
     assert up.connections == (1 if forward_path == "lean" else 2)
 
 
+def big_answer(size: int, writers: list[asyncio.StreamWriter]) -> Script:
+    """An upstream script answering ``size`` zero bytes at once; each connection's writer goes to ``writers``."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writers.append(writer)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + bytes(size))
+        await writer.drain()
+
+    return script
+
+
 async def test_a_reader_that_stops_stops_the_upstream_too(make_proxy: MakeProxy, raw_upstream: StartUpstream) -> None:
     """Flow control: what the client does not read stays with the upstream, not in the gateway. The
     count is the kernel's: what the gateway has read from its socket to the upstream once it stopped
     reading it (polled); without flow control it never stops before it has read everything."""
     size = 48 * 1024 * 1024
     writers: list[asyncio.StreamWriter] = []
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writers.append(writer)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + bytes(size))
-        await writer.drain()
+    script = big_answer(size, writers)
 
     proxy, _ = await proxy_for(make_proxy, raw_upstream, script)
     async with asyncio.timeout(BOUND_S * 3):
@@ -462,12 +468,7 @@ async def test_a_reader_that_pauses_past_the_upstream_timeout_still_gets_the_who
     silent: the answer is not cut off, however long the client takes (within listen.body_timeout)."""
     size = 16 * 1024 * 1024
     writers: list[asyncio.StreamWriter] = []
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writers.append(writer)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + bytes(size))
-        await writer.drain()
+    script = big_answer(size, writers)
 
     proxy, _ = await proxy_for(make_proxy, raw_upstream, script, timeout="300ms")
     async with asyncio.timeout(BOUND_S * 3):
