@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from gateway.config import GatewayConfig, load_config
 from gateway.store import parse_redis_url
-from gateway.store.redis_client import build_client
+from gateway.store.redis.client import build_client
 from tests.redis_topologies import start_cluster, start_sentinel
 from tests.redisproc import RedisProc, start_redis
 

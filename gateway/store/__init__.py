@@ -16,7 +16,7 @@ from ..errors import DependencyDown
 from .base import (RefreshRecord, Revocation, RevocationFeed, Rotation, Store, StoreUnavailable,
                    UserRecord)
 from .memory import MemoryStore
-from .redis_url import RedisTarget, parse_redis_url
+from .redis.url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
     from ..config import StoreConfig
@@ -38,8 +38,8 @@ async def open_store(cfg: StoreConfig) -> Store:
     until it answers. Raises ValueError for a URL that names no store (the message has no password)."""
     if urlsplit(cfg.url).scheme == "memory":
         return MemoryStore()
-    from .redis import RedisStore   # redis-py loads only when a Redis store is configured
-    from .redis_client import build_client
+    from .redis.store import RedisStore   # redis-py loads only when a Redis store is configured
+    from .redis.client import build_client
 
     target = parse_redis_url(cfg.url)
     client, on_close = build_client(target, retries=1)

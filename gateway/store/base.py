@@ -1,6 +1,6 @@
 """The store: the one interface for all shared state (revocations, refresh tokens, users, rate limits).
 
-Two backends implement it: memory.py (embedded, one process) and redis.py (standalone,
+Two backends implement it: memory.py (embedded, one process) and redis/ (standalone,
 Sentinel, Cluster). Both pass the same test suite (tests/store/). The key layout is written
 down here, in one place; every key carries a hash tag (the part in braces) so that each
 atomic step touches a single Redis Cluster slot.

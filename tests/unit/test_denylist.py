@@ -172,7 +172,7 @@ async def test_the_mirror_measures_how_late_a_published_revocation_arrives(mirro
 
 
 def test_feed_messages_carry_their_publication_time_and_old_ones_still_decode() -> None:
-    from gateway.store.redis_feed import decode_revocation, encode_revocation
+    from gateway.store.redis.feed import decode_revocation, encode_revocation
 
     r = jti_revocation("j9", 2_000_000_000.0)
     stamped = decode_revocation(encode_revocation(r, now=1_800_000_000.0))

@@ -1,4 +1,4 @@
-"""A ``RedisTarget`` (redis_url.py) -> a redis-py asyncio client for the Redis store, with the
+"""A ``RedisTarget`` (url.py) -> a redis-py asyncio client for the Redis store, with the
 timeouts and the retry policy every connection gets.
 """
 
@@ -13,7 +13,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError
 
-from .redis_url import RedisTarget
+from .url import RedisTarget
 
 CONNECT_TIMEOUT_S = 2.0   # a dead or unroutable Redis must not stall requests
 COMMAND_TIMEOUT_S = 2.0

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 
-from .base import REVOCATIONS_CHANNEL, Revocation, RevocationFeed, StoreUnavailable
+from ..base import REVOCATIONS_CHANNEL, Revocation, RevocationFeed, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
