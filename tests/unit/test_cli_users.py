@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import yaml
 
-import gateway.cli_users
+import gateway.cli.users
 import gateway.store
 from gateway.cli import main
 from gateway.passwords import PasswordHasher
@@ -22,7 +22,7 @@ OTHER_PASSWORD = "a different passphrase"
 
 @pytest.fixture(autouse=True)
 def cheap_hasher(monkeypatch):
-    monkeypatch.setattr(gateway.cli_users, "PasswordHasher", partial(PasswordHasher, CHEAP))
+    monkeypatch.setattr(gateway.cli.users, "PasswordHasher", partial(PasswordHasher, CHEAP))
 
 
 @pytest.fixture

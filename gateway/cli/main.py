@@ -15,12 +15,12 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cli_base import EXIT_BAD_INPUT, UsageError, add_config_option, config_from, print_error
-from .cli_revoke import add_revoke_parser
-from .cli_users import add_users_parser
-from .config import ConfigError, GatewayConfig
-from .durations import parse_duration_s
+from .. import __version__
+from .args import EXIT_BAD_INPUT, UsageError, add_config_option, config_from, print_error
+from .revoke import add_revoke_parser
+from .users import add_users_parser
+from ..config import ConfigError, GatewayConfig
+from ..durations import parse_duration_s
 from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 
 EXIT_NO_MATCH = 1
@@ -103,9 +103,9 @@ def _kid(text: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .logs import configure_logging
-    from .server import Bind, ListenFailed
-    from .supervisor import run
+    from ..logs import configure_logging
+    from ..server import Bind, ListenFailed
+    from ..supervisor import run
 
     cfg = config_from(args)
     configure_logging(cfg.log)
@@ -128,7 +128,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _mint(args: argparse.Namespace) -> int:
-    from .tokens import Minter
+    from ..tokens import Minter
 
     cfg = config_from(args)
     if cfg.tokens.signer is None:
@@ -158,10 +158,10 @@ def _claim(text: str) -> tuple[str, Any]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .errors import BadPath
-    from .paths import normalise
-    from .pipeline import REFUSED_METHODS
-    from .rules import RuleSet
+    from ..errors import BadPath
+    from ..paths import normalise
+    from ..pipeline import REFUSED_METHODS
+    from ..rules import RuleSet
 
     cfg = config_from(args)
     raw, method = args.urlpath.partition("?")[0], args.method.upper()
@@ -211,7 +211,7 @@ def _needs(rule: Any) -> str:
 
 
 def _jwks(args: argparse.Namespace) -> int:
-    from .keys import KeyRing
+    from ..keys import KeyRing
 
     print(json.dumps(KeyRing.from_config(config_from(args).tokens).public_jwks(), indent=2))
     return 0

@@ -9,11 +9,11 @@ import asyncio
 import sys
 from typing import Any
 
-from .cli_base import UsageError, add_config_option, config_from, fail
-from .config import GatewayConfig
-from .errors import InvalidToken
-from .revocation import NothingToRevoke, apply_revocation, build_revocation
-from .store.base import StoreUnavailable
+from .args import UsageError, add_config_option, config_from, fail
+from ..config import GatewayConfig
+from ..errors import InvalidToken
+from ..revocation import NothingToRevoke, apply_revocation, build_revocation
+from ..store.base import StoreUnavailable
 
 
 def add_revoke_parser(sub: Any) -> None:
@@ -48,7 +48,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 async def _record(cfg: GatewayConfig, args: argparse.Namespace, token: str | None) -> int:
-    from .store import open_store
+    from ..store import open_store
 
     revocation = await build_revocation(cfg, jti=args.jti, sub=args.sub, token=token, iss=args.iss)
     store = await open_store(cfg.store)

@@ -12,13 +12,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .cli_base import UsageError, add_config_option, config_from, fail
-from .config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
-from .errors import DependencyDown
-from .password_policy import PasswordPolicy, WeakPassword
-from .passwords import PasswordHasher
-from .store.base import StoreUnavailable
-from .users import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError, check_email,
+from .args import UsageError, add_config_option, config_from, fail
+from ..config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
+from ..errors import DependencyDown
+from ..password_policy import PasswordPolicy, WeakPassword
+from ..passwords import PasswordHasher
+from ..store.base import StoreUnavailable
+from ..users import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError, check_email,
                     check_roles, check_username, users_file_path)
 
 Action = Callable[[UserDirectory, argparse.Namespace], Awaitable[int]]
@@ -101,8 +101,8 @@ async def _end_sessions(cfg: GatewayConfig, username: str) -> int:
         print(f"note: {username}'s tokens stay valid until they expire: the store is memory://, which only "
               "the serving process can reach (POST /admin/revoke on its admin port ends them)")
         return 0
-    from .revocation import apply_revocation, build_revocation
-    from .store import open_store
+    from ..revocation import apply_revocation, build_revocation
+    from ..store import open_store
 
     store = await open_store(cfg.store)
     try:
@@ -135,7 +135,7 @@ async def _with_store(cfg: GatewayConfig, hasher: PasswordHasher, args: argparse
         raise OutOfReach("auth.users is `store` and store.url is memory://: the accounts live only inside the "
                          "serving process and cannot be reached from here. Use a Redis store, or "
                          "auth.users: {file: users.yaml}")
-    from .store import open_store   # the store backends load only when a command needs them
+    from ..store import open_store   # the store backends load only when a command needs them
 
     store = await open_store(cfg.store)
     try:
