@@ -118,7 +118,7 @@ class Supervisor:
         metrics_dir = make_multiprocess_dir()   # /metrics adds up every worker's values from there
         try:
             self.pool = [self._spawn() for _ in range(self.count)]
-            return self._supervise(self.pool, wake_r)
+            return self._supervise(wake_r)
         finally:
             signal.set_wakeup_fd(old_fd)
             for sig, handler in handlers.items():
@@ -143,16 +143,16 @@ class Supervisor:
             theirs.close()
         return _Worker(proc, ours)
 
-    def _supervise(self, workers: list[_Worker], wake: socket.socket) -> int:
+    def _supervise(self, wake: socket.socket) -> int:
         wake.setblocking(False)
         while not self.stopping:
-            ready = wait(self._waitables(workers, wake), timeout=self._timeout())
+            ready = wait(self._waitables(wake), timeout=self._timeout())
             if wake in ready:
                 with contextlib.suppress(BlockingIOError):
                     wake.recv(4096)   # the signal's wake-up bytes: drained, or wait() would spin
             if self.stopping:
                 break
-            for worker in workers:
+            for worker in self.pool:
                 if worker.control in ready:
                     self._from_worker(worker)
             self._watch()
@@ -164,18 +164,18 @@ class Supervisor:
                 _ensure_fork_server()
                 self.reading = start_reader(self.path)
                 self.reading_until = time.monotonic() + READ_TIMEOUT_S
-            for i, worker in enumerate(workers):
+            for i, worker in enumerate(self.pool):
                 if worker.proc.exitcode is None:
                     continue
-                status = self._replace(workers, i)
+                status = self._replace(i)
                 if status is not None:
-                    self._stop(workers)
+                    self._stop()
                     return status
-        return self._stop(workers)
+        return self._stop()
 
-    def _waitables(self, workers: list[_Worker], wake: socket.socket) -> list:
+    def _waitables(self, wake: socket.socket) -> list:
         found: list = [wake]
-        for worker in workers:
+        for worker in self.pool:
             found += [worker.proc.sentinel, worker.control]
         if self.reading is not None:
             found.append(self.reading[1])
@@ -247,9 +247,9 @@ class Supervisor:
             return
         self.handoff = None
 
-    def _replace(self, workers: list[_Worker], i: int) -> int | None:
+    def _replace(self, i: int) -> int | None:
         """A worker has exited: start another, or the exit status to stop with."""
-        old = workers[i]
+        old = self.pool[i]
         if old.proc.exitcode == LISTEN_FAILED:   # it logged which port and why
             return 1
         if not self._may_restart():
@@ -258,9 +258,9 @@ class Supervisor:
         log.warning("worker pid %s exited with %s; starting a new one", old.proc.pid, old.proc.exitcode)
         mark_dead([old.proc.pid])   # its live gauges stop counting; its counters stay in the sums
         old.control.close()
-        workers[i] = self._spawn()
+        self.pool[i] = self._spawn()
         if self.handoff is not None:   # it started with the config of before the reload in progress
-            self.handoff.waiting.append(workers[i])
+            self.handoff.waiting.append(self.pool[i])
         return None
 
     @property
@@ -272,13 +272,13 @@ class Supervisor:
         self.restarts = [t for t in self.restarts if now - t < 60] + [now]
         return len(self.restarts) <= RESTARTS_PER_MINUTE
 
-    def _stop(self, workers: list[_Worker]) -> int:
-        for worker in workers:
+    def _stop(self) -> int:
+        for worker in self.pool:
             if worker.proc.exitcode is None:
                 worker.proc.terminate()          # SIGTERM: each worker drains on its own
         status = 0
         deadline = time.monotonic() + self.started_with.listen.drain_timeout + 10
-        for worker in workers:
+        for worker in self.pool:
             worker.proc.join(max(0.0, deadline - time.monotonic()))
             if worker.proc.exitcode is None:
                 log.error("worker pid %s did not stop in time; killing it", worker.proc.pid)
