@@ -1,13 +1,18 @@
 """Serve the gateway in one uvloop process: a worker of supervisor.py, or the whole gateway.
 
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (at most listen.drain_timeout),
-then exit 0. SIGHUP: reload (reload.py); a supervisor's worker asks its supervisor instead, which
-reloads every worker one after another.
+then exit 0. A supervisor's worker closes its proxy listener, then waits for its supervisor's word
+that every worker has closed its own before it answers anything with Connection: close: each
+worker listens on an SO_REUSEPORT socket of its own, and the kernel resets the connections waiting
+in the accept queue of a listener that closes, so a client told to reconnect must find every
+listener closed, not another worker's about to close. SIGHUP: reload (reload.py); a supervisor's
+worker asks its supervisor instead, which reloads every worker one after another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -41,8 +46,13 @@ FIRST_LOAD_WAIT_S = 10.0
 # The ports, as the one-line message of a port that is taken names them.
 PROXY, ADMIN, DEMO = "the proxy port, listen.port", "the admin port, admin.port", "a demo port"
 LISTEN_FAILED = 3   # a worker's exit status when it cannot listen: restarting it would fail the same way
-# A worker's messages to its supervisor (supervisor.py) on its control pipe.
-HANGUP, APPLIED, REFUSED = b"hangup", b"applied", b"refused"
+# A worker's messages to its supervisor (supervisor.py) on its control pipe ...
+HANGUP, APPLIED, REFUSED, CLOSED = b"hangup", b"applied", b"refused", b"closed"
+# ... and the supervisor's to its workers, besides a pickled ReadConfig (which starts with b"\x80").
+DRAIN = b"drain"
+# How long a stopping worker waits for DRAIN after CLOSED (the supervisor answers once every worker has
+# closed its listeners, or when this much has gone by; a worker whose supervisor is gone drains at once).
+CLOSE_WAIT_S = 5.0
 # multiprocessing's Connection.send_bytes framing (a signed 4-byte big-endian length; messages
 # here are far below 2 GiB, where it would add 8 more bytes).
 MESSAGE_HEAD = struct.Struct("!i")
@@ -94,11 +104,15 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
         if cfg.reload.watch and control is None:   # a supervisor watches for its workers
             watcher = asyncio.create_task(watch_file(cfg.source, cfg.reload.interval, reloads.here))
         await _wait_for_stop_signal(reloads.on_hangup)
-        reloads.close()
-        if watcher is not None:
-            watcher.cancel()
         admin_app[SERVING].accepting = False
         log.info("stopping: draining requests in flight (at most %gs)", cfg.listen.drain_timeout)
+        if watcher is not None:
+            watcher.cancel()
+        for runner in runners[:-1]:   # no new connection from here on (the admin port drains last)
+            for site in list(runner.sites):
+                await site.stop()
+        await reloads.listeners_closed()
+        reloads.close()
     finally:
         # Stop the gateway first (drains in-flight requests), the admin port last.
         for runner in [*runners[:-1][::-1], *runners[-1:]]:
@@ -174,6 +188,7 @@ class _Reloads:
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.writer: asyncio.StreamWriter | None = None
+        self.drain = asyncio.Event()   # the supervisor's DRAIN came (or the supervisor is gone)
         if control is not None:
             self._start(self._follow(control))
 
@@ -182,6 +197,16 @@ class _Reloads:
             self._tell(HANGUP)
         else:
             self._start(self.here())
+
+    async def listeners_closed(self) -> None:
+        """A supervised worker tells its supervisor that its listeners are closed and waits (at most
+        CLOSE_WAIT_S) until every worker's are; alone, there is nobody to wait for."""
+        if not self.supervised:
+            return
+        self._tell(CLOSED)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.drain.wait()
 
     async def here(self) -> None:
         async with self.lock:
@@ -196,7 +221,11 @@ class _Reloads:
                 (size,) = MESSAGE_HEAD.unpack(await reader.readexactly(MESSAGE_HEAD.size))
                 message = await reader.readexactly(size)
             except (asyncio.IncompleteReadError, OSError):   # the supervisor is gone: serve on as we are
+                self.drain.set()
                 return
+            if message == DRAIN:
+                self.drain.set()
+                continue
             arrived = time.perf_counter()
             async with self.lock:
                 gw = self.app.get(GATEWAY)

@@ -1,5 +1,6 @@
 """``workers: N``: a supervisor process that starts N workers on one port (SO_REUSEPORT), restarts
-a worker that dies, passes SIGTERM on (each worker drains), and runs reloads.
+a worker that dies, passes SIGTERM on (the workers close their listeners, then drain), and runs
+reloads.
 
 Workers are forked from a fork server that imported the gateway once, and get the config already
 validated (pickled), so a replacement for a dead worker serves in well under a second: no imports,
@@ -28,7 +29,8 @@ from .config import GatewayConfig
 from .logs import configure_logging
 from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
 from .reload import READ_TIMEOUT_S, ReadConfig, file_signature, finish_reader, fork_context, merged, start_reader
-from .server import ADMIN, APPLIED, HANGUP, LISTEN_FAILED, PROXY, REFUSED, Bind, ListenFailed, reserve, run_one
+from .server import (ADMIN, APPLIED, CLOSE_WAIT_S, CLOSED, DRAIN, HANGUP, LISTEN_FAILED, PROXY, REFUSED, Bind,
+                     ListenFailed, reserve, run_one)
 
 log = logging.getLogger("tokengate")
 RESTARTS_PER_MINUTE = 5
@@ -73,6 +75,11 @@ class _Handoff:
     waiting: deque[_Worker] = field(default_factory=deque)
     asked: _Worker | None = None
     deadline: float = 0.0
+
+
+def _send(worker: _Worker, message: bytes) -> None:
+    with contextlib.suppress(OSError):   # it is ending
+        worker.control.send_bytes(message)
 
 
 def run(cfg: GatewayConfig, main: Bind, admin: Bind, workers: int) -> int:
@@ -198,6 +205,8 @@ class Supervisor:
             return   # it is ending; its sentinel tells the rest
         if message == HANGUP:
             self.hangup_asked = True
+        elif message == CLOSED:   # one worker stopping on its own (SIGTERM to it alone): it may drain now
+            _send(worker, DRAIN)
         elif message in (APPLIED, REFUSED) and self.handoff is not None and self.handoff.asked is worker:
             if message == APPLIED and self.handoff.read.config is not None:
                 self.config = merged(self.started_with, self.handoff.read.config)[0]
@@ -263,6 +272,19 @@ class Supervisor:
             self.handoff.waiting.append(self.pool[i])
         return None
 
+    def _until_all_closed(self) -> None:
+        """Wait until every live worker has said CLOSED (or exited), at most CLOSE_WAIT_S."""
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        open_ones = {w.control: w for w in self.live}
+        while open_ones and (left := deadline - time.monotonic()) > 0:
+            for control in wait(list(open_ones), timeout=left):
+                try:
+                    message = control.recv_bytes()
+                except (EOFError, OSError):   # it exited
+                    message = CLOSED
+                if message == CLOSED:
+                    del open_ones[control]
+
     @property
     def live(self) -> list[_Worker]:
         return [w for w in self.pool if w.proc.exitcode is None]
@@ -275,7 +297,10 @@ class Supervisor:
     def _stop(self) -> int:
         for worker in self.pool:
             if worker.proc.exitcode is None:
-                worker.proc.terminate()          # SIGTERM: each worker drains on its own
+                worker.proc.terminate()          # SIGTERM: each worker closes its listeners ...
+        self._until_all_closed()
+        for worker in self.pool:                 # ... and only then drains (server.py says why)
+            _send(worker, DRAIN)
         status = 0
         deadline = time.monotonic() + self.started_with.listen.drain_timeout + 10
         for worker in self.pool:
