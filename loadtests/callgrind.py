@@ -27,7 +27,7 @@ from typing import Any
 from gateway.config import ConfigError, load_config
 
 from .arguments import positive
-from .procs import Child, StartFailed, free_port, python, spawn, wait_ready
+from .procs import Child, StartFailed, free_port, free_ports, python, spawn, wait_ready
 from .stack import gateway_config, write_private
 from .tokenpool import PoolError, read_pool
 
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plain = count("plain proxy", python("loadtests.plainproxy", "--port", str(plain_port), "--upstream",
                                                 upstream_url), plain_port, (plain_port, "/", None), script, args,
                           workdir, tools)
-            port, admin_port = free_port(), free_port()
+            port, admin_port = free_ports(2)
             copy = Path(args.config).parent / f".loadtest-callgrind-{os.getpid()}.yaml"   # key paths stay relative
             write_private(copy, gateway_config(Path(args.config), upstream_url, port, admin_port, 1, None))
             gateway = count("gateway", python("gateway", "serve", "--config", str(copy)), port,

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .procs import Child, StartFailed, free_port, python, spawn, wait_ready
+from .procs import Child, StartFailed, free_port, free_ports, python, spawn, wait_ready
 
 REDIS_TIMEOUT_S = 10.0
 
@@ -132,7 +132,7 @@ class Stack:
 
     def _start_gateway(self, upstream: str, workers: int, store_url: str | None,
                        cpus: Collection[int] | None) -> Target:
-        port, admin_port = free_port(), free_port()
+        port, admin_port = free_ports(2)
         copy = self.config.parent / f".loadtest-{os.getpid()}-{port}.yaml"   # key paths stay relative to it
         self._exit.callback(copy.unlink, missing_ok=True)
         try:

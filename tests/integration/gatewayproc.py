@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from loadtests.procs import free_port, stop_process
+from loadtests.procs import free_port, free_ports, stop_process  # noqa: F401 (free_port: for tests)
 
 STARTUP_TIMEOUT_S = 20.0
 
@@ -61,7 +61,7 @@ async def wait_until_ready(gw: GatewayProcess, timeout_s: float = STARTUP_TIMEOU
 def spawn_gateway(config: dict[str, Any], workdir: Path, *args: str,
                   env: dict[str, str] | None = None, port: int | None = None) -> GatewayProcess:
     """Write ``config`` (ports filled in) and start ``python -m gateway serve`` on it."""
-    port, admin_port = port or free_port(), free_port()
+    port, admin_port = (port, *free_ports(1, {port})) if port else free_ports(2)
     config = {**config, "listen": {**config.get("listen", {}), "host": "127.0.0.1", "port": port},
               "admin": {**config.get("admin", {}), "host": "127.0.0.1", "port": admin_port}}
     path = workdir / f"gateway-{port}.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.procs import free_port, stop_process
+from loadtests.procs import free_ports, stop_process
 from tests.conftest import flush
 from tests.integration.shell_lines import Shell, commands, curl_session, run_line
 
@@ -32,7 +32,7 @@ def recipe() -> str:
 
 def on_our_servers(block: str, redis_url: str) -> tuple[str, int]:
     """The recipe with our Redis and free ports in place of its own; and the proxy port."""
-    port, admin_port = free_port(), free_port()
+    port, admin_port = free_ports(2)
     assert RECIPE_REDIS in block
     return (block.replace(RECIPE_REDIS, redis_url).replace("8080", str(port))
             .replace("9090", str(admin_port))), port
