@@ -76,7 +76,8 @@ case "${1:-}" in
     ensure_bench_tools
     ensure_nginx
     shift
-    exec "$VENV/bin/python" -m pytest -q "$@"
+    # Unbuffered: the progress a log shows is where the run is, even when it is cut off.
+    PYTHONUNBUFFERED=1 exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
   mutate)   # [tool.mutmut] in pyproject.toml names the modules and the tests; results stay in mutants/
     ensure_python mutation
