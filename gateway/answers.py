@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .errors import GatewayError, Handler, error_response
 from .logs import ACCESS_NOTE
-from .request_id import REQUEST_ID, pick_request_id
+from .forward.request_id import REQUEST_ID, pick_request_id
 
 log = logging.getLogger("tokengate")
 

@@ -22,7 +22,7 @@ from .errors import BadRequest, ConflictingHeaders, GatewayError, Handler, Metho
 from .identity import Identity
 from .metrics import counted
 from .paths import normalise
-from .proxy_headers import fold
+from .forward.headers import fold
 from .pipeline import GATEWAY, REFUSED_METHODS, Gateway
 from .ratelimit import RateLimiter, client_address
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, MissingRefreshToken, Sessions, TokenPair

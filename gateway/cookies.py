@@ -59,7 +59,7 @@ def clear_session_cookies(resp: web.StreamResponse, auth: AuthConfig) -> None:
 
 def gateway_cookies(auth: AuthConfig) -> frozenset[str]:
     """The cookies that carry the caller's credentials (the refresh cookie; in browser mode the access
-    and CSRF cookies): the gateway reads them, no upstream ever gets them (proxy_headers.py)."""
+    and CSRF cookies): the gateway reads them, no upstream ever gets them (forward/headers.py)."""
     names = {auth.refresh_cookie.name}
     if auth.access_cookie:
         names |= {ACCESS_COOKIE, CSRF_COOKIE}

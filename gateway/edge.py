@@ -31,7 +31,7 @@ from multidict import CIMultiDictProxy
 
 from .config import ListenConfig
 from .errors import BadRequest, GatewayError, RequestTimeout, error_response
-from .request_id import REQUEST_ID, pick_request_id
+from .forward.request_id import REQUEST_ID, pick_request_id
 
 log = logging.getLogger("tokengate")
 # How long a drain keeps idle keep-alive connections open for a next request that may already be on its

@@ -22,16 +22,16 @@ from .answers import answer_for
 from .errors import Handler, MethodRefused
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
-from .request_id import REQUEST_ID
+from .forward.request_id import REQUEST_ID
 from .cookies import extract_access_token
-from .forward import Forwarder
+from .forward.forwarder import Forwarder
 from .keys import KeyRing
-from .lifetime import ConnectionWatcher
+from .forward.lifetime import ConnectionWatcher
 from .mail import Mailer
 from .passport import Passport
 from .passwords import PasswordHasher
 from .paths import normalise
-from .request_body import check_expectation
+from .forward.request_body import check_expectation
 from .rules import RuleSet
 from .store import open_store
 from .store.base import Store

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from .errors import DependencyDown, RateLimited
-from .proxy_headers import X_FORWARDED_FOR, Network, is_trusted
+from .forward.headers import X_FORWARDED_FOR, Network, is_trusted
 from .store.base import Store, StoreUnavailable
 
 RETRY_AFTER = "Retry-After"

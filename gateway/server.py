@@ -33,7 +33,7 @@ from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
 from .config import GatewayConfig
 from .edge import EdgeRunner, edge_options
-from .proxy_headers import is_loopback
+from .forward.headers import is_loopback
 from .reload import ReadConfig, apply_read, reload_config, watch_file
 from .pipeline import GATEWAY, Gateway
 from .users import FileUsers, UsersFileError

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.proxy_headers import is_loopback
+from gateway.forward.headers import is_loopback
 
 ERROR = -1            # status recorded for a connection error or a timeout
 REQUEST_TIMEOUT_S = 10.0

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 
 from gateway.answers import error_middleware
 from gateway.echo import ECHO, EchoState, build_echo_app
-from gateway.forward import Forwarder
+from gateway.forward.forwarder import Forwarder
 from tests.integration.rawupstream import StartUpstream, raw_upstreams
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
 

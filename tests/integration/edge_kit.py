@@ -32,7 +32,7 @@ from aiohttp import web
 
 from gateway.app import GatewayRunner, build_app
 from gateway.config import GatewayConfig
-from gateway.forward import Forwarder
+from gateway.forward.forwarder import Forwarder
 from gateway.pipeline import GATEWAY
 
 BOUND_S = 2.5            # the longest any single wait in these tests may take

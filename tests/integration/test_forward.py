@@ -17,7 +17,7 @@ from yarl import URL
 
 from gateway.app import build_app
 from gateway.echo import EchoState
-from gateway.forward import BUFFER_MAX_BYTES
+from gateway.forward.forwarder import BUFFER_MAX_BYTES
 
 from .conftest import MakeProxy
 

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from gateway.h1client import TimedOut, Unreachable, request_head
-from gateway.upstream_pool import UpstreamPool
+from gateway.forward.h1client import TimedOut, Unreachable, request_head
+from gateway.forward.pool import UpstreamPool
 
 from .rawupstream import BOUND_S, OK, RawUpstream, StartUpstream, read_request, unanswering_listener
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.h1client import MAX_FIELD_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
+from gateway.forward.h1client import MAX_FIELD_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
 
 from .conftest import FORWARDER, MakeProxy
 from .rawupstream import (BOUND_S, OK, RawUpstream, Script, StartUpstream, read_request, unanswering_listener,
@@ -197,7 +197,7 @@ async def test_a_connection_is_reused_unless_the_answer_closes_it(make_proxy: Ma
                                                                    answer: bytes, connections: int,
                                                                    forward_path: str) -> None:
     if forward_path == "aiohttp":
-        connections = 3   # that path keeps no connection for the next request (aiohttp_path.open_session)
+        connections = 3   # that path keeps no connection for the next request (general.open_session)
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await up.answer_each(reader, writer, answer)
 
@@ -414,7 +414,7 @@ async def test_a_buffered_body_that_breaks_off_never_reaches_the_upstream(make_p
     assert up.connections == 1 and len(up.requests) == 1 and up.requests[0].startswith(b"POST /after ")
 
 
-# --- a request body still on its way, and the upstream's silence (h1client.py Answer) -------------------
+# --- a request body still on its way, and the upstream's silence (forward/h1client.py Answer) -------------------
 
 async def dribble_post(port: int, pieces: int, gap_s: float) -> bytes:
     """POST /upload with a Content-Length body of ``pieces`` pieces of 10 bytes, ``gap_s`` apart (time
@@ -649,7 +649,7 @@ async def test_a_retired_forwarder_closes_once_its_requests_in_flight_have_ended
             await asyncio.sleep(0.01)
 
 
-# --- what a well-formed answer head is (answer_head.py), on both upstream clients --------------------
+# --- what a well-formed answer head is (forward/answer_head.py), on both upstream clients --------------------
 
 async def answer_then_ok(up_box: list[RawUpstream], answer: bytes, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter, n: int) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.answer_head import MalformedAnswer, check_answer_head
+from gateway.forward.answer_head import MalformedAnswer, check_answer_head
 
 CONTROLS = [chr(c) for c in [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F]]   # every CTL but HTAB
 

@@ -1,4 +1,4 @@
-"""Header filtering (proxy_headers.py), both ways: hop-by-hop, identity spoofing, X-Forwarded-*, request ids."""
+"""Header filtering (forward/headers.py), both ways: hop-by-hop, identity spoofing, X-Forwarded-*, request ids."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from multidict import CIMultiDict
 
 from gateway.config import AuthConfig, IdentityConfig
 from gateway.cookies import gateway_cookies
-from gateway.forward import Target
-from gateway.proxy_headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_loopback, is_trusted,
+from gateway.forward.forwarder import Target
+from gateway.forward.headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_loopback, is_trusted,
                                    request_header_items, response_header_items)
-from gateway.request_id import REQUEST_ID, pick_request_id
+from gateway.forward.request_id import REQUEST_ID, pick_request_id
 from gateway.errors import BadPath, BadRequest, UnknownTransferCoding
 
 POLICY = HeaderPolicy.from_config(IdentityConfig())

@@ -1,4 +1,4 @@
-"""The lean client's answer parsing (h1client.py: llhttp through httptools, plus the gateway's own
+"""The lean client's answer parsing (forward/h1client.py: llhttp through httptools, plus the gateway's own
 checks) against h11's parsing of the same bytes (hypothesis): generated answers (status lines, headers,
 bodies framed by Content-Length, chunked or the close, 1xx answers before them) and byte-level
 mutations of them, cut into reads at generated points. Both must agree on the status, reason,
@@ -33,21 +33,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.h1client import Answer, UpstreamError
-from gateway.upstream_pool import Connection, UpstreamPool
+from gateway.forward.h1client import Answer, UpstreamError
+from gateway.forward.pool import Connection, UpstreamPool
 
 EXAMPLES = 800
 
 # Where the gateway refuses (502) what h11 accepts, and where that is written down. Each is a
 # predicate on the answer's bytes below (``stricter_reasons``); the lean client MUST refuse then.
 STRICTER = {
-    "two Content-Length values": "h1client.py on_headers_complete: llhttp lets through one value only "
+    "two Content-Length values": "forward/h1client.py on_headers_complete: llhttp lets through one value only "
                                  "(RFC 9112 6.3: a recipient may refuse; h11 folds equal copies into one)",
     "Content-Length beside Transfer-Encoding": "RFC 9112 6.1 ('ought to be handled as an error'); "
                                                "tests/integration/test_upstream_protocol.py pins it as 502",
-    "status outside 100..599": "answer_head.py check_answer_head",
-    "HTTP version other than 1.0 and 1.1": "answer_head.py check_answer_head",
-    "a control character in the head": "answer_head.py check_answer_head (h11 refuses only NUL, CR, LF)",
+    "status outside 100..599": "forward/answer_head.py check_answer_head",
+    "HTTP version other than 1.0 and 1.1": "forward/answer_head.py check_answer_head",
+    "a control character in the head": "forward/answer_head.py check_answer_head (h11 refuses only NUL, CR, LF)",
     "obs-fold": "RFC 9112 5.2: a gateway may answer 502 to a folded field line",
     "a bare LF ends a line": "RFC 9112 2.2: a recipient MAY recognise a bare LF; llhttp does not",
     "whitespace after a chunk size": "RFC 9112 7.1: chunk-size = 1*HEXDIG, BWS only before `;`",

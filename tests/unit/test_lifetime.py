@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from gateway.identity import Identity
-from gateway.lifetime import ConnectionWatcher
+from gateway.forward.lifetime import ConnectionWatcher
 from gateway.store.base import Revocation
 
 ISS = "https://auth.example.test"

@@ -1,4 +1,4 @@
-"""The upstream request head as a property of ``proxy_headers.request_header_items`` alone (hypothesis):
+"""The upstream request head as a property of ``headers.request_header_items`` alone (hypothesis):
 for any client header list, the head keeps the gateway's framing and its own headers, holds no
 client copy of a framing, hop-by-hop, identity or gateway-set name in any spelling (nor of a
 forwarding name from an untrusted peer), and lets ordinary headers through unless the client's
@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 
 from gateway.config import IdentityConfig
 from gateway.errors import BadRequest, UnknownTransferCoding
-from gateway.proxy_headers import HeaderPolicy, Peer, request_header_items
+from gateway.forward.headers import HeaderPolicy, Peer, request_header_items
 
 EXAMPLES = 1000
 
@@ -71,7 +71,7 @@ ORDINARY_FOLDED = frozenset(fold(n) for n in ORDINARY)
 GATEWAY_SET_FOLDED = frozenset(fold(n) for n in GATEWAY_SET)
 FORWARDING_FOLDED = frozenset(fold(n) for n in FORWARDING)
 FORWARDING_NAMED_FOLDED = frozenset(fold(n) for n in FORWARDING_NAMED)
-SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")   # request_id.py's docstring: "exactly one sane value"
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")   # forward/request_id.py's docstring: "exactly one sane value"
 UNTRUSTED_STATES = frozenset(fold(n) for n in FORWARDING + GATEWAY_SET) - {"x-request-id"}
 ALWAYS_OWNED = frozenset(fold(n) for n in FRAMING + HOP_BY_HOP + GATEWAY_SET + FORWARDING_NAMED)
 

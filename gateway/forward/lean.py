@@ -1,5 +1,5 @@
-"""Step 6, the lean path: most proxied requests go over h1client.py, on the keep-alive connections
-of upstream_pool.py (forward.py decides which ones: see ``fits``).
+"""Step 6, the lean path: most proxied requests go over forward/h1client.py, on the keep-alive connections
+of forward/pool.py (forward/forwarder.py decides which ones: see ``fits``).
 
 In: the request, its upstream pool and target, the filtered headers. Out: the upstream's answer,
 read whole when small and sent in one write, else streamed as it arrives. A body read whole goes
@@ -12,14 +12,14 @@ import time
 
 from aiohttp import web
 
-from .errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
+from ..errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .h1client import TimedOut, UpstreamError, request_head
 from .lifetime import Lifetime
-from .logs import AccessNote
+from ..logs import AccessNote
 from .relay import is_small, stream_answer, whole_answer
 from .request_body import Body
 from .request_id import REQUEST_ID
-from .upstream_pool import UpstreamPool
+from .pool import UpstreamPool
 
 
 def fits(request: web.Request, body: Body) -> bool:

@@ -14,9 +14,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .errors import BadRequest, UpstreamFailed, UpstreamTimeout
+from ..errors import BadRequest, UpstreamFailed, UpstreamTimeout
 from .lifetime import Lifetime
-from .logs import ACCESS_NOTE
+from ..logs import ACCESS_NOTE
 from .request_id import REQUEST_ID
 
 log = logging.getLogger("tokengate.forward")

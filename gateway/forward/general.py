@@ -1,5 +1,5 @@
-"""Step 6, the general path: aiohttp's client carries what the lean path (lean_path.py) does not:
-HEAD, chunked request bodies, and WebSocket upgrades (with websocket.py).
+"""Step 6, the general path: aiohttp's client carries what the lean path (forward/lean.py) does not:
+HEAD, chunked request bodies, and WebSocket upgrades (with forward/websocket.py).
 
 In: a client session per upstream, the request, its upstream URL and the filtered headers.
 Out: the upstream's answer, read whole when small, else streamed as it arrives.
@@ -17,11 +17,11 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .answer_head import MalformedAnswer, check_answer_head
-from .config import UpstreamConfig
-from .errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
+from ..config import UpstreamConfig
+from ..errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .lifetime import Lifetime
-from .logs import AccessNote
-from .proxy_headers import HOST
+from ..logs import AccessNote
+from .headers import HOST
 from .relay import is_small, stream_answer, whole_answer
 from .request_body import Body
 from .request_id import REQUEST_ID
@@ -37,7 +37,7 @@ def open_session(up: UpstreamConfig, tls: ssl.SSLContext | None) -> aiohttp.Clie
     pool reads and keeps an answer an upstream sends on an idle connection, and hands it to the next
     request on that connection as its own (aio-libs/aiohttp#13656), one client's answer to another.
     This path carries the rarer requests (HEAD, chunked uploads, WebSocket upgrades, which never go
-    back to a pool anyway); the lean path's pool refuses such bytes (upstream_pool.py)."""
+    back to a pool anyway); the lean path's pool refuses such bytes (forward/pool.py)."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=tls if tls is not None else True,
                                        force_close=True),
@@ -72,7 +72,7 @@ class _VerbatimRequest(aiohttp.ClientRequest):
 
 
 class _CheckedResponse(aiohttp.ClientResponse):
-    """Refuses a malformed head (answer_head.py: aiohttp's parser lets through a status outside
+    """Refuses a malformed head (forward/answer_head.py: aiohttp's parser lets through a status outside
     100..599, control characters in the reason or a value, and codings other than chunked) with
     ClientResponseError, as aiohttp does for the heads its parser refuses; so a plain request and a
     WebSocket handshake both get 502."""
@@ -129,7 +129,7 @@ async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
         if isinstance(exc, asyncio.TimeoutError):   # first: aiohttp's timeout errors are ClientErrors too
             raise UpstreamTimeout(headers=echo) from exc
         raise UpstreamFailed(headers=echo) from exc
-    if resp.status == 101:   # switching protocols, though no upgrade was asked for (WebSockets: websocket.py)
+    if resp.status == 101:   # switching protocols, though no upgrade was asked for (WebSockets: forward/websocket.py)
         resp.close()
         raise UpstreamFailed(headers=echo)
     return resp

@@ -1,5 +1,5 @@
-"""A lean HTTP/1.1 client for the common proxied request (lean_path.py decides which ones): one
-request and its answer on a pooled keep-alive connection (upstream_pool.py).
+"""A lean HTTP/1.1 client for the common proxied request (forward/lean.py decides which ones): one
+request and its answer on a pooled keep-alive connection (forward/pool.py).
 
 aiohttp's client costs about 100 µs of CPU per request on this stack, more than everything else
 the gateway does for a cached token. This one writes a request head built once and lets llhttp
@@ -44,7 +44,7 @@ def _decode(raw: bytes) -> str:
 
 
 class Connection(Protocol):
-    """What an Answer needs of the connection it reads from (upstream_pool.Connection)."""
+    """What an Answer needs of the connection it reads from (pool.Connection)."""
 
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport | None

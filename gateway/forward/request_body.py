@@ -3,7 +3,7 @@
 ``listen.body_timeout`` while sending it gets 408 (RequestTimeout), and its upstream exchange ends.
 
 In: the request, after it was authorised. Out: a ``Body`` whose ``length`` is the only
-Content-Length the upstream sees (proxy_headers.request_header_items writes it).
+Content-Length the upstream sees (headers.request_header_items writes it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import HttpVersion11, web
 from aiohttp.streams import StreamReader
 
-from .errors import ExpectationFailed, RequestTimeout
+from ..errors import ExpectationFailed, RequestTimeout
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

@@ -1,5 +1,5 @@
 """Step 6, the way back: what a well-formed upstream answer head is, decided here for both upstream
-clients (h1client.py, aiohttp_path.py) before anything of it reaches the client.
+clients (forward/h1client.py, forward/general.py) before anything of it reaches the client.
 
 In: the parsed status code, reason phrase and headers (str, bytes >= 0x80 decoded or surrogate-escaped
 as both parsers do). Out: nothing, or MalformedAnswer; the caller answers 502 and drops the connection.

@@ -2,9 +2,9 @@
 
 In: the request, its normalised path, the upstream's name and the identity headers to set.
 Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way
-(proxy_headers.py). Most requests take the lean path (lean_path.py: h1client.py on the keep-alive
-connections of upstream_pool.py, over TLS for HTTPS upstreams); HEAD, chunked request bodies and
-WebSocket upgrades take aiohttp's client (aiohttp_path.py, websocket.py). Both send and relay the same headers.
+(forward/headers.py). Most requests take the lean path (forward/lean.py: forward/h1client.py on the keep-alive
+connections of forward/pool.py, over TLS for HTTPS upstreams); HEAD, chunked request bodies and
+WebSocket upgrades take aiohttp's client (forward/general.py, forward/websocket.py). Both send and relay the same headers.
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import aiohttp_path, lean_path
+from . import general, lean
 from .relay import BUFFER_MAX_BYTES
-from .config import GatewayConfig
-from .cookies import gateway_cookies
-from .errors import BadPath, UpstreamTimeout
+from ..config import GatewayConfig
+from ..cookies import gateway_cookies
+from ..errors import BadPath, UpstreamTimeout
 from .h1client import TimedOut
-from .identity import Identity
+from ..identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
-from .logs import AccessNote
-from .proxy_headers import HeaderPolicy, Peer, is_trusted, request_header_items
+from ..logs import AccessNote
+from .headers import HeaderPolicy, Peer, is_trusted, request_header_items
 from .request_id import REQUEST_ID
 from .request_body import Body, read_body, send_continue
-from .upstream_pool import UpstreamPool
+from .pool import UpstreamPool
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 __all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]
@@ -118,7 +118,7 @@ class Forwarder:
             if self._closed:
                 raise RuntimeError("the Forwarder is closed")
             tls = self._tls_context() if self._targets[name].tls else None
-            session = self._sessions[name] = aiohttp_path.open_session(self._cfg.upstreams[name], tls)
+            session = self._sessions[name] = general.open_session(self._cfg.upstreams[name], tls)
         return session
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -165,8 +165,8 @@ class Forwarder:
                                                        identity_headers, body.length)   # BadRequest -> 400
             lifetime = Lifetime(self.watcher, identity)
             pool = self._pool(upstream)
-            if pool is not None and lean_path.fits(request, body) and not is_websocket_upgrade(request):
-                return await lean_path.forward(request, pool, request_target, target.host_header, headers, body,
+            if pool is not None and lean.fits(request, body) and not is_websocket_upgrade(request):
+                return await lean.forward(request, pool, request_target, target.host_header, headers, body,
                                                request_id, self._timeouts[upstream], lifetime, note,
                                                self._body_timeout_s)
             return await self._forward_general(request, pool, upstream, target.url(request_target),
@@ -189,7 +189,7 @@ class Forwarder:
         try:
             if is_websocket_upgrade(request):
                 return await proxy_websocket(request, session, url, headers, echo, lifetime)
-            return await aiohttp_path.forward(request, session, url, headers, body, request_id, lifetime, note,
+            return await general.forward(request, session, url, headers, body, request_id, lifetime, note,
                                               self._body_timeout_s)
         finally:
             if pool is not None:

@@ -3,7 +3,7 @@ head (framing written by the gateway, hop-by-hop and client-sent identity/forwar
 dropped in every spelling, the gateway's cookies removed, X-Forwarded-* and X-Request-Id set, the
 gateway's identity headers added last) and what of an answer is relayed.
 
-Plain values in and out (header pairs, ``Peer``, ``HeaderPolicy``), so forward.py's two upstream
+Plain values in and out (header pairs, ``Peer``, ``HeaderPolicy``), so forward/forwarder.py's two upstream
 clients (aiohttp's and h1client's) send and relay exactly the same headers.
 """
 
@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 from multidict import MultiMapping
 
-from .config import IdentityConfig
-from .errors import BadRequest, UnknownTransferCoding
+from ..config import IdentityConfig
+from ..errors import BadRequest, UnknownTransferCoding
 from .request_id import REQUEST_ID, pick_request_id
 
 X_FORWARDED_FOR = "X-Forwarded-For"

@@ -1,5 +1,5 @@
 """Step 6, the way back: the upstream's answer to the client, the same for both upstream clients
-(lean_path.py, aiohttp_path.py). A small answer goes out in one write once it is whole; any other
+(forward/lean.py, forward/general.py). A small answer goes out in one write once it is whole; any other
 is streamed as it arrives, and cut off (never ended cleanly) if the upstream breaks inside it.
 """
 
@@ -13,8 +13,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .lifetime import Lifetime
-from .logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED
-from .proxy_headers import HOP_BY_HOP, response_header_items
+from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED
+from .headers import HOP_BY_HOP, response_header_items
 from .request_id import REQUEST_ID
 
 log = logging.getLogger("tokengate.forward")
