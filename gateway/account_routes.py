@@ -18,7 +18,7 @@ from aiohttp import web
 
 from .auth_routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
                           sessions_of, string_field, token_response)
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .errors import BadRequest, Forbidden, GatewayError, NoRoute
 from .password_policy import PasswordPolicy, WeakPassword
 from .pipeline import GATEWAY, Gateway

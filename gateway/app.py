@@ -10,7 +10,7 @@ from aiohttp import web
 from .account_routes import add_account_routes
 from .answers import error_middleware
 from .auth_routes import add_auth_routes, add_endpoint
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options
 from .metrics import METRICS, Recorder
 from .openapi import add_openapi_route

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from .authorize import authorize
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
                       set_session_cookies)
 from .errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .errors import Forbidden, MissingToken
 from .identity import Identity
-from .rules import Rule
+from .config.rules import Rule
 
 
 def authorize(rule: Rule, identity: Identity | None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from multidict import MultiMapping
 
-from .config import AuthConfig, GatewayConfig
+from .config.load import AuthConfig, GatewayConfig
 from .errors import Forbidden, MissingToken
 from .extract import AUTHORIZATION, bearer_credentials
 from .sessions import TokenPair

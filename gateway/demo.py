@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import uvloop
 from aiohttp import web
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config.load import ConfigError, GatewayConfig, load_config
 from .echo import build_echo_app
 from .logs import configure_logging
 from .pipeline import GATEWAY

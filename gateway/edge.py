@@ -29,7 +29,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDictProxy
 
-from .config import ListenConfig
+from .config.load import ListenConfig
 from .errors import BadRequest, GatewayError, RequestTimeout, error_response
 from .forward.request_id import REQUEST_ID, pick_request_id
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from .config import LogConfig
+from .config.load import LogConfig
 
 ACCESS_LOGGER = "tokengate.access"
 _json_string = json.encoder.encode_basestring_ascii   # C: a JSON string literal, quotes and escapes included

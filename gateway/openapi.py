@@ -20,7 +20,7 @@ from .account_routes import (MAX_EMAIL_CHARS, ForeignAccount, InvalidAccountFiel
                              UsernameTaken, WeakPasswordRefused)
 from .auth_routes import (MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, InvalidCredentials, JsonRequired,
                           add_endpoint)
-from .config import CredentialsUrlConfig, GatewayConfig
+from .config.load import CredentialsUrlConfig, GatewayConfig
 from .cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
 from .errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, ExpiredToken, Forbidden, InvalidToken,
                      MissingToken, NoRoute, RateLimited, RevokedToken)

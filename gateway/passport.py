@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .errors import InvalidToken
 from .identity import Identity
 from .tokencache import CachedToken

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from .authorize import authorize
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .denylist import Denylist
 from .answers import answer_for
 from .errors import Handler, MethodRefused
@@ -32,7 +32,7 @@ from .passport import Passport
 from .passwords import PasswordHasher
 from .paths import normalise
 from .forward.request_body import check_expectation
-from .rules import RuleSet
+from .config.rules import RuleSet
 from .store import open_store
 from .store.base import Store
 from .tokencache import Authenticator, TokenCache

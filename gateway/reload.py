@@ -29,9 +29,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config.load import ConfigError, GatewayConfig, load_config
 from .pipeline import Gateway
-from .rules import RuleSet
+from .config.rules import RuleSet
 
 log = logging.getLogger("tokengate")
 NEEDS_RESTART = ("listen", "admin", "store", "auth", "log", "reload")

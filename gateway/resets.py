@@ -15,8 +15,8 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
-from .auth_config import AuthConfig
-from .durations import format_duration
+from .config.auth import AuthConfig
+from .config.durations import format_duration
 from .errors import DependencyDown
 from .mail import Mailer
 from .store import store_reachable

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .errors import ExpiredToken
 from .store.base import Revocation, Store
 from .verify import Verifier

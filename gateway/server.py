@@ -31,7 +31,7 @@ from aiohttp import web
 
 from .admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options
 from .forward.headers import is_loopback
 from .reload import ReadConfig, apply_read, reload_config, watch_file

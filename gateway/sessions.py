@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .config import TokensConfig
+from .config.load import TokensConfig
 from .denylist import Denylist
 from .errors import DependencyDown, RevokedToken, Unauthenticated
 from .identity import Identity

@@ -25,7 +25,7 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-from .config import GatewayConfig
+from .config.load import GatewayConfig
 from .logs import configure_logging
 from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
 from .reload import READ_TIMEOUT_S, ReadConfig, file_signature, finish_reader, fork_context, merged, start_reader

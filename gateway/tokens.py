@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .config import IdentityConfig, TokensConfig
+from .config.load import IdentityConfig, TokensConfig
 from .errors import GatewayError
 from .identity import Identity
 from .keys import SigningKey

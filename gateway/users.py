@@ -14,7 +14,7 @@ import aiohttp
 from .accounts import (FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME, AuthenticatedUser,
                        InvalidAccount, NotEditable, UserDirectory, UsersFileError, _RecordDirectory, check_email,
                        check_password, check_roles, check_username)
-from .config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
+from .config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from .credentials import CredentialsUsers
 from .passwords import PasswordHasher
 from .store import store_reachable

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import GatewayConfig, UsersFileConfig
+from .config.load import GatewayConfig, UsersFileConfig
 from .passwords import PasswordHasher, is_argon2id
 from .store.base import UserRecord
 from .accounts import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,

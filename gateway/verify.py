@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 
-from .config import IdentityConfig, TokensConfig, TrustedIssuerConfig
+from .config.load import IdentityConfig, TokensConfig, TrustedIssuerConfig
 from .errors import ExpiredToken, InvalidToken
 from .identity import Identity
 from .keys import JwksCache, KeyRing, VerificationKey

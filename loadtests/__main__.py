@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, load_config
+from gateway.config.load import ConfigError, load_config
 
 from . import chart, drivers, report
 from .arguments import duration, positive, rate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.durations import parse_duration_s
+from gateway.config.durations import parse_duration_s
 
 
 def positive(value: str) -> int:

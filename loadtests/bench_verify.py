@@ -40,7 +40,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from gateway.config import IdentityConfig, TokensConfig
+from gateway.config.load import IdentityConfig, TokensConfig
 from gateway.keys import KeyRing, VerificationKey
 from gateway.verify import Verifier
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, load_config
+from gateway.config.load import ConfigError, load_config
 
 from .arguments import positive
 from .procs import Child, StartFailed, free_port, free_ports, python, spawn, wait_ready

@@ -137,7 +137,7 @@ def _kill_one(target: Target) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from gateway.config import load_config
+    from gateway.config.load import load_config
 
     cfg = load_config(args.config)
     with tempfile.TemporaryDirectory(prefix="tokengate-opsbench-") as tmp:

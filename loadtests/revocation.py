@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 
 from .tokenpool import PoolError, read_jsonl, sidecar_path
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import jwt
 
-from gateway.config import GatewayConfig
-from gateway.rules import Rule, RuleSet
+from gateway.config.load import GatewayConfig
+from gateway.config.rules import Rule, RuleSet
 from gateway.tokens import ACCESS_TOKEN_TYP, Minter
 
 KINDS = ("valid", "expired", "revoked", "bad_signature", "wrong_audience", "unknown_kid", "wrong_role")

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from redis.asyncio import Redis
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config.load import GatewayConfig, load_config
 from gateway.store import parse_redis_url
 from gateway.store.redis.client import build_client
 from tests.redis_topologies import start_cluster, start_sentinel

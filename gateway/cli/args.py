@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ..config import GatewayConfig, load_config
+from ..config.load import GatewayConfig, load_config
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

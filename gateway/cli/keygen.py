@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from ..config import HMAC_MIN_BYTES
+from ..config.load import HMAC_MIN_BYTES
 
 GENERATABLE = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
                "HS256", "HS384", "HS512")

@@ -19,8 +19,8 @@ from .. import __version__
 from .args import EXIT_BAD_INPUT, UsageError, add_config_option, config_from, print_error
 from .revoke import add_revoke_parser
 from .users import add_users_parser
-from ..config import ConfigError, GatewayConfig
-from ..durations import parse_duration_s
+from ..config.load import ConfigError, GatewayConfig
+from ..config.durations import parse_duration_s
 from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 
 EXIT_NO_MATCH = 1
@@ -161,7 +161,7 @@ def _explain(args: argparse.Namespace) -> int:
     from ..errors import BadPath
     from ..paths import normalise
     from ..pipeline import REFUSED_METHODS
-    from ..rules import RuleSet
+    from ..config.rules import RuleSet
 
     cfg = config_from(args)
     raw, method = args.urlpath.partition("?")[0], args.method.upper()

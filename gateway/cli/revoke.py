@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from .args import UsageError, add_config_option, config_from, fail
-from ..config import GatewayConfig
+from ..config.load import GatewayConfig
 from ..errors import InvalidToken
 from ..revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..store.base import StoreUnavailable

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .args import UsageError, add_config_option, config_from, fail
-from ..config import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
+from ..config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from ..errors import DependencyDown
 from ..password_policy import PasswordPolicy, WeakPassword
 from ..passwords import PasswordHasher

@@ -22,7 +22,7 @@ from yarl import URL
 
 from . import general, lean
 from .relay import BUFFER_MAX_BYTES
-from ..config import GatewayConfig
+from ..config.load import GatewayConfig
 from ..cookies import gateway_cookies
 from ..errors import BadPath, UpstreamTimeout
 from .h1client import TimedOut

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .answer_head import MalformedAnswer, check_answer_head
-from ..config import UpstreamConfig
+from ..config.load import UpstreamConfig
 from ..errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .lifetime import Lifetime
 from ..logs import AccessNote

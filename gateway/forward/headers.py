@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from multidict import MultiMapping
 
-from ..config import IdentityConfig
+from ..config.load import IdentityConfig
 from ..errors import BadRequest, UnknownTransferCoding
 from .request_id import REQUEST_ID, pick_request_id
 

@@ -19,7 +19,7 @@ from .memory import MemoryStore
 from .redis.url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
-    from ..config import StoreConfig
+    from ..config.load import StoreConfig
 
 __all__ = ["MemoryStore", "RedisTarget", "store_reachable", "RefreshRecord", "Revocation", "RevocationFeed", "Rotation", "Store",
            "StoreUnavailable", "UserRecord", "open_store", "parse_redis_url"]

@@ -31,7 +31,7 @@ import httptools
 from aiohttp import web
 
 from gateway.app import GatewayRunner, build_app
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.forward.forwarder import Forwarder
 from gateway.pipeline import GATEWAY
 

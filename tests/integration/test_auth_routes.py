@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 import gateway.app as gateway_app
 from gateway.answers import error_middleware
 from gateway.app import CONFIG, build_app
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.errors import RevokedToken
 from gateway.passwords import PasswordHasher
 from gateway.pipeline import GATEWAY, Gateway, handle

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 
 from .edge_kit import (Fwd, Refuse, chunked, edge_sections, exchange, fill, fold, judge_answers, match_upstream,
                        recording_upstream, req, serve_gateway)

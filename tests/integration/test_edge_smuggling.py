@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 
 from .edge_kit import (HOST, Answer, Either, Expect, Fwd, RawClient, RecordingUpstream, Refuse, chunked,
                        connection_values, edge_sections, exchange, fill, judge_answers, length, match_upstream,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import unused_port
 
-from gateway.config import MailConfig
+from gateway.config.load import MailConfig
 from gateway.mail import Mailer
 from gateway.resets import new_reset_token
 from tests.integration.smtpserver import (SMTP_PASSWORD, WAIT_S, SmtpPeer, SmtpServer, smtp_auth_server, smtp_peer,

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.engine import Status, events, from_schema
 
-from gateway.config import GatewayConfig, RateLimitsConfig
+from gateway.config.load import GatewayConfig, RateLimitsConfig
 from gateway.errors import BadPath
 from gateway.openapi import OPENAPI_PATH, VERIFY_METHODS, openapi_document
 from gateway.password_policy import PasswordPolicy, WeakPassword

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from loadtests import callgrind
 from loadtests.benchconfig import SECRET_VAR, write_bench_config
 from loadtests.tokenpool import PoolMaker, generate, parse_mix, write_pool

@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 from gateway.echo import build_echo_app
 from loadtests.chart import per_second, render_png
 from loadtests.driver import ERROR, RemoteTarget, Results, check_target

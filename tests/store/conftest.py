@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import StoreConfig
+from gateway.config.load import StoreConfig
 from gateway.store import MemoryStore, Store, open_store, parse_redis_url
 from tests.conftest import flush
 

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from gateway.config import StoreConfig
+from gateway.config.load import StoreConfig
 from gateway.store import RefreshRecord, Revocation, UserRecord, open_store
 from gateway.store.base import REVOCATIONS_CHANNEL
 

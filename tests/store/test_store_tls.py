@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import StoreConfig
+from gateway.config.load import StoreConfig
 from gateway.store import StoreUnavailable, open_store
 from gateway.store.base import Revocation
 from tests.redisproc import free_port

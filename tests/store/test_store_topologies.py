@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import StoreConfig
+from gateway.config.load import StoreConfig
 from gateway.store import Revocation, Store, StoreUnavailable, open_store
 from tests.redis_topologies import start_sentinel
 from tests.redisproc import free_port

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import StoreConfig
+from gateway.config.load import StoreConfig
 from gateway.store import MemoryStore, RefreshRecord, Revocation, Store, StoreUnavailable, UserRecord, open_store
 from tests.redisproc import RedisProc, free_port
 

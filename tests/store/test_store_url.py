@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.config import StoreConfig
+from gateway.config.load import StoreConfig
 from gateway.store import MemoryStore, StoreUnavailable, open_store, parse_redis_url
 from tests.redisproc import free_port
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
-from gateway.source import Problem
+from gateway.config.load import ConfigError, load_config
+from gateway.config.source import Problem
 
 DATA = Path(__file__).parent.parent / "data"
 SECRET_32 = "s" * 32

@@ -9,7 +9,7 @@ import pytest
 from gateway.authorize import authorize
 from gateway.errors import Forbidden, GatewayError, MissingToken
 from gateway.identity import Identity
-from gateway.rules import Rule
+from gateway.config.rules import Rule
 
 SECRET_LOOKING_JTI = "jti-0f1e2d3c"
 ALLOWED = "allowed"

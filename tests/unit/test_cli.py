@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.config import load_config
-from gateway.source import read_source
+from gateway.config.load import load_config
+from gateway.config.source import read_source
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 

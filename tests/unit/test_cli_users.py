@@ -296,7 +296,7 @@ def test_store_accounts_are_edited_through_a_real_redis(run, stdin, write_config
 async def _subject_revoked(redis_url: str, sub: str) -> bool:
     import time
 
-    from gateway.config import StoreConfig
+    from gateway.config.load import StoreConfig
     from gateway.store import open_store
 
     store = await open_store(StoreConfig(url=redis_url))

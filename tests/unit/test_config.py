@@ -1,4 +1,4 @@
-"""gateway.config: the DESIGN.md file loads as written; every mistake is a ConfigError at file:line."""
+"""gateway.config.load: the DESIGN.md file loads as written; every mistake is a ConfigError at file:line."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
-from gateway.config import ConfigError, GatewayConfig, StoreConfig, load_config
-from gateway.source import Problem
+from gateway.config.load import ConfigError, GatewayConfig, StoreConfig, load_config
+from gateway.config.source import Problem
 
 from tests.conftest import HS_SECRET
 from tests.unit.config_checks import DATA, SECRET_32, assert_single, line_in, problems_of, single, write_raw

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.source import Problem
+from gateway.config.load import ConfigError, GatewayConfig, load_config
+from gateway.config.source import Problem
 from tests.conftest import base_config
 from tests.unit.config_checks import SECRET_32
 

@@ -1,4 +1,4 @@
-"""gateway.durations: duration strings (30s, 15m, 7d) and rates (5/min) of the config file."""
+"""gateway.config.durations: duration strings (30s, 15m, 7d) and rates (5/min) of the config file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.durations import format_duration, parse_duration_s, parse_rate, parse_size_bytes
+from gateway.config.durations import format_duration, parse_duration_s, parse_rate, parse_size_bytes
 
 
 @pytest.mark.parametrize("text, seconds", [

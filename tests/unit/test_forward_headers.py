@@ -8,7 +8,7 @@ import uuid
 import pytest
 from multidict import CIMultiDict
 
-from gateway.config import AuthConfig, IdentityConfig
+from gateway.config.load import AuthConfig, IdentityConfig
 from gateway.cookies import gateway_cookies
 from gateway.forward.forwarder import Target
 from gateway.forward.headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_loopback, is_trusted,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.config import ConfigError, LogConfig, load_config
+from gateway.config.load import ConfigError, LogConfig, load_config
 from gateway.logs import ACCESS_LOGGER, AccessLog, AccessNote, JsonFormatter, configure_logging
 
 

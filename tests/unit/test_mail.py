@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig, MailConfig
+from gateway.config.load import ConfigError, GatewayConfig, MailConfig
 from gateway.mail import Mail, Mailer, build_message, mask
 from gateway.resets import new_reset_token
-from gateway.smtp_url import SmtpTarget, parse_smtp_url
+from gateway.config.smtp_url import SmtpTarget, parse_smtp_url
 
 TOKEN = new_reset_token()
 LINK = f"https://app.example.test/reset?token={TOKEN}"

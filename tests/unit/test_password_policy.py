@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.auth_config import PasswordConfig
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config.auth import PasswordConfig
+from gateway.config.load import ConfigError, GatewayConfig
 from gateway.password_policy import PasswordPolicy, WeakPassword, load_common_passwords
 
 COMMON = load_common_passwords()

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway.config import IdentityConfig
+from gateway.config.load import IdentityConfig
 from gateway.errors import BadRequest, UnknownTransferCoding
 from gateway.forward.headers import HeaderPolicy, Peer, request_header_items
 

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from gateway.config import load_config
+from gateway.config.load import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

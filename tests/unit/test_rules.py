@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, RouteConfig, load_config
+from gateway.config.load import ConfigError, RouteConfig, load_config
 from gateway.errors import BadPath, NoRoute
 from gateway.paths import normalise
-from gateway.rules import Rule, RuleConflict, RuleSet, _Node
-from gateway.source import read_source
+from gateway.config.rules import Rule, RuleConflict, RuleSet, _Node
+from gateway.config.source import read_source
 
 
 def route(path: str, *methods: str, upstream: str = "up", **extra: Any) -> RouteConfig:

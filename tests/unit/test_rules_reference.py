@@ -1,4 +1,4 @@
-"""The route matcher (rules.py) against a naive reference written here from DESIGN.md's route semantics
+"""The route matcher (config/rules.py) against a naive reference written here from DESIGN.md's route semantics
 (hypothesis): generated route sets and requests; the reference and ``RuleSet`` must agree on which
 route answers (or none: 404), and on which pair of routes a set is refused for at load time.
 
@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import RouteConfig
+from gateway.config.load import RouteConfig
 from gateway.errors import NoRoute
 from gateway.paths import normalise
-from gateway.rules import RuleConflict, RuleSet
+from gateway.config.rules import RuleConflict, RuleSet
 
 EXAMPLES = 500
 REQUESTS_PER_SET = 12

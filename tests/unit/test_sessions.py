@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.denylist import Denylist
 from gateway.errors import DependencyDown, RevokedToken
 from gateway.passwords import PasswordHasher
@@ -283,7 +283,7 @@ async def test_store_down_is_dependency_down(world: World) -> None:
 # --- config ---------------------------------------------------------------------------------------
 
 def test_refresh_grace_defaults_to_off_and_is_bounded(make_config: Callable[..., GatewayConfig]) -> None:
-    from gateway.config import ConfigError
+    from gateway.config.load import ConfigError
 
     assert make_config().auth.refresh_grace == 0.0
     assert make_config(auth={"refresh_grace": "10s"}).auth.refresh_grace == 10.0

@@ -1,4 +1,4 @@
-"""gateway.source: YAML -> plain data with the line of every value; ${VAR}; the flow-mapping URL scanner."""
+"""gateway.config.source: YAML -> plain data with the line of every value; ${VAR}; the flow-mapping URL scanner."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import source
-from gateway.source import MAX_VALUES, Problem, Source, format_key, read_source
+from gateway.config import source
+from gateway.config.source import MAX_VALUES, Problem, Source, format_key, read_source
 from loadtests.benchconfig import write_bench_config
 from tests.unit.config_checks import DATA
 

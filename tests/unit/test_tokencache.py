@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from gateway.config import GatewayConfig
+from gateway.config.load import GatewayConfig
 from gateway.denylist import Denylist
 from gateway.errors import DependencyDown, ExpiredToken, GatewayError, InvalidToken, RevokedToken
 from gateway.identity import Identity

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config.load import GatewayConfig, load_config
 from tests.conftest import HS_SECRET
 from tests.unit.config_checks import SECRET_32, line_in, problems_of, single
 

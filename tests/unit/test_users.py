@@ -275,7 +275,7 @@ def test_build_directory_follows_auth_users(make_config, write_config, users_fil
 
 
 def test_relative_users_file_is_found_beside_the_config(write_config, users_file, hasher):
-    from gateway.config import load_config
+    from gateway.config.load import load_config
 
     cfg = load_config(write_config(auth={"users": {"file": users_file.name}}))
     assert Path(cfg.source).parent == users_file.parent

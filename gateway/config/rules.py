@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .errors import BadPath, NoRoute
-from .paths import normalise, quote_segment
-from .routes_config import RouteConfig
+from ..errors import BadPath, NoRoute
+from ..paths import normalise, quote_segment
+from .routes import RouteConfig
 
 WILDCARD = "*"
 SLICE_ROUTES = 100   # compile_in_slices: routes compiled between two turns of the event loop

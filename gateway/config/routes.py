@@ -1,7 +1,7 @@
 """The ``upstreams`` and ``routes`` sections: where requests go, and who may send them there.
 
 Route paths are checked here to be written the way a normalised request path looks; the rules
-themselves are compiled by rules.py. Import these names from ``gateway.config``.
+themselves are compiled by config/rules.py. Import these names from ``gateway.config.load``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from .config_fields import TOKEN_CHARS, Duration, Invalid, KeyPath, Model, split_url
+from .fields import TOKEN_CHARS, Duration, Invalid, KeyPath, Model, split_url
 
 
 class UpstreamConfig(Model):

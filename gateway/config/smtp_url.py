@@ -1,5 +1,5 @@
 """The ``auth.mail.smtp_url`` -> ``SmtpTarget`` (host, port, TLS, credentials): checked when the config
-loads (auth_config.py) and read again by the mailer (mail.py).
+loads (config/auth.py) and read again by the mailer (mail.py).
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
-from .config_fields import split_url
+from .fields import split_url
 
 DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
 STARTTLS_PORT = 587

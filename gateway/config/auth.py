@@ -1,6 +1,6 @@
 """The ``auth`` section: the gateway's own endpoints, where accounts live, cookies, rates, passwords and mail.
 
-Import these names from ``gateway.config``.
+Import these names from ``gateway.config.load``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
-from .config_fields import Duration, HttpUrl, Invalid, Model, Rate, StrList, http_url
+from .fields import Duration, HttpUrl, Invalid, Model, Rate, StrList, http_url
 from .smtp_url import parse_smtp_url
 
 MAX_RESET_TTL_S = 86400.0

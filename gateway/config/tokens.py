@@ -1,7 +1,7 @@
 """The ``tokens`` section: signing and verification keys, and trusted outside issuers.
 
 Key files are read and checked here, at load time, so a key that does not load is a config error
-and never a request-time surprise. Import these names from ``gateway.config``.
+and never a request-time surprise. Import these names from ``gateway.config.load``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from .config_fields import Duration, HttpUrl, Invalid, KeyPath, Model, StrList, raise_found
+from .fields import Duration, HttpUrl, Invalid, KeyPath, Model, StrList, raise_found
 from .keyfiles import KeyMaterial, load_key_material
 
 HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}   # RFC 7518 3.2: at least the hash size

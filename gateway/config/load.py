@@ -3,8 +3,8 @@
 ``load_config(path)`` returns a ``GatewayConfig`` or raises ``ConfigError`` carrying every
 problem found, each with its file:line and key path. Key files are read and parsed here too,
 so a key that does not load is a config error, never a request-time surprise.
-The ``tokens``, ``auth`` and ``upstreams``/``routes`` models live in tokens_config.py, auth_config.py
-and routes_config.py; every name is importable from here.
+The ``tokens``, ``auth`` and ``upstreams``/``routes`` models live in config/tokens.py, config/auth.py
+and config/routes.py; every name is importable from here.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from urllib.parse import urlsplit
 from pydantic import (AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
-from .auth_config import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, RateLimitsConfig,
+from .auth import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, RateLimitsConfig,
                           UsersConfig, UsersFileConfig)
-from .config_fields import (TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found,
+from .fields import (TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found,
                             suggest_key)
 from .keyfiles import KeyMaterial, load_key_material
-from .routes_config import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
+from .routes import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
 from .rules import RuleConflict, RuleSet
 from .source import Problem, Source, read_source
-from .tokens_config import (HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig,
+from .tokens import (HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig,
                             key_problems)
 
 __all__ = ["AdminConfig", "Algorithm", "AuthConfig", "ConfigError", "CookieConfig", "CredentialsUrlConfig",
