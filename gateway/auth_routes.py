@@ -1,6 +1,6 @@
 """The gateway's own endpoints under ``auth.prefix``: login, refresh, logout, logout-all, verify.
 
-JSON in, JSON out; failures are GatewayErrors (answers.py answers them). Token answers are never cached.
+JSON in, JSON out; failures are GatewayErrors (server/answers.py answers them). Token answers are never cached.
 """
 
 from __future__ import annotations

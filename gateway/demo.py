@@ -26,7 +26,7 @@ from .config.load import ConfigError, GatewayConfig, load_config
 from .echo import build_echo_app
 from .logs import configure_logging
 from .pipeline import GATEWAY
-from .server import Bind, ListenFailed, serve
+from .server.serve import Bind, ListenFailed, serve
 
 log = logging.getLogger("tokengate.demo")
 TOKEN_TTL_S = 3600

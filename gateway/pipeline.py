@@ -1,7 +1,7 @@
 """The catch-all handler: a proxied request's whole life, one step per line.
 
 ``Gateway`` bundles the prepared steps (rules, verifier, identity headers, forwarder); it is
-built once from the config by app.py and found on the app under ``GATEWAY``.
+built once from the config by server/app.py and found on the app under ``GATEWAY``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aiohttp import web
 from .authorize import authorize
 from .config.load import GatewayConfig
 from .denylist import Denylist
-from .answers import answer_for
+from .server.answers import answer_for
 from .errors import Handler, MethodRefused
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
@@ -89,7 +89,7 @@ class Gateway:
         ``tokens``. Everything is built before the swap, which happens without an await, so no
         request sees half of each; requests in flight finish on what they started with (the old
         Forwarder closes once its last one has ended). ``rules``: ``cfg.routes`` already compiled
-        (reload.py does it in slices). Raises ValueError for a key that cannot be used."""
+        (server/reload.py does it in slices). Raises ValueError for a key that cannot be used."""
         parts = _from_config(cfg, self.denylist, self.forwarder.watcher, rules)
         old_forwarder, old_verifier, old_authenticator = self.forwarder, self.verifier, self.authenticator
         for name, value in parts.items():

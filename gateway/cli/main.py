@@ -104,8 +104,8 @@ def _kid(text: str) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from ..logs import configure_logging
-    from ..server import Bind, ListenFailed
-    from ..supervisor import run
+    from ..server.serve import Bind, ListenFailed
+    from ..server.supervisor import run
 
     cfg = config_from(args)
     configure_logging(cfg.log)

@@ -35,7 +35,7 @@ class KeyMaterial:
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as DER: a reload's reader process hands the validated config to the workers over
-        a pipe (reload.py), and cryptography's key objects do not pickle."""
+        a pipe (server/reload.py), and cryptography's key objects do not pickle."""
         private = None if self.private is None else self.private.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         public = None if self.public is None else self.public.public_bytes(

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
-from gateway.answers import error_middleware
+from gateway.server.answers import error_middleware
 from gateway.echo import ECHO, EchoState, build_echo_app
 from gateway.forward.forwarder import Forwarder
 from tests.integration.rawupstream import StartUpstream, raw_upstreams
@@ -86,7 +86,7 @@ def make_proxy(make_config: Callable[..., Any], aiohttp_server: Any, aiohttp_cli
                    upstream: Mapping[str, Any] | None = None, **sections: Any) -> TestClient:
         upstreams = {"accounts": {"url": url, **(upstream or {})}}
         cfg = await asyncio.to_thread(make_config, upstreams=upstreams, **sections)   # writes and reads a file
-        # As the real proxy port serves (gateway/edge.py): no lingering over a body nobody reads.
+        # As the real proxy port serves (gateway/server/edge.py): no lingering over a body nobody reads.
         server = await aiohttp_server(build_proxy_app(Forwarder(cfg, lean=forward_path == "lean"), identity_headers),
                                       lingering_time=0, keepalive_timeout=cfg.listen.idle_timeout)
         return await aiohttp_client(server)

@@ -30,7 +30,7 @@ from typing import Any
 import httptools
 from aiohttp import web
 
-from gateway.app import GatewayRunner, build_app
+from gateway.server.app import GatewayRunner, build_app
 from gateway.config.load import GatewayConfig
 from gateway.forward.forwarder import Forwarder
 from gateway.pipeline import GATEWAY

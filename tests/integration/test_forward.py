@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.app import build_app
+from gateway.server.app import build_app
 from gateway.echo import EchoState
 from gateway.forward.forwarder import BUFFER_MAX_BYTES
 

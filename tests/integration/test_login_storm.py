@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.app import build_app
+from gateway.server.app import build_app
 from gateway.pipeline import GATEWAY
 
 pytestmark = pytest.mark.integration

@@ -292,7 +292,7 @@ def test_is_trusted(address: str | None, trusted: bool) -> None:
     ("localhost.example.test", False), ("not-an-ip", False),
 ])
 def test_is_loopback(host: str, loopback: bool) -> None:
-    """Whether the admin port's bind is loopback only (server.py warns about an unguarded admin port
+    """Whether the admin port's bind is loopback only (server/serve.py warns about an unguarded admin port
     otherwise)."""
     assert is_loopback(host) is loopback
 

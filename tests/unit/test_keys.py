@@ -105,7 +105,7 @@ def test_signing_key_signs_what_the_keyring_verifies(make_config: Callable[..., 
 
 def test_a_config_crosses_a_pipe_pickled_with_every_key_intact(make_config: Callable[..., Any],
                                                               keys_dir: Path) -> None:
-    """A reload's reader process sends the validated config to the workers pickled (reload.py):
+    """A reload's reader process sends the validated config to the workers pickled (server/reload.py):
     every kind of key must arrive and sign or verify exactly as the one that was read."""
     keys = [*base_config(keys_dir)["tokens"]["keys"],
             {"kid": "partner", "alg": "ES384", "public_key_file": str(keys_dir / "ec384.pub.pem")}]

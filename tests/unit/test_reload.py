@@ -1,4 +1,4 @@
-"""The parts of a reload that need no running gateway (reload.py): the reading of a file in a reader
+"""The parts of a reload that need no running gateway (server/reload.py): the reading of a file in a reader
 process, what a dead reader becomes, which sections a reload keeps, and the routes compiled in
 slices that give the event loop back."""
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.config.load import GatewayConfig
-from gateway.reload import NEEDS_RESTART, ReadConfig, finish_reader, merged, read_config, start_reader
+from gateway.server.reload import NEEDS_RESTART, ReadConfig, finish_reader, merged, read_config, start_reader
 from gateway.config.rules import RuleSet
 
 

@@ -29,9 +29,9 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDictProxy
 
-from .config.load import ListenConfig
-from .errors import BadRequest, GatewayError, RequestTimeout, error_response
-from .forward.request_id import REQUEST_ID, pick_request_id
+from ..config.load import ListenConfig
+from ..errors import BadRequest, GatewayError, RequestTimeout, error_response
+from ..forward.request_id import REQUEST_ID, pick_request_id
 
 log = logging.getLogger("tokengate")
 # How long a drain keeps idle keep-alive connections open for a next request that may already be on its

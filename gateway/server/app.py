@@ -7,14 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .account_routes import add_account_routes
+from ..account_routes import add_account_routes
 from .answers import error_middleware
-from .auth_routes import add_auth_routes, add_endpoint
-from .config.load import GatewayConfig
+from ..auth_routes import add_auth_routes, add_endpoint
+from ..config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options
-from .metrics import METRICS, Recorder
-from .openapi import add_openapi_route
-from .pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
+from ..metrics import METRICS, Recorder
+from ..openapi import add_openapi_route
+from ..pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
 
 CONFIG = web.AppKey("config", GatewayConfig)
 MAX_HEADER_BYTES = 16384
@@ -48,7 +48,7 @@ def build_app(cfg: GatewayConfig) -> web.Application:
 
 class GatewayRunner(EdgeRunner):
     """Serves ``build_app``'s app behind a FrontDoor (proxied requests skip the router), with the
-    edge's limits of ``listen`` (edge.py: head timeout, idle timeout, no lingering)."""
+    edge's limits of ``listen`` (server/edge.py: head timeout, idle timeout, no lingering)."""
 
     front_door: FrontDoor | None = None
 

@@ -5,7 +5,7 @@ reloads.
 Workers are forked from a fork server that imported the gateway once, and get the config already
 validated (pickled), so a replacement for a dead worker serves in well under a second: no imports,
 no YAML. A reload (SIGHUP to the supervisor or to any worker, or ``reload.watch``) reads the file
-once, in a niced reader process (reload.py), then hands the result to the workers one after
+once, in a niced reader process (server/reload.py), then hands the result to the workers one after
 another: worker 2 is asked only when worker 1 has applied it, so at most one worker at a time
 spends its few milliseconds of apply, and the other keeps serving at full speed. A reload asked for
 while one runs is done once the current one has ended (several become one).
@@ -25,11 +25,11 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-from .config.load import GatewayConfig
-from .logs import configure_logging
-from .metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
+from ..config.load import GatewayConfig
+from ..logs import configure_logging
+from ..metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
 from .reload import READ_TIMEOUT_S, ReadConfig, file_signature, finish_reader, fork_context, merged, start_reader
-from .server import (ADMIN, APPLIED, CLOSE_WAIT_S, CLOSED, DRAIN, HANGUP, LISTEN_FAILED, PROXY, REFUSED, Bind,
+from .serve import (ADMIN, APPLIED, CLOSE_WAIT_S, CLOSED, DRAIN, HANGUP, LISTEN_FAILED, PROXY, REFUSED, Bind,
                      ListenFailed, reserve, run_one)
 
 log = logging.getLogger("tokengate")
@@ -299,7 +299,7 @@ class Supervisor:
             if worker.proc.exitcode is None:
                 worker.proc.terminate()          # SIGTERM: each worker closes its listeners ...
         self._until_all_closed()
-        for worker in self.pool:                 # ... and only then drains (server.py says why)
+        for worker in self.pool:                 # ... and only then drains (server/serve.py says why)
             _send(worker, DRAIN)
         status = 0
         deadline = time.monotonic() + self.started_with.listen.drain_timeout + 10

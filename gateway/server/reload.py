@@ -10,7 +10,7 @@ The file is never read on an event loop: a short-lived reader process (forked fr
 server, which has the gateway imported, and niced so that serving workers keep the CPU) reads and
 validates it and sends the validated config back pickled (~90 KB for 1,000 routes). A worker only
 unpickles and applies it (tens of milliseconds). With ``workers: N`` the supervisor has the file
-read once per reload and hands the result to the workers one after another (supervisor.py).
+read once per reload and hands the result to the workers one after another (server/supervisor.py).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from .config.load import ConfigError, GatewayConfig, load_config
-from .pipeline import Gateway
-from .config.rules import RuleSet
+from ..config.load import ConfigError, GatewayConfig, load_config
+from ..pipeline import Gateway
+from ..config.rules import RuleSet
 
 log = logging.getLogger("tokengate")
 NEEDS_RESTART = ("listen", "admin", "store", "auth", "log", "reload")
@@ -39,7 +39,7 @@ NEEDS_RESTART = ("listen", "admin", "store", "auth", "log", "reload")
 READER_NICENESS = 19
 READ_TIMEOUT_S = 60.0     # a reader that has not answered by then is killed and the reload refused
 # What the fork server imports once, so that a worker or a reader forked from it starts warm.
-FORK_SERVER_PRELOAD = ["gateway.supervisor"]
+FORK_SERVER_PRELOAD = ["gateway.server.supervisor"]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Serve the gateway in one uvloop process: a worker of supervisor.py, or the whole gateway.
+"""Serve the gateway in one uvloop process: a worker of server/supervisor.py, or the whole gateway.
 
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (at most listen.drain_timeout),
 then exit 0. A supervisor's worker closes its proxy listener, then waits for its supervisor's word
 that every worker has closed its own before it answers anything with Connection: close: each
 worker listens on an SO_REUSEPORT socket of its own, and the kernel resets the connections waiting
 in the accept queue of a listener that closes, so a client told to reconnect must find every
-listener closed, not another worker's about to close. SIGHUP: reload (reload.py); a supervisor's
+listener closed, not another worker's about to close. SIGHUP: reload (server/reload.py); a supervisor's
 worker asks its supervisor instead, which reloads every worker one after another.
 """
 
@@ -29,14 +29,14 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from .admin import SERVING, build_admin_app
+from ..admin import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
-from .config.load import GatewayConfig
+from ..config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options
-from .forward.headers import is_loopback
+from ..forward.headers import is_loopback
 from .reload import ReadConfig, apply_read, reload_config, watch_file
-from .pipeline import GATEWAY, Gateway
-from .users import FileUsers, UsersFileError
+from ..pipeline import GATEWAY, Gateway
+from ..users import FileUsers, UsersFileError
 
 log = logging.getLogger("tokengate")
 # How long serve keeps the proxy port shut waiting for the revocation mirror's first load. A store that
@@ -46,7 +46,7 @@ FIRST_LOAD_WAIT_S = 10.0
 # The ports, as the one-line message of a port that is taken names them.
 PROXY, ADMIN, DEMO = "the proxy port, listen.port", "the admin port, admin.port", "a demo port"
 LISTEN_FAILED = 3   # a worker's exit status when it cannot listen: restarting it would fail the same way
-# A worker's messages to its supervisor (supervisor.py) on its control pipe ...
+# A worker's messages to its supervisor (server/supervisor.py) on its control pipe ...
 HANGUP, APPLIED, REFUSED, CLOSED = b"hangup", b"applied", b"refused", b"closed"
 # ... and the supervisor's to its workers, besides a pickled ReadConfig (which starts with b"\x80").
 DRAIN = b"drain"
@@ -121,7 +121,7 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
 
 def runner_for(app: web.Application, cfg: GatewayConfig, port: str) -> web.AppRunner:
     """The runner ``serve`` gives the app of ``port`` (PROXY, ADMIN or DEMO): the proxy's behind its
-    FrontDoor, the admin's with the same edge (edge.py: head and idle timeouts, no lingering,
+    FrontDoor, the admin's with the same edge (server/edge.py: head and idle timeouts, no lingering,
     X-Request-Id, no Server header); a demo app (not the gateway) as aiohttp serves it."""
     # handler_cancellation: a client that hangs up cancels its upstream call at once.
     common: dict[str, Any] = {"handle_signals": False, "access_log": None, "handler_cancellation": True,
