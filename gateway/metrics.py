@@ -1,7 +1,7 @@
 """Prometheus metrics on the admin port, at no per-request cost worth the name.
 
 A request pays for one call to ``Recorder.request``: a dict increment and a few bucket increments in
-plain lists (1-2 µs), and a ``perf_counter`` stamp where each of its stages ends (pipeline.py, tokencache.py).
+plain lists (1-2 µs), and a ``perf_counter`` stamp where each of its stages ends (pipeline.py, steps/tokencache.py).
 prometheus-client's own calls (a ``labels()`` lookup, a lock, in multi-process mode an mmap write)
 happen only in ``Exporter.fold``, once a second from the admin app and once more at every scrape and
 at shutdown, which moves what was counted since the last fold into the prometheus metrics. Values

@@ -15,30 +15,30 @@ from typing import Any
 
 from aiohttp import web
 
-from .authorize import authorize
+from .steps.authorize import authorize
 from .config.load import GatewayConfig
-from .denylist import Denylist
+from .steps.denylist import Denylist
 from .server.answers import answer_for
 from .errors import Handler, MethodRefused
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
 from .forward.request_id import REQUEST_ID
-from .cookies import extract_access_token
+from .steps.cookies import extract_access_token
 from .forward.forwarder import Forwarder
-from .keys import KeyRing
+from .steps.keys import KeyRing
 from .forward.lifetime import ConnectionWatcher
-from .mail import Mailer
-from .passport import Passport
-from .passwords import PasswordHasher
+from .auth.accounts.mail import Mailer
+from .steps.passport import Passport
+from .auth.accounts.passwords import PasswordHasher
 from .paths import normalise
 from .forward.request_body import check_expectation
 from .config.rules import RuleSet
 from .store import open_store
 from .store.base import Store
-from .tokencache import Authenticator, TokenCache
-from .tokens import Minter
-from .users import UserDirectory, build_directory
-from .verify import Verifier
+from .steps.tokencache import Authenticator, TokenCache
+from .auth.tokens import Minter
+from .auth.accounts.directory import UserDirectory, build_directory
+from .steps.verify import Verifier
 
 log = logging.getLogger("tokengate")
 

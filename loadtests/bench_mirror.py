@@ -21,9 +21,9 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.denylist import Denylist
+from gateway.steps.denylist import Denylist
 from gateway.errors import RevokedToken
-from gateway.identity import Identity
+from gateway.steps.identity import Identity
 from gateway.store import MemoryStore
 from gateway.store.base import Revocation
 

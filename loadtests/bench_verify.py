@@ -13,7 +13,7 @@ best of K repeats, with the garbage collector off while a loop runs (as timeit d
             shared header once, then remembers it, as a running gateway does). All N calls are
             awaited in one coroutine that is driven by coro.send(None), without an event loop:
             verification of our own keys never suspends. Nothing is subtracted.
-  cached    a hit in gateway.tokencache (get with the clock read per token) when that module
+  cached    a hit in gateway.steps.tokencache (get with the clock read per token) when that module
             exists and has a usable cache class (see ``cached_lookup``), else n/a
 
 Tokens are minted in memory and never printed. Exit 0, or 2 for bad arguments.
@@ -41,14 +41,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import Algorithm, get_default_algorithms
 
 from gateway.config.load import IdentityConfig, TokensConfig
-from gateway.keys import KeyRing, VerificationKey
-from gateway.verify import Verifier
+from gateway.steps.keys import KeyRing, VerificationKey
+from gateway.steps.verify import Verifier
 
 from .arguments import positive
 
 ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "PS256", "ES256", "ES384", "EdDSA")
 COLUMNS = ("crypto", "bare", "decode", "verifier", "cached")
-CACHE_MODULE = "gateway.tokencache"
+CACHE_MODULE = "gateway.steps.tokencache"
 ISSUER = "https://auth.bench.test"
 AUDIENCE = "api"
 LEEWAY_S = 30.0
@@ -187,7 +187,7 @@ def drive(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def cached_lookup(subject: Subject, tokens_cfg: TokensConfig,
                   identity_cfg: IdentityConfig) -> tuple[Callable[[], None] | None, str]:
-    """The "cached" column's hook: a pass of cache hits in ``gateway.tokencache``, or (None, why not).
+    """The "cached" column's hook: a pass of cache hits in ``gateway.steps.tokencache``, or (None, why not).
 
     Used when the module has a class with ``get(token[, now])`` and ``put(token, identity)`` whose
     constructor needs nothing, or only parameters named in ``CACHE_ARGUMENTS``. The cache is filled

@@ -128,7 +128,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _mint(args: argparse.Namespace) -> int:
-    from ..tokens import Minter
+    from ..auth.tokens import Minter
 
     cfg = config_from(args)
     if cfg.tokens.signer is None:
@@ -211,7 +211,7 @@ def _needs(rule: Any) -> str:
 
 
 def _jwks(args: argparse.Namespace) -> int:
-    from ..keys import KeyRing
+    from ..steps.keys import KeyRing
 
     print(json.dumps(KeyRing.from_config(config_from(args).tokens).public_jwks(), indent=2))
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 from .args import UsageError, add_config_option, config_from, fail
 from ..config.load import GatewayConfig
 from ..errors import InvalidToken
-from ..revocation import NothingToRevoke, apply_revocation, build_revocation
+from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..store.base import StoreUnavailable
 
 

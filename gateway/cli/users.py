@@ -1,6 +1,6 @@
 """``tokengate users add|list|disable|enable|delete|set-password``: edit the accounts of ``auth.users``
 (the users file, or the store when it is Redis). Passwords come from stdin, never from argv, and
-pass the policy signup applies (password_policy.py) or are refused with exit status 2.
+pass the policy signup applies (auth/accounts/policy.py) or are refused with exit status 2.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 from .args import UsageError, add_config_option, config_from, fail
 from ..config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from ..errors import DependencyDown
-from ..password_policy import PasswordPolicy, WeakPassword
-from ..passwords import PasswordHasher
+from ..auth.accounts.policy import PasswordPolicy, WeakPassword
+from ..auth.accounts.passwords import PasswordHasher
 from ..store.base import StoreUnavailable
-from ..users import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError, check_email,
+from ..auth.accounts.directory import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError, check_email,
                     check_roles, check_username, users_file_path)
 
 Action = Callable[[UserDirectory, argparse.Namespace], Awaitable[int]]
@@ -101,7 +101,7 @@ async def _end_sessions(cfg: GatewayConfig, username: str) -> int:
         print(f"note: {username}'s tokens stay valid until they expire: the store is memory://, which only "
               "the serving process can reach (POST /admin/revoke on its admin port ends them)")
         return 0
-    from ..revocation import apply_revocation, build_revocation
+    from ..auth.revocation import apply_revocation, build_revocation
     from ..store import open_store
 
     store = await open_store(cfg.store)

@@ -1,5 +1,5 @@
 """The ``auth.mail.smtp_url`` -> ``SmtpTarget`` (host, port, TLS, credentials): checked when the config
-loads (config/auth.py) and read again by the mailer (mail.py).
+loads (config/auth.py) and read again by the mailer (auth/accounts/mail.py).
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ from yarl import URL
 from . import general, lean
 from .relay import BUFFER_MAX_BYTES
 from ..config.load import GatewayConfig
-from ..cookies import gateway_cookies
+from ..steps.cookies import gateway_cookies
 from ..errors import BadPath, UpstreamTimeout
 from .h1client import TimedOut
-from ..identity import Identity
+from ..steps.identity import Identity
 from .lifetime import ConnectionWatcher, Lifetime
 from ..logs import AccessNote
 from .headers import HeaderPolicy, Peer, is_trusted, request_header_items

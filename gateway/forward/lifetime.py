@@ -14,8 +14,8 @@ from contextlib import contextmanager, nullcontext
 from typing import ContextManager
 from dataclasses import dataclass, field
 
-from ..identity import Identity
-from ..revocable import RevocableIndex
+from ..steps.identity import Identity
+from ..steps.revocable import RevocableIndex
 from ..store.base import Revocation
 
 EndCallback = Callable[[str], None]   # called once with "expired" or "revoked"

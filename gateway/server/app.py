@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..account_routes import add_account_routes
+from ..auth.account_routes import add_account_routes
 from .answers import error_middleware
-from ..auth_routes import add_auth_routes, add_endpoint
+from ..auth.routes import add_auth_routes, add_endpoint
 from ..config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options
 from ..metrics import METRICS, Recorder
-from ..openapi import add_openapi_route
+from ..auth.openapi import add_openapi_route
 from ..pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
 
 CONFIG = web.AppKey("config", GatewayConfig)

@@ -36,7 +36,7 @@ from .edge import EdgeRunner, edge_options
 from ..forward.headers import is_loopback
 from .reload import ReadConfig, apply_read, reload_config, watch_file
 from ..pipeline import GATEWAY, Gateway
-from ..users import FileUsers, UsersFileError
+from ..auth.accounts.directory import FileUsers, UsersFileError
 
 log = logging.getLogger("tokengate")
 # How long serve keeps the proxy port shut waiting for the revocation mirror's first load. A store that

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
 
-from gateway.account_routes import ACCOUNTS
-from gateway.credentials import CredentialsUsers
-from gateway.resets import CHANGED_SUBJECT, RESET_SUBJECT, hash_reset_token
+from gateway.auth.account_routes import ACCOUNTS
+from gateway.auth.accounts.remote import CredentialsUsers
+from gateway.auth.accounts.resets import CHANGED_SUBJECT, RESET_SUBJECT, hash_reset_token
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
 from tests.integration.smtpserver import SmtpServer, smtp_server, text_of, token_in

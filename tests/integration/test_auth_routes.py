@@ -24,11 +24,11 @@ from gateway.server.answers import error_middleware
 from gateway.server.app import CONFIG, build_app
 from gateway.config.load import GatewayConfig
 from gateway.errors import RevokedToken
-from gateway.passwords import PasswordHasher
+from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.pipeline import GATEWAY, Gateway, handle
-from gateway.sessions import SESSION_CLAIM, hash_refresh_token
+from gateway.auth.sessions import SESSION_CLAIM, hash_refresh_token
 from gateway.store.base import FAMILY, RATE, REFRESH, REFRESH_FAMILY_OF
-from gateway.users import StoreUsers
+from gateway.auth.accounts.directory import StoreUsers
 from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER, bearer, flush
 
 PASSWORD = "correct horse battery staple"
@@ -70,7 +70,7 @@ def assemble_app(cfg: GatewayConfig) -> web.Application:
     app = build_app(cfg)
     if any(resource.canonical == f"{cfg.auth.prefix}/login" for resource in app.router.resources()):
         return app
-    from gateway.auth_routes import add_auth_routes
+    from gateway.auth.routes import add_auth_routes
     app = web.Application(middlewares=[error_middleware])
     app[CONFIG] = cfg
     app.cleanup_ctx.append(gateway_app._gateway_context)

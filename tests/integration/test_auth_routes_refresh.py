@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from gateway.revocation import apply_revocation, build_revocation
-from gateway.sessions import SESSION_CLAIM, hash_refresh_token
+from gateway.auth.revocation import apply_revocation, build_revocation
+from gateway.auth.sessions import SESSION_CLAIM, hash_refresh_token
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
 from tests.integration.test_auth_routes import Auth, MakeAuth, claims_of, cookie_header, error_code, set_cookies

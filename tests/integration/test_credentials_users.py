@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import unused_port
 
 from gateway.errors import DependencyDown
-from gateway.users import AuthenticatedUser, CredentialsUsers, NotEditable
+from gateway.auth.accounts.directory import AuthenticatedUser, CredentialsUsers, NotEditable
 
 pytestmark = pytest.mark.integration
 

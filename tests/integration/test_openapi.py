@@ -29,13 +29,13 @@ from schemathesis.engine import Status, events, from_schema
 
 from gateway.config.load import GatewayConfig, RateLimitsConfig
 from gateway.errors import BadPath
-from gateway.openapi import OPENAPI_PATH, VERIFY_METHODS, openapi_document
-from gateway.password_policy import PasswordPolicy, WeakPassword
-from gateway.passwords import PasswordHasher
+from gateway.auth.openapi import OPENAPI_PATH, VERIFY_METHODS, openapi_document
+from gateway.auth.accounts.policy import PasswordPolicy, WeakPassword
+from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.paths import normalise
 from gateway.pipeline import GATEWAY, JWKS_PATH, Gateway
-from gateway.resets import hash_reset_token, new_reset_token
-from gateway.users import InvalidAccount, StoreUsers, check_email
+from gateway.auth.accounts.resets import hash_reset_token, new_reset_token
+from gateway.auth.accounts.directory import InvalidAccount, StoreUsers, check_email
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
 from tests.integration.edge_kit import serve_gateway

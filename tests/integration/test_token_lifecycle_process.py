@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.passwords import PasswordHasher
+from gateway.auth.accounts.passwords import PasswordHasher
 from tests.conftest import CHEAP_ARGON2 as CHEAP, bearer
 from tests.integration.test_gateway_process import gateway_config
 

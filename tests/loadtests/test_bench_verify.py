@@ -1,5 +1,5 @@
 """The verification micro-benchmark on a tiny load: every column is printed and written, the cache
-column is filled when gateway.tokencache offers a usable cache and says n/a otherwise, bad arguments
+column is filled when gateway.steps.tokencache offers a usable cache and says n/a otherwise, bad arguments
 exit 2, and no token is ever printed. No timing assertions: only that the figures exist."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def test_every_column_and_ratio_is_printed_and_written_for_each_algorithm(
 
 
 class FakeTokenCache:
-    """A stand-in for gateway.tokencache: a class with get(token, now) and put(token, identity)."""
+    """A stand-in for gateway.steps.tokencache: a class with get(token, now) and put(token, identity)."""
 
     def __init__(self, max_entries: int, leeway_s: float) -> None:
         self.entries: dict[str, Any] = {}
@@ -69,7 +69,7 @@ def test_cached_column_is_filled_when_the_token_cache_has_get_and_put(
     out = run(capsys, "--algs", "HS256", "--json", str(tmp_path / "bench.json"))
     result = json.loads((tmp_path / "bench.json").read_text())["results"][0]
     assert result["us_per_token"]["cached"] > 0 and result["cached_by"] == f"{CACHE_MODULE}.FakeTokenCache"
-    assert "cached: gateway.tokencache.FakeTokenCache" in out
+    assert "cached: gateway.steps.tokencache.FakeTokenCache" in out
 
 
 def test_cached_column_says_n_a_without_a_token_cache(

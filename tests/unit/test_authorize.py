@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.authorize import authorize
+from gateway.steps.authorize import authorize
 from gateway.errors import Forbidden, GatewayError, MissingToken
-from gateway.identity import Identity
+from gateway.steps.identity import Identity
 from gateway.config.rules import Rule
 
 SECRET_LOOKING_JTI = "jti-0f1e2d3c"

@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config.load import AuthConfig, IdentityConfig
-from gateway.cookies import gateway_cookies
+from gateway.steps.cookies import gateway_cookies
 from gateway.forward.forwarder import Target
 from gateway.forward.headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_loopback, is_trusted,
                                    request_header_items, response_header_items)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import get_default_algorithms
 
 from gateway.errors import InvalidToken
-from gateway.keys import JwksFetchFailed, KeyRing, SigningKey, keyset_from_jwks
+from gateway.steps.keys import JwksFetchFailed, KeyRing, SigningKey, keyset_from_jwks
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
 
 ASYMMETRIC = frozenset({"RS256", "PS256", "ES256", "ES384", "EdDSA"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.identity import Identity
+from gateway.steps.identity import Identity
 from gateway.forward.lifetime import ConnectionWatcher
 from gateway.store.base import Revocation
 

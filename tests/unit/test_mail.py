@@ -1,4 +1,4 @@
-"""gateway.mail without sockets: smtp urls, the message, masking, the log backend, the queue and the
+"""gateway.auth.accounts.mail without sockets: smtp urls, the message, masking, the log backend, the queue and the
 worker's guard. Delivery, retries and close() against real servers (one that accepts, refuses, is down or
 never answers) are in tests/integration/test_mail_smtp.py."""
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.config.load import ConfigError, GatewayConfig, MailConfig
-from gateway.mail import Mail, Mailer, build_message, mask
-from gateway.resets import new_reset_token
+from gateway.auth.accounts.mail import Mail, Mailer, build_message, mask
+from gateway.auth.accounts.resets import new_reset_token
 from gateway.config.smtp_url import SmtpTarget, parse_smtp_url
 
 TOKEN = new_reset_token()

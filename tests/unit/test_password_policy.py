@@ -1,4 +1,4 @@
-"""gateway.password_policy: length bounds, the shipped common list, the account's own names; and the
+"""gateway.auth.accounts.policy: length bounds, the shipped common list, the account's own names; and the
 auth settings that go with accounts (auth.password, default_roles, reset_ttl, rate_limits.signup)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config.auth import PasswordConfig
 from gateway.config.load import ConfigError, GatewayConfig
-from gateway.password_policy import PasswordPolicy, WeakPassword, load_common_passwords
+from gateway.auth.accounts.policy import PasswordPolicy, WeakPassword, load_common_passwords
 
 COMMON = load_common_passwords()
 POLICY = PasswordPolicy.from_config(PasswordConfig())

@@ -8,7 +8,7 @@ import threading
 import argon2
 import pytest
 
-from gateway.passwords import PasswordHasher, is_argon2id
+from gateway.auth.accounts.passwords import PasswordHasher, is_argon2id
 from tests.conftest import CHEAP_ARGON2 as CHEAP
 
 # Costly enough that 20 hashes take a while, cheap enough for a unit test.

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from gateway.revoked_ids import MAX_UNTIL, RevokedIds, expiries_of, expiry_of
+from gateway.steps.revoked_ids import MAX_UNTIL, RevokedIds, expiries_of, expiry_of
 
 ISS = "https://auth.example.test"
 KEY = bytes(range(32))

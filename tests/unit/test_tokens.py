@@ -10,9 +10,9 @@ import jwt
 import pytest
 
 from gateway.errors import InvalidToken
-from gateway.identity import Identity
-from gateway.tokens import ACCESS_TOKEN_TYP, ASSERTION_TYP, Minter, NoSigningKey
-from gateway.verify import Verifier
+from gateway.steps.identity import Identity
+from gateway.auth.tokens import ACCESS_TOKEN_TYP, ASSERTION_TYP, Minter, NoSigningKey
+from gateway.steps.verify import Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 NOW = 1_700_000_000.5

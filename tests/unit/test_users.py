@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from gateway.errors import DependencyDown
-from gateway.passwords import PasswordHasher
+from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.store import MemoryStore
 from gateway.store.base import StoreUnavailable
-from gateway.users import (AuthenticatedUser, CredentialsUsers, FileUsers, InvalidAccount, StoreUsers,
+from gateway.auth.accounts.directory import (AuthenticatedUser, CredentialsUsers, FileUsers, InvalidAccount, StoreUsers,
                            UsersFileError, build_directory, check_email)
 from tests.conftest import CHEAP_ARGON2 as CHEAP
 

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import get_default_algorithms
 
 from gateway.errors import ExpiredToken, InvalidToken
-from gateway.identity import Identity
-from gateway.keys import KeySet, VerificationKey
-from gateway.tokens import Minter
-from gateway.verify import HEADER_MEMO_SIZE, MAX_TOKEN_CHARS, Verifier
+from gateway.steps.identity import Identity
+from gateway.steps.keys import KeySet, VerificationKey
+from gateway.auth.tokens import Minter
+from gateway.steps.verify import HEADER_MEMO_SIZE, MAX_TOKEN_CHARS, Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 HS512_SECRET = "hs512-secret-" + "x" * 64

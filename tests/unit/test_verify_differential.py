@@ -1,6 +1,6 @@
 """Differential test: the Verifier against PyJWT's own ``jwt.decode``.
 
-verify.py checks headers and claims itself (PyJWT's algorithm objects only check signatures), so
+steps/verify.py checks headers and claims itself (PyJWT's algorithm objects only check signatures), so
 these properties compare it, case by case, with the reference
 
     jwt.decode(token, key, algorithms=[key.alg], audience=[AUDIENCE], issuer=ISSUER, leeway=30,
@@ -51,10 +51,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import get_default_algorithms
 
-import gateway.verify
+import gateway.steps.verify
 from gateway.errors import ExpiredToken, InvalidToken
-from gateway.identity import Identity
-from gateway.verify import MAX_TOKEN_CHARS, Verifier
+from gateway.steps.identity import Identity
+from gateway.steps.verify import MAX_TOKEN_CHARS, Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
 LEEWAY = 30
@@ -134,7 +134,7 @@ class FrozenDatetime(datetime):
 @pytest.fixture
 def frozen_clocks(monkeypatch: pytest.MonkeyPatch) -> type[Clock]:
     monkeypatch.setattr(jwt.api_jwt, "datetime", FrozenDatetime)
-    monkeypatch.setattr(gateway.verify, "time", SimpleNamespace(time=lambda: Clock.now))
+    monkeypatch.setattr(gateway.steps.verify, "time", SimpleNamespace(time=lambda: Clock.now))
     return Clock
 
 
@@ -646,5 +646,5 @@ def test_divergence_witness(world: World, name: str) -> None:
     token = build(world, case)
     assert genuine(world, token) == (case.signer == "own" and case.tamper == "none")
     outcome = compare(world, token, set_now(case.fraction))
-    # If verify.py is tightened, a "verifier wider" witness becomes "both reject": that is fine too.
+    # If steps/verify.py is tightened, a "verifier wider" witness becomes "both reject": that is fine too.
     assert outcome.startswith(expected) or (expected == "verifier wider" and outcome == "both reject"), outcome

@@ -16,10 +16,10 @@ from aiohttp import web
 
 from .server.answers import error_middleware
 from .errors import GatewayError, Handler, InvalidToken
-from .extract import bearer_credentials
+from .steps.extract import bearer_credentials
 from .metrics import METRICS, add_metrics
 from .pipeline import GATEWAY
-from .revocation import NothingToRevoke, apply_revocation, build_revocation
+from .auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from .store.base import StoreUnavailable
 
 

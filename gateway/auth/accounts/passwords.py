@@ -1,6 +1,6 @@
 """Password hashing with argon2id (argon2-cffi), run in a bounded thread pool off the event loop.
 
-Used by the account directories (accounts.py): hash on signup/edit, verify on login, and a dummy verify for unknown users.
+Used by the account directories (auth/accounts/base.py): hash on signup/edit, verify on login, and a dummy verify for unknown users.
 """
 
 from __future__ import annotations

@@ -14,19 +14,19 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from .authorize import authorize
-from .config.load import GatewayConfig
-from .cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
+from ..steps.authorize import authorize
+from ..config.load import GatewayConfig
+from ..steps.cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
                       set_session_cookies)
-from .errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused
-from .identity import Identity
-from .metrics import counted
-from .paths import normalise
-from .forward.headers import fold
-from .pipeline import GATEWAY, REFUSED_METHODS, Gateway
+from ..errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused
+from ..steps.identity import Identity
+from ..metrics import counted
+from ..paths import normalise
+from ..forward.headers import fold
+from ..pipeline import GATEWAY, REFUSED_METHODS, Gateway
 from .ratelimit import RateLimiter, client_address
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, MissingRefreshToken, Sessions, TokenPair
-from .users import MAX_PASSWORD_CHARS
+from .accounts.directory import MAX_PASSWORD_CHARS
 
 log = logging.getLogger("tokengate.auth")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from .config.load import GatewayConfig, UsersFileConfig
+from ...config.load import GatewayConfig, UsersFileConfig
 from .passwords import PasswordHasher, is_argon2id
-from .store.base import UserRecord
-from .accounts import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,
+from ...store.base import UserRecord
+from .base import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,
                        check_username)
 
 class FileUsers(_RecordDirectory):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .errors import BadRequest, InvalidToken, MissingToken
+from ..errors import BadRequest, InvalidToken, MissingToken
 
 AUTHORIZATION = "Authorization"
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")   # RFC 6750 2.1 b64token

@@ -19,9 +19,9 @@ import aiohttp
 import jwt
 from jwt.algorithms import Algorithm, get_default_algorithms
 
-from .config.load import KeyConfig, TokensConfig, TrustedIssuerConfig
-from .errors import DependencyDown, InvalidToken
-from .config.keyfiles import check_key_fits
+from ..config.load import KeyConfig, TokensConfig, TrustedIssuerConfig
+from ..errors import DependencyDown, InvalidToken
+from ..config.keyfiles import check_key_fits
 
 log = logging.getLogger("tokengate.keys")
 
@@ -141,7 +141,7 @@ def _public_jwk(kid: str, alg: str, algorithm: Algorithm, public: Any) -> dict[s
 
 
 class JwksFetchFailed(Exception):
-    """A JWKS document could not be fetched or held no usable key (internal to keys.py)."""
+    """A JWKS document could not be fetched or held no usable key (internal to steps/keys.py)."""
 
 
 @dataclass

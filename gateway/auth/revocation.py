@@ -8,10 +8,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .config.load import GatewayConfig
-from .errors import ExpiredToken
-from .store.base import Revocation, Store
-from .verify import Verifier
+from ..config.load import GatewayConfig
+from ..errors import ExpiredToken
+from ..store.base import Revocation, Store
+from ..steps.verify import Verifier
 
 
 class NothingToRevoke(Exception):

@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .denylist import Denylist
-from .errors import ExpiredToken, InvalidToken, RevokedToken
+from ..errors import ExpiredToken, InvalidToken, RevokedToken
 from .extract import check_b64token
 from .identity import Identity
 from .revocable import RevocableIndex
-from .store.base import Revocation
+from ..store.base import Revocation
 from .verify import Verifier
 
 if TYPE_CHECKING:
-    from .logs import AccessNote
+    from ..logs import AccessNote
 
 @dataclass(slots=True)
 class CachedToken:

@@ -1,6 +1,6 @@
 """Accounts, whichever backend keeps them: what a username, role, e-mail address and password may be,
 the ``AuthenticatedUser`` a login yields, and the ``UserDirectory`` interface the backends implement
-(StoreUsers in users.py, FileUsers in users_file.py, CredentialsUsers in credentials.py).
+(StoreUsers in auth/accounts/directory.py, FileUsers in auth/accounts/file.py, CredentialsUsers in auth/accounts/remote.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .passwords import PasswordHasher
-from .store.base import UserRecord
+from ...store.base import UserRecord
 
 # Usernames are case-sensitive and compared exactly: "Alice" and "alice" are two accounts, and the
 # username is the token's `sub` as written. ASCII letters, digits and . _ - @ only: safe in headers and keys.
@@ -66,7 +66,7 @@ def check_roles(roles: Any) -> tuple[str, ...]:
 # What an e-mail address may not hold, by Unicode general category: controls, format characters
 # (invisible ones: zero widths, bidi overrides), surrogates and every separator (any space, line or
 # paragraph separator): what could make an address look like another or break a mail header. A rule
-# of a few dozen code point runs, which the OpenAPI document states as one short pattern (openapi.py).
+# of a few dozen code point runs, which the OpenAPI document states as one short pattern (auth/openapi.py).
 # Private-use characters are let through: visible (as a box where no font has them), and the 130k of
 # them in planes 15-16 would make that pattern costly to every client that generates from it.
 REFUSED_IN_EMAIL = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})

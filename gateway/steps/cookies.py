@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from aiohttp import web
 from multidict import MultiMapping
 
-from .config.load import AuthConfig, GatewayConfig
-from .errors import Forbidden, MissingToken
+from ..config.load import AuthConfig, GatewayConfig
+from ..errors import Forbidden, MissingToken
 from .extract import AUTHORIZATION, bearer_credentials
-from .sessions import TokenPair
+from ..auth.sessions import TokenPair
 
 ACCESS_COOKIE = "access_token"
 CSRF_COOKIE = "csrf_token"

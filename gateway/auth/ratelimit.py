@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from .errors import DependencyDown, RateLimited
-from .forward.headers import X_FORWARDED_FOR, Network, is_trusted
-from .store.base import Store, StoreUnavailable
+from ..errors import DependencyDown, RateLimited
+from ..forward.headers import X_FORWARDED_FOR, Network, is_trusted
+from ..store.base import Store, StoreUnavailable
 
 RETRY_AFTER = "Retry-After"
 IPV6_PREFIX = 64   # one IPv6 client usually holds a whole /64: count it as one address

@@ -10,7 +10,7 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 from .identity import Identity
-from .store.base import Revocation
+from ..store.base import Revocation
 
 Item = TypeVar("Item", bound=Hashable)
 Key = tuple[str, str]

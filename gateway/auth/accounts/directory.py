@@ -1,7 +1,7 @@
 """Accounts: username + password -> AuthenticatedUser, and edits, by where ``auth.users`` keeps them:
 StoreUsers (the store), FileUsers (a YAML file, reloaded on SIGHUP), CredentialsUsers (a remote service).
 
-The account rules and the UserDirectory interface live in accounts.py; every name is importable from here.
+The account rules and the UserDirectory interface live in auth/accounts/base.py; every name is importable from here.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 import aiohttp
 
-from .accounts import (FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME, AuthenticatedUser,
+from .base import (FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME, AuthenticatedUser,
                        InvalidAccount, NotEditable, UserDirectory, UsersFileError, _RecordDirectory, check_email,
                        check_password, check_roles, check_username)
-from .config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
-from .credentials import CredentialsUsers
+from ...config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
+from .remote import CredentialsUsers
 from .passwords import PasswordHasher
-from .store import store_reachable
-from .store.base import Store, UserRecord
-from .users_file import FileUsers, read_users_file, users_file_path
+from ...store import store_reachable
+from ...store.base import Store, UserRecord
+from .file import FileUsers, read_users_file, users_file_path
 
 log = logging.getLogger("tokengate")
 

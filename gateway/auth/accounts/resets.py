@@ -15,13 +15,13 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
-from .config.auth import AuthConfig
-from .config.durations import format_duration
-from .errors import DependencyDown
+from ...config.auth import AuthConfig
+from ...config.durations import format_duration
+from ...errors import DependencyDown
 from .mail import Mailer
-from .store import store_reachable
-from .store.base import Store, UserRecord
-from .users import UserDirectory
+from ...store import store_reachable
+from ...store.base import Store, UserRecord
+from .directory import UserDirectory
 
 log = logging.getLogger("tokengate.auth")
 

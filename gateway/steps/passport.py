@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config.load import GatewayConfig
-from .errors import InvalidToken
+from ..config.load import GatewayConfig
+from ..errors import InvalidToken
 from .identity import Identity
 from .tokencache import CachedToken
-from .tokens import Minter
+from ..auth.tokens import Minter
 
 _EMPTY: Mapping[str, str] = {}
 

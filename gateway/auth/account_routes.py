@@ -1,6 +1,6 @@
 """Account endpoints under ``auth.prefix``: signup, forgot-password, reset-password, change-password.
 
-JSON in, JSON out, like auth_routes.py. They need accounts this gateway can edit (``auth.users``: store
+JSON in, JSON out, like auth/routes.py. They need accounts this gateway can edit (``auth.users``: store
 or file); with a credentials service they answer 404 ``accounts_not_editable``. Forgot-password answers
 202 before it looks anything up: lookup, token and mail run in the background (no account enumeration).
 """
@@ -16,18 +16,18 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .auth_routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
+from .routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
                           sessions_of, string_field, token_response)
-from .config.load import GatewayConfig
-from .errors import BadRequest, Forbidden, GatewayError, NoRoute
-from .password_policy import PasswordPolicy, WeakPassword
-from .pipeline import GATEWAY, Gateway
+from ..config.load import GatewayConfig
+from ..errors import BadRequest, Forbidden, GatewayError, NoRoute
+from .accounts.policy import PasswordPolicy, WeakPassword
+from ..pipeline import GATEWAY, Gateway
 from .ratelimit import RateLimiter, client_address
-from .resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
+from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
                      send_reset_links)
 from .revocation import apply_revocation, build_revocation
-from .store import store_reachable
-from .users import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
+from ..store import store_reachable
+from .accounts.directory import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
 
 log = logging.getLogger("tokengate.auth")
 

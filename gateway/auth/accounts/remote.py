@@ -8,8 +8,8 @@ import logging
 
 import aiohttp
 
-from .errors import DependencyDown
-from .accounts import AuthenticatedUser, NotEditable, UserDirectory, check_email, check_roles
+from ...errors import DependencyDown
+from .base import AuthenticatedUser, NotEditable, UserDirectory, check_email, check_roles
 
 log = logging.getLogger("tokengate")
 CREDENTIALS_TIMEOUT_S = 5.0

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config.auth import PasswordConfig
+    from ...config.auth import PasswordConfig
 
 COMMON_PASSWORDS_FILE = "data/common-passwords.txt"
 

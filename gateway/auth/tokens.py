@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .config.load import IdentityConfig, TokensConfig
-from .errors import GatewayError
-from .identity import Identity
-from .keys import SigningKey
+from ..config.load import IdentityConfig, TokensConfig
+from ..errors import GatewayError
+from ..steps.identity import Identity
+from ..steps.keys import SigningKey
 
 ACCESS_TOKEN_TYP = "at+jwt"                      # RFC 9068; verify accepts it (and "JWT")
 ASSERTION_TYP = "tokengate-assertion+jwt"        # verify refuses it: an assertion is never an access token

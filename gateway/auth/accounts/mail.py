@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import aiosmtplib
 
-from .config.smtp_url import parse_smtp_url
+from ...config.smtp_url import parse_smtp_url
 
 if TYPE_CHECKING:
-    from .config.auth import MailConfig
+    from ...config.auth import MailConfig
 
 log = logging.getLogger("tokengate.mail")
 

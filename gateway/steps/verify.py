@@ -1,6 +1,6 @@
 """Step 3: bearer token (str) -> Identity, or InvalidToken / ExpiredToken / DependencyDown.
 
-Header policy and claim checks here; key choice in keys.py; signatures by PyJWT's algorithm objects.
+Header policy and claim checks here; key choice in steps/keys.py; signatures by PyJWT's algorithm objects.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import jwt
 
-from .config.load import IdentityConfig, TokensConfig, TrustedIssuerConfig
-from .errors import ExpiredToken, InvalidToken
+from ..config.load import IdentityConfig, TokensConfig, TrustedIssuerConfig
+from ..errors import ExpiredToken, InvalidToken
 from .identity import Identity
 from .keys import JwksCache, KeyRing, VerificationKey
 

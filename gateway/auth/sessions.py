@@ -24,14 +24,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .config.load import TokensConfig
-from .denylist import Denylist
-from .errors import DependencyDown, RevokedToken, Unauthenticated
-from .identity import Identity
-from .store import store_reachable
-from .store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, Store
+from ..config.load import TokensConfig
+from ..steps.denylist import Denylist
+from ..errors import DependencyDown, RevokedToken, Unauthenticated
+from ..steps.identity import Identity
+from ..store import store_reachable
+from ..store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, Store
 from .tokens import Minter
-from .users import AuthenticatedUser, UserDirectory
+from .accounts.directory import AuthenticatedUser, UserDirectory
 
 log = logging.getLogger("tokengate.sessions")
 
