@@ -68,7 +68,7 @@ case "${1:-}" in
   demo)
     ensure_python runtime
     shift
-    exec "$VENV/bin/python" -m gateway.demo "$@"
+    exec "$VENV/bin/python" -m gateway.dev.demo "$@"
     ;;
   test)
     ensure_python test

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .server.answers import error_middleware
-from .errors import GatewayError, Handler, InvalidToken
-from .steps.extract import bearer_credentials
-from .metrics import METRICS, add_metrics
-from .pipeline import GATEWAY
-from .auth.revocation import NothingToRevoke, apply_revocation, build_revocation
-from .store.base import StoreUnavailable
+from ..server.answers import error_middleware
+from ..errors import GatewayError, Handler, InvalidToken
+from ..steps.extract import bearer_credentials
+from ..metrics import METRICS, add_metrics
+from ..pipeline import GATEWAY
+from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
+from ..store.base import StoreUnavailable
 
 
 @dataclass

@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 import uvloop
 from aiohttp import web
 
-from .config.load import ConfigError, GatewayConfig, load_config
+from ..config.load import ConfigError, GatewayConfig, load_config
 from .echo import build_echo_app
-from .logs import configure_logging
-from .pipeline import GATEWAY
-from .server.serve import Bind, ListenFailed, serve
+from ..logs import configure_logging
+from ..pipeline import GATEWAY
+from ..server.serve import Bind, ListenFailed, serve
 
 log = logging.getLogger("tokengate.demo")
 TOKEN_TTL_S = 3600

@@ -1,7 +1,7 @@
 """A demo and test upstream: answers any request with JSON describing what it received.
 
 Special paths under /_echo/ stream (sse, chunked, stream), stall (slow), break (broken), speak
-WebSocket (ws) or send awkward answers (hop, set-cookies, gzip, status/CODE). ``python -m gateway.echo --port 9001`` runs it.
+WebSocket (ws) or send awkward answers (hop, set-cookies, gzip, status/CODE). ``python -m gateway.dev.echo --port 9001`` runs it.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class _AccessLogger(AbstractAccessLogger):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.echo", description="tokengate's demo upstream")
+    parser = argparse.ArgumentParser(prog="python -m gateway.dev.echo", description="tokengate's demo upstream")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
-from ..admin import SERVING, build_admin_app
+from ..admin.routes import SERVING, build_admin_app
 from .app import GatewayRunner, build_app
 from ..config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options

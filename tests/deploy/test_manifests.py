@@ -448,7 +448,7 @@ def test_compose_services_reference_each_other(compose_config: GatewayConfig) ->
     echo_port = int(echo_args[echo_args.index("--port") + 1])
     assert echo_args[echo_args.index("--host") + 1] == "0.0.0.0"
     assert (url.hostname, url.port) == ("echo", echo_port)
-    assert echo["entrypoint"] == ["python", "-m", "gateway.echo"]
+    assert echo["entrypoint"] == ["python", "-m", "gateway.dev.echo"]
     assert f"http://127.0.0.1:{echo_port}/" in " ".join(echo["healthcheck"]["test"])
     assert echo["image"] == gateway["image"] and echo["build"] == gateway["build"]
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
 from gateway.server.answers import error_middleware
-from gateway.echo import ECHO, EchoState, build_echo_app
+from gateway.dev.echo import ECHO, EchoState, build_echo_app
 from gateway.forward.forwarder import Forwarder
 from tests.integration.rawupstream import StartUpstream, raw_upstreams
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
@@ -28,7 +28,7 @@ MakeProxy = Callable[..., Awaitable[TestClient]]
 
 @pytest.fixture
 async def echo_upstream(aiohttp_server: Any) -> TestServer:
-    """The echo app of gateway.echo, served on a free loopback port."""
+    """The echo app of gateway.dev.echo, served on a free loopback port."""
     return await aiohttp_server(build_echo_app())
 
 

@@ -1,4 +1,4 @@
-"""The demo as a newcomer meets it: ``python -m gateway.demo`` as a real process on free ports, its banner
+"""The demo as a newcomer meets it: ``python -m gateway.dev.demo`` as a real process on free ports, its banner
 read, and every line of it run in order (curl lines as aiohttp requests, the others in bash), each one
 answering the status its comment promises. Its log is JSON and never holds a password, token or secret.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import END
+from gateway.dev.demo import END
 from loadtests.procs import free_port
 from tests.integration.shell_lines import Shell, curl_session, run_line, split_comment
 
@@ -49,7 +49,7 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
                DEMO_UPSTREAM_PORT=str(free_port()))
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.demo", cwd=ROOT, env=env,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.dev.demo", cwd=ROOT, env=env,
                                                     stdout=asyncio.subprocess.PIPE, stderr=log)
     try:
         try:

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.test_utils import TestServer
 
-from gateway.admin import SERVING, build_admin_app
+from gateway.admin.routes import SERVING, build_admin_app
 from gateway.server.app import build_app
 from gateway.server.edge import EdgeRunner, EdgeServer
 from gateway.pipeline import GATEWAY

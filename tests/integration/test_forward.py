@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.server.app import build_app
-from gateway.echo import EchoState
+from gateway.dev.echo import EchoState
 from gateway.forward.forwarder import BUFFER_MAX_BYTES
 
 from .conftest import MakeProxy

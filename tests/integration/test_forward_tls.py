@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.echo import build_echo_app
+from gateway.dev.echo import build_echo_app
 from tests.tlsfiles import server_context, write_tls_files
 
 from .conftest import MakeProxy

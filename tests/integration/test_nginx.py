@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.echo import ECHO, EchoState
+from gateway.dev.echo import ECHO, EchoState
 from loadtests.procs import free_port, stop_process
 from tests.conftest import base_config, bearer
 from tests.integration.gatewayproc import GatewayProcess

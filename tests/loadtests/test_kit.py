@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from gateway.config.load import load_config
-from gateway.echo import build_echo_app
+from gateway.dev.echo import build_echo_app
 from loadtests.chart import per_second, render_png
 from loadtests.driver import ERROR, RemoteTarget, Results, check_target
 from loadtests.report import build, percentile, text
