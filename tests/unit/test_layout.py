@@ -1,5 +1,6 @@
-"""The package's imports, read with ``ast``: arrows run one way (no cycle), ``errors.py`` imports
-nothing of gateway's, and only the Redis store's modules import ``redis``.
+"""The package's imports, read with ``ast``: no cycle, every arrow points down the layers of the
+README's "How the code is laid out" (LAYERS), ``errors.py`` imports nothing of gateway's, the steps
+make no HTTP answers (no aiohttp.web), and only the Redis store's modules import ``redis``.
 
 Every import counts wherever it stands, inside a function or under ``if TYPE_CHECKING:`` too: a late
 import hides a cycle from Python, not from a reader.
@@ -144,3 +145,51 @@ def test_only_the_redis_store_imports_redis():
     outside = [name for name in importers if not name.startswith("gateway.store.redis")]
     assert importers and not outside, ("only the Redis store (gateway/store/redis*.py) may import redis; "
                                        f"so do: {', '.join(outside) or 'none (where did it go?)'}")
+
+
+# -- the arrows: cli and dev -> server -> auth, admin, pipeline -> forward -> steps -> logs, metrics ->
+#    store, config -> paths, errors. A module may import its own layer and the ones below, never above.
+LAYERS: list[tuple[int, tuple[str, ...]]] = [
+    (7, ("gateway.cli", "gateway.dev", "gateway.__main__")),
+    (6, ("gateway.server",)),
+    (5, ("gateway.auth", "gateway.admin", "gateway.pipeline")),
+    (4, ("gateway.forward",)),
+    (3, ("gateway.steps",)),
+    (2, ("gateway.logs", "gateway.metrics")),
+    (1, ("gateway.store", "gateway.config")),
+    (0, ("gateway.paths", "gateway.errors")),
+]
+
+# Arrows that still point up, each exactly as found (delete an entry once its import is gone).
+KNOWN_UPWARD: set[tuple[str, str]] = {
+    ("gateway.admin.routes", "gateway.server.answers"),       # error -> HTTP answer: the middleware
+    ("gateway.pipeline", "gateway.server.answers"),
+    ("gateway.steps.cookies", "gateway.auth.sessions"),       # TokenPair, for the cookies a login sets
+    ("gateway.steps.passport", "gateway.auth.tokens"),        # Minter, which signs the passport
+}
+
+
+def layer(module: str) -> int:
+    if module == "gateway":   # the package itself: __version__
+        return 0
+    for rank, prefixes in LAYERS:
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} is in no layer of LAYERS: add its folder there")
+
+
+def test_every_arrow_points_down_or_sideways():
+    upward = {(name, target) for name, targets in import_graph().items() for target in targets
+              if layer(target) > layer(name)}
+    new = sorted(upward - KNOWN_UPWARD)
+    assert not new, ("imports against the layers (cli, dev > server > auth, admin, pipeline > forward > steps > "
+                     "logs, metrics > store, config > paths, errors):\n" + "\n".join(f"  {a} -> {b}" for a, b in new))
+    gone = sorted(KNOWN_UPWARD - upward)
+    assert not gone, f"these imports are gone: remove them from KNOWN_UPWARD: {gone}"
+
+
+def test_the_steps_make_no_http_answers():
+    mods = modules()
+    web = sorted(name for name, path in mods.items() if name.startswith("gateway.steps")
+                 and any(t == "aiohttp.web" or t.startswith("aiohttp.web") for t in imported(name, path, mods)))
+    assert not web, f"steps raise errors from gateway.errors; server/answers.py makes the answers. These import aiohttp.web: {web}"
