@@ -1,5 +1,5 @@
 """The exception tree, and how each error reads as HTTP: its status, JSON body and challenge.
-It imports nothing of gateway's; the middleware that answers with these is in server/answers.py.
+It imports nothing of gateway's; the middleware that answers with these is in answers.py.
 
 Bodies follow DESIGN.md (RFC 6750 shape): ``{"error", "error_description", "code"}`` where
 ``error`` is the OAuth/RFC 6750 error and ``code`` the gateway's finer reason. A 401 carries a

@@ -18,7 +18,7 @@ from aiohttp import web
 from .steps.authorize import authorize
 from .config.load import GatewayConfig
 from .steps.denylist import Denylist
-from .server.answers import answer_for
+from .answers import answer_for
 from .errors import Handler, MethodRefused
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
@@ -36,7 +36,7 @@ from .config.rules import RuleSet
 from .store import open_store
 from .store.base import Store
 from .steps.tokencache import Authenticator, TokenCache
-from .auth.tokens import Minter
+from .steps.tokens import Minter
 from .auth.accounts.directory import UserDirectory, build_directory
 from .steps.verify import Verifier
 

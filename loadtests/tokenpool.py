@@ -19,7 +19,7 @@ import jwt
 
 from gateway.config.load import GatewayConfig
 from gateway.config.rules import Rule, RuleSet
-from gateway.auth.tokens import ACCESS_TOKEN_TYP, Minter
+from gateway.steps.tokens import ACCESS_TOKEN_TYP, Minter
 
 KINDS = ("valid", "expired", "revoked", "bad_signature", "wrong_audience", "unknown_kid", "wrong_role")
 DEFAULT_MIX = {"valid": 70, "expired": 5, "revoked": 5, "bad_signature": 5, "wrong_audience": 5,

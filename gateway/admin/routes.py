@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..server.answers import error_middleware
+from ..answers import error_middleware
 from ..errors import GatewayError, Handler, InvalidToken
 from ..steps.extract import bearer_credentials
 from ..metrics import METRICS, add_metrics

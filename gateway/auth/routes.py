@@ -1,6 +1,6 @@
 """The gateway's own endpoints under ``auth.prefix``: login, refresh, logout, logout-all, verify.
 
-JSON in, JSON out; failures are GatewayErrors (server/answers.py answers them). Token answers are never cached.
+JSON in, JSON out; failures are GatewayErrors (answers.py answers them). Token answers are never cached.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from multidict import CIMultiDictProxy
 
 from ..steps.authorize import authorize
 from ..config.load import GatewayConfig
-from ..steps.cookies import (clear_session_cookies, csrf_token_for, extract_access_token, read_refresh_cookie,
-                      set_session_cookies)
+from ..steps.cookies import extract_access_token
+from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
 from ..errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused
 from ..steps.identity import Identity
 from ..metrics import counted

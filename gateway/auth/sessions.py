@@ -30,7 +30,7 @@ from ..errors import DependencyDown, RevokedToken, Unauthenticated
 from ..steps.identity import Identity
 from ..store import store_reachable
 from ..store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, Store
-from .tokens import Minter
+from ..steps.tokens import Minter
 from .accounts.directory import AuthenticatedUser, UserDirectory
 
 log = logging.getLogger("tokengate.sessions")

@@ -128,7 +128,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _mint(args: argparse.Namespace) -> int:
-    from ..auth.tokens import Minter
+    from ..steps.tokens import Minter
 
     cfg = config_from(args)
     if cfg.tokens.signer is None:

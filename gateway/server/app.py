@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from ..auth.account_routes import add_account_routes
-from .answers import error_middleware
+from ..answers import error_middleware
 from ..auth.routes import add_auth_routes, add_endpoint
 from ..config.load import GatewayConfig
 from .edge import EdgeRunner, edge_options

@@ -1,4 +1,6 @@
-"""Cookies: the refresh cookie, and in browser mode (``auth.access_cookie``) the access and CSRF cookies.
+"""Cookies as a request brings them: which ones are the gateway's (the refresh cookie; in browser
+mode, ``auth.access_cookie``, the access and CSRF cookies), and the access cookie as a credential.
+A login sets them and a logout clears them in auth/cookies.py.
 
 ``extract_access_token`` is step 2 for callers that accept the access cookie: the Authorization header
 when there is one, else the cookie, which on unsafe methods needs the CSRF double-submit header.
@@ -7,54 +9,35 @@ when there is one, else the cookie, which on unsafe methods needs the CSRF doubl
 from __future__ import annotations
 
 import hmac
-import re
-import secrets
 from collections.abc import Mapping
+from typing import Protocol
 
-from aiohttp import web
 from multidict import MultiMapping
 
 from ..config.load import AuthConfig, GatewayConfig
 from ..errors import Forbidden, MissingToken
 from .extract import AUTHORIZATION, bearer_credentials
-from ..auth.sessions import TokenPair
 
 ACCESS_COOKIE = "access_token"
 CSRF_COOKIE = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})   # RFC 9110 9.2.1
-CSRF_TOKEN_BYTES = 32
-_CSRF_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")   # secrets.token_urlsafe(32)
+
+
+class Asking(Protocol):
+    """What the cookie and bearer checks read of a request (an aiohttp request has it)."""
+
+    @property
+    def headers(self) -> MultiMapping[str]: ...
+    @property
+    def cookies(self) -> Mapping[str, str]: ...
+    @property
+    def method(self) -> str: ...
 
 
 class CsrfFailed(Forbidden):
     error, code = "access_denied", "csrf_failed"
     description = f"the {CSRF_HEADER} header must repeat the {CSRF_COOKIE} cookie on this method"
-
-
-def set_session_cookies(resp: web.StreamResponse, auth: AuthConfig, pair: TokenPair, now: float,
-                        csrf_token: str) -> None:
-    """The refresh cookie; in browser mode also the access cookie and the (script-readable) CSRF cookie."""
-    rc = auth.refresh_cookie
-    refresh_age = max(0, round(pair.refresh_exp - now))
-    resp.set_cookie(rc.name, pair.refresh_token, max_age=refresh_age, path=rc.path, secure=rc.secure,
-                    httponly=True, samesite=rc.samesite)
-    if not auth.access_cookie:
-        return
-    resp.set_cookie(ACCESS_COOKIE, pair.access_token, max_age=max(0, round(pair.access_exp - now)), path="/",
-                    secure=rc.secure, httponly=True, samesite=rc.samesite)
-    # Readable by the page's scripts on purpose: they copy it into X-CSRF-Token (double submit).
-    resp.set_cookie(CSRF_COOKIE, csrf_token, max_age=refresh_age, path="/", secure=rc.secure,
-                    httponly=False, samesite=rc.samesite)
-
-
-def clear_session_cookies(resp: web.StreamResponse, auth: AuthConfig) -> None:
-    """Max-Age=0 for every cookie set_session_cookies may have set."""
-    rc = auth.refresh_cookie
-    resp.del_cookie(rc.name, path=rc.path, secure=rc.secure, httponly=True, samesite=rc.samesite)
-    if auth.access_cookie:
-        resp.del_cookie(ACCESS_COOKIE, path="/", secure=rc.secure, httponly=True, samesite=rc.samesite)
-        resp.del_cookie(CSRF_COOKIE, path="/", secure=rc.secure, samesite=rc.samesite)
 
 
 def gateway_cookies(auth: AuthConfig) -> frozenset[str]:
@@ -66,20 +49,7 @@ def gateway_cookies(auth: AuthConfig) -> frozenset[str]:
     return frozenset(names)
 
 
-def read_refresh_cookie(request: web.Request, auth: AuthConfig) -> str | None:
-    return request.cookies.get(auth.refresh_cookie.name) or None
-
-
-def csrf_token_for(request: web.Request) -> str:
-    """The CSRF cookie the client holds when it is well formed (kept across refreshes, so that
-    requests already in flight in other tabs still match), else a new one."""
-    current = request.cookies.get(CSRF_COOKIE, "")
-    if _CSRF_TOKEN.fullmatch(current):
-        return current
-    return secrets.token_urlsafe(CSRF_TOKEN_BYTES)
-
-
-def extract_cookie_token(request: web.Request, cfg: GatewayConfig) -> str | None:
+def extract_cookie_token(request: Asking, cfg: GatewayConfig) -> str | None:
     """The access cookie (browser mode), or None when browser mode is off or there is no cookie.
 
     On an unsafe method the ``X-CSRF-Token`` header must equal the CSRF cookie, else CsrfFailed (403).
@@ -102,7 +72,7 @@ def check_cookie_token(cookies: Mapping[str, str], headers: MultiMapping[str], m
     return token
 
 
-def extract_access_token(request: web.Request, cfg: GatewayConfig, method: str | None = None) -> str:
+def extract_access_token(request: Asking, cfg: GatewayConfig, method: str | None = None) -> str:
     """The bearer token when an Authorization header came, else the access cookie (browser mode,
     CSRF-checked for ``method``, the request's own by default). Raises MissingToken, BadRequest
     (bearer_credentials) or CsrfFailed. The token's syntax is left to Authenticator.authenticate."""

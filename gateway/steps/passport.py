@@ -16,7 +16,7 @@ from ..config.load import GatewayConfig
 from ..errors import InvalidToken
 from .identity import Identity
 from .tokencache import CachedToken
-from ..auth.tokens import Minter
+from .tokens import Minter
 
 _EMPTY: Mapping[str, str] = {}
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
-from gateway.server.answers import error_middleware
+from gateway.answers import error_middleware
 from gateway.dev.echo import ECHO, EchoState, build_echo_app
 from gateway.forward.forwarder import Forwarder
 from tests.integration.rawupstream import StartUpstream, raw_upstreams

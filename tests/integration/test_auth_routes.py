@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 import gateway.server.app as gateway_app
-from gateway.server.answers import error_middleware
+from gateway.answers import error_middleware
 from gateway.server.app import CONFIG, build_app
 from gateway.config.load import GatewayConfig
 from gateway.errors import RevokedToken

@@ -21,7 +21,7 @@ from gateway.auth.sessions import (SESSION_CLAIM, InvalidRefreshToken, RefreshTo
                               TokenPair, hash_refresh_token, new_refresh_token, seal, unseal)
 from gateway.store import Revocation
 from gateway.store import MemoryStore
-from gateway.auth.tokens import Minter
+from gateway.steps.tokens import Minter
 from gateway.auth.accounts.directory import AuthenticatedUser, CredentialsUsers, StoreUsers
 from gateway.steps.verify import Verifier
 from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import InvalidToken
 from gateway.steps.identity import Identity
-from gateway.auth.tokens import ACCESS_TOKEN_TYP, ASSERTION_TYP, Minter, NoSigningKey
+from gateway.steps.tokens import ACCESS_TOKEN_TYP, ASSERTION_TYP, Minter, NoSigningKey
 from gateway.steps.verify import Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 

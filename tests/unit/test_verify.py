@@ -19,7 +19,7 @@ from jwt.algorithms import get_default_algorithms
 from gateway.errors import ExpiredToken, InvalidToken
 from gateway.steps.identity import Identity
 from gateway.steps.keys import KeySet, VerificationKey
-from gateway.auth.tokens import Minter
+from gateway.steps.tokens import Minter
 from gateway.steps.verify import HEADER_MEMO_SIZE, MAX_TOKEN_CHARS, Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 

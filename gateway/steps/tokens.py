@@ -14,8 +14,8 @@ from typing import Any
 
 from ..config.load import IdentityConfig, TokensConfig
 from ..errors import GatewayError
-from ..steps.identity import Identity
-from ..steps.keys import SigningKey
+from .identity import Identity
+from .keys import SigningKey
 
 ACCESS_TOKEN_TYP = "at+jwt"                      # RFC 9068; verify accepts it (and "JWT")
 ASSERTION_TYP = "tokengate-assertion+jwt"        # verify refuses it: an assertion is never an access token
