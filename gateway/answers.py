@@ -9,8 +9,8 @@ import logging
 from aiohttp import web
 
 from .errors import GatewayError, Handler, error_response
-from .logs import ACCESS_NOTE
 from .forward.request_id import REQUEST_ID, pick_request_id
+from .logs import ACCESS_NOTE
 
 log = logging.getLogger("tokengate")
 

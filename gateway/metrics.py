@@ -159,6 +159,7 @@ class Exporter:
 
     def __init__(self, recorder: Recorder, *, multiprocess: bool | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         from .store.base import StoreUnavailable
 
         self.recorder = recorder

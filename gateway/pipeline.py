@@ -15,30 +15,30 @@ from typing import Any
 
 from aiohttp import web
 
-from .steps.authorize import authorize
-from .config.load import GatewayConfig
-from .steps.denylist import Denylist
 from .answers import answer_for
+from .auth.accounts.directory import UserDirectory, build_directory
+from .auth.accounts.mail import Mailer
+from .auth.accounts.passwords import PasswordHasher
+from .config.load import GatewayConfig
+from .config.rules import RuleSet
 from .errors import Handler, MethodRefused
+from .forward.forwarder import Forwarder
+from .forward.lifetime import ConnectionWatcher
+from .forward.request_body import check_expectation
+from .forward.request_id import REQUEST_ID
 from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
-from .forward.request_id import REQUEST_ID
-from .steps.cookies import extract_access_token
-from .forward.forwarder import Forwarder
-from .steps.keys import KeyRing
-from .forward.lifetime import ConnectionWatcher
-from .auth.accounts.mail import Mailer
-from .steps.passport import Passport
-from .auth.accounts.passwords import PasswordHasher
 from .paths import normalise
-from .forward.request_body import check_expectation
-from .config.rules import RuleSet
-from .store import open_store
-from .store.base import Store
+from .steps.authorize import authorize
+from .steps.cookies import extract_access_token
+from .steps.denylist import Denylist
+from .steps.keys import KeyRing
+from .steps.passport import Passport
 from .steps.tokencache import Authenticator, TokenCache
 from .steps.tokens import Minter
-from .auth.accounts.directory import UserDirectory, build_directory
 from .steps.verify import Verifier
+from .store import open_store
+from .store.base import Store
 
 log = logging.getLogger("tokengate")
 

@@ -21,8 +21,8 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.steps.denylist import Denylist
 from gateway.errors import RevokedToken
+from gateway.steps.denylist import Denylist
 from gateway.steps.identity import Identity
 from gateway.store import MemoryStore
 from gateway.store.base import Revocation

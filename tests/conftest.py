@@ -27,7 +27,6 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
 from redis.asyncio import Redis
 
 from gateway.config.load import GatewayConfig, load_config

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..answers import error_middleware
+from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..errors import GatewayError, Handler, InvalidToken
-from ..steps.extract import bearer_credentials
 from ..metrics import METRICS, add_metrics
 from ..pipeline import GATEWAY
-from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
+from ..steps.extract import bearer_credentials
 from ..store.base import StoreUnavailable
 
 

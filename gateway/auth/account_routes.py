@@ -16,18 +16,18 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from .routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
-                          sessions_of, string_field, token_response)
 from ..config.load import GatewayConfig
 from ..errors import BadRequest, Forbidden, GatewayError, NoRoute
-from .accounts.policy import PasswordPolicy, WeakPassword
 from ..pipeline import GATEWAY, Gateway
-from .ratelimit import RateLimiter, client_address
-from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
-                     send_reset_links)
-from .revocation import apply_revocation, build_revocation
 from ..store import store_reachable
 from .accounts.directory import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
+from .accounts.policy import PasswordPolicy, WeakPassword
+from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
+                              send_reset_links)
+from .ratelimit import RateLimiter, client_address
+from .revocation import apply_revocation, build_revocation
+from .routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
+                     sessions_of, string_field, token_response)
 
 log = logging.getLogger("tokengate.auth")
 

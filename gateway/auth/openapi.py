@@ -16,19 +16,18 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from .. import __version__
-from .account_routes import (MAX_EMAIL_CHARS, ForeignAccount, InvalidAccountField, InvalidResetToken,
-                             UsernameTaken, WeakPasswordRefused)
-from .routes import (MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, InvalidCredentials, JsonRequired,
-                          add_endpoint)
 from ..config.load import CredentialsUrlConfig, GatewayConfig
-from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
 from ..errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, ExpiredToken, Forbidden, InvalidToken,
-                     MissingToken, NoRoute, RateLimited, RevokedToken)
+                      MissingToken, NoRoute, RateLimited, RevokedToken)
 from ..pipeline import GATEWAY, JWKS_PATH
+from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
+from .account_routes import (MAX_EMAIL_CHARS, ForeignAccount, InvalidAccountField, InvalidResetToken, UsernameTaken,
+                             WeakPasswordRefused)
+from .accounts.directory import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 from .accounts.resets import MAX_RESET_TOKEN_CHARS
+from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, InvalidCredentials, JsonRequired, add_endpoint
 from .sessions import (MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, MissingRefreshToken, RefreshTokenReused,
                        SessionEnded)
-from .accounts.directory import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_PATH = "/openapi.json"          # under auth.prefix

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from ..config.load import GatewayConfig
 from ..errors import ExpiredToken
-from ..store.base import Revocation, Store
 from ..steps.verify import Verifier
+from ..store.base import Revocation, Store
 
 
 class NothingToRevoke(Exception):

@@ -14,19 +14,19 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from ..steps.authorize import authorize
 from ..config.load import GatewayConfig
-from ..steps.cookies import extract_access_token
-from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
 from ..errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused
-from ..steps.identity import Identity
+from ..forward.headers import fold
 from ..metrics import counted
 from ..paths import normalise
-from ..forward.headers import fold
 from ..pipeline import GATEWAY, REFUSED_METHODS, Gateway
+from ..steps.authorize import authorize
+from ..steps.cookies import extract_access_token
+from ..steps.identity import Identity
+from .accounts.directory import MAX_PASSWORD_CHARS
+from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
 from .ratelimit import RateLimiter, client_address
 from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, MissingRefreshToken, Sessions, TokenPair
-from .accounts.directory import MAX_PASSWORD_CHARS
 
 log = logging.getLogger("tokengate.auth")
 

@@ -25,12 +25,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config.load import TokensConfig
-from ..steps.denylist import Denylist
 from ..errors import DependencyDown, RevokedToken, Unauthenticated
+from ..steps.denylist import Denylist
 from ..steps.identity import Identity
+from ..steps.tokens import Minter
 from ..store import store_reachable
 from ..store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, Store
-from ..steps.tokens import Minter
 from .accounts.directory import AuthenticatedUser, UserDirectory
 
 log = logging.getLogger("tokengate.sessions")

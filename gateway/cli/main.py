@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..config.durations import parse_duration_s
+from ..config.load import ConfigError, GatewayConfig
 from .args import EXIT_BAD_INPUT, UsageError, add_config_option, config_from, print_error
+from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 from .revoke import add_revoke_parser
 from .users import add_users_parser
-from ..config.load import ConfigError, GatewayConfig
-from ..config.durations import parse_duration_s
-from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 
 EXIT_NO_MATCH = 1
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -158,10 +158,10 @@ def _claim(text: str) -> tuple[str, Any]:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from ..config.rules import RuleSet
     from ..errors import BadPath
     from ..paths import normalise
     from ..pipeline import REFUSED_METHODS
-    from ..config.rules import RuleSet
 
     cfg = config_from(args)
     raw, method = args.urlpath.partition("?")[0], args.method.upper()

@@ -9,11 +9,11 @@ import asyncio
 import sys
 from typing import Any
 
-from .args import UsageError, add_config_option, config_from, fail
+from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..config.load import GatewayConfig
 from ..errors import InvalidToken
-from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..store.base import StoreUnavailable
+from .args import UsageError, add_config_option, config_from, fail
 
 
 def add_revoke_parser(sub: Any) -> None:

@@ -12,14 +12,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .args import UsageError, add_config_option, config_from, fail
+from ..auth.accounts.directory import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError,
+                                       check_email, check_roles, check_username, users_file_path)
+from ..auth.accounts.passwords import PasswordHasher
+from ..auth.accounts.policy import PasswordPolicy, WeakPassword
 from ..config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from ..errors import DependencyDown
-from ..auth.accounts.policy import PasswordPolicy, WeakPassword
-from ..auth.accounts.passwords import PasswordHasher
 from ..store.base import StoreUnavailable
-from ..auth.accounts.directory import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError, check_email,
-                    check_roles, check_username, users_file_path)
+from .args import UsageError, add_config_option, config_from, fail
 
 Action = Callable[[UserDirectory, argparse.Namespace], Awaitable[int]]
 
@@ -135,7 +135,7 @@ async def _with_store(cfg: GatewayConfig, hasher: PasswordHasher, args: argparse
         raise OutOfReach("auth.users is `store` and store.url is memory://: the accounts live only inside the "
                          "serving process and cannot be reached from here. Use a Redis store, or "
                          "auth.users: {file: users.yaml}")
-    from ..store import open_store   # the store backends load only when a command needs them
+    from ..store import open_store  # the store backends load only when a command needs them
 
     store = await open_store(cfg.store)
     try:

@@ -19,16 +19,14 @@ from urllib.parse import urlsplit
 from pydantic import (AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
-from .auth import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, RateLimitsConfig,
-                          UsersConfig, UsersFileConfig)
-from .fields import (TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found,
-                            suggest_key)
+from .auth import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, RateLimitsConfig, UsersConfig,
+                   UsersFileConfig)
+from .fields import TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found, suggest_key
 from .keyfiles import KeyMaterial, load_key_material
 from .routes import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
 from .rules import RuleConflict, RuleSet
 from .source import Problem, Source, read_source
-from .tokens import (HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig,
-                            key_problems)
+from .tokens import HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig, key_problems
 
 __all__ = ["AdminConfig", "Algorithm", "AuthConfig", "ConfigError", "CookieConfig", "CredentialsUrlConfig",
            "Duration", "GatewayConfig", "HMAC_MIN_BYTES", "IdentityConfig", "KeyConfig", "KeyMaterial",

@@ -23,10 +23,10 @@ import uvloop
 from aiohttp import web
 
 from ..config.load import ConfigError, GatewayConfig, load_config
-from .echo import build_echo_app
 from ..logs import configure_logging
 from ..pipeline import GATEWAY
 from ..server.serve import Bind, ListenFailed, serve
+from .echo import build_echo_app
 
 log = logging.getLogger("tokengate.demo")
 TOKEN_TTL_S = 3600

@@ -20,19 +20,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import general, lean
-from .relay import BUFFER_MAX_BYTES
 from ..config.load import GatewayConfig
-from ..steps.cookies import gateway_cookies
 from ..errors import BadPath, UpstreamTimeout
-from .h1client import TimedOut
-from ..steps.identity import Identity
-from .lifetime import ConnectionWatcher, Lifetime
 from ..logs import AccessNote
+from ..steps.cookies import gateway_cookies
+from ..steps.identity import Identity
+from . import general, lean
+from .h1client import TimedOut
 from .headers import HeaderPolicy, Peer, is_trusted, request_header_items
-from .request_id import REQUEST_ID
-from .request_body import Body, read_body, send_continue
+from .lifetime import ConnectionWatcher, Lifetime
 from .pool import UpstreamPool
+from .relay import BUFFER_MAX_BYTES
+from .request_body import Body, read_body, send_continue
+from .request_id import REQUEST_ID
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 __all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]

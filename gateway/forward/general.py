@@ -16,12 +16,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from .answer_head import MalformedAnswer, check_answer_head
 from ..config.load import UpstreamConfig
 from ..errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
-from .lifetime import Lifetime
 from ..logs import AccessNote
+from .answer_head import MalformedAnswer, check_answer_head
 from .headers import HOST
+from .lifetime import Lifetime
 from .relay import is_small, stream_answer, whole_answer
 from .request_body import Body
 from .request_id import REQUEST_ID

@@ -13,13 +13,13 @@ import time
 from aiohttp import web
 
 from ..errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
+from ..logs import AccessNote
 from .h1client import TimedOut, UpstreamError, request_head
 from .lifetime import Lifetime
-from ..logs import AccessNote
+from .pool import UpstreamPool
 from .relay import is_small, stream_answer, whole_answer
 from .request_body import Body
 from .request_id import REQUEST_ID
-from .pool import UpstreamPool
 
 
 def fits(request: web.Request, body: Body) -> bool:

@@ -11,8 +11,8 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import ContextManager
 from dataclasses import dataclass, field
+from typing import ContextManager
 
 from ..steps.identity import Identity
 from ..steps.revocable import RevocableIndex

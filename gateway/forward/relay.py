@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .lifetime import Lifetime
 from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED
 from .headers import HOP_BY_HOP, response_header_items
+from .lifetime import Lifetime
 from .request_id import REQUEST_ID
 
 log = logging.getLogger("tokengate.forward")

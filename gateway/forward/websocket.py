@@ -15,8 +15,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..errors import BadRequest, UpstreamFailed, UpstreamTimeout
-from .lifetime import Lifetime
 from ..logs import ACCESS_NOTE
+from .lifetime import Lifetime
 from .request_id import REQUEST_ID
 
 log = logging.getLogger("tokengate.forward")

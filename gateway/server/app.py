@@ -7,14 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..auth.account_routes import add_account_routes
 from ..answers import error_middleware
+from ..auth.account_routes import add_account_routes
+from ..auth.openapi import add_openapi_route
 from ..auth.routes import add_auth_routes, add_endpoint
 from ..config.load import GatewayConfig
-from .edge import EdgeRunner, edge_options
 from ..metrics import METRICS, Recorder
-from ..auth.openapi import add_openapi_route
 from ..pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle
+from .edge import EdgeRunner, edge_options
 
 CONFIG = web.AppKey("config", GatewayConfig)
 MAX_HEADER_BYTES = 16384

@@ -30,8 +30,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from ..config.load import ConfigError, GatewayConfig, load_config
-from ..pipeline import Gateway
 from ..config.rules import RuleSet
+from ..pipeline import Gateway
 
 log = logging.getLogger("tokengate")
 NEEDS_RESTART = ("listen", "admin", "store", "auth", "log", "reload")

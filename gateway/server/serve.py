@@ -30,13 +30,13 @@ import uvloop
 from aiohttp import web
 
 from ..admin.routes import SERVING, build_admin_app
-from .app import GatewayRunner, build_app
-from ..config.load import GatewayConfig
-from .edge import EdgeRunner, edge_options
-from ..forward.headers import is_loopback
-from .reload import ReadConfig, apply_read, reload_config, watch_file
-from ..pipeline import GATEWAY, Gateway
 from ..auth.accounts.directory import FileUsers, UsersFileError
+from ..config.load import GatewayConfig
+from ..forward.headers import is_loopback
+from ..pipeline import GATEWAY, Gateway
+from .app import GatewayRunner, build_app
+from .edge import EdgeRunner, edge_options
+from .reload import ReadConfig, apply_read, reload_config, watch_file
 
 log = logging.getLogger("tokengate")
 # How long serve keeps the proxy port shut waiting for the revocation mirror's first load. A store that

@@ -30,7 +30,7 @@ from ..logs import configure_logging
 from ..metrics import make_multiprocess_dir, mark_dead, remove_multiprocess_dir
 from .reload import READ_TIMEOUT_S, ReadConfig, file_signature, finish_reader, fork_context, merged, start_reader
 from .serve import (ADMIN, APPLIED, CLOSE_WAIT_S, CLOSED, DRAIN, HANGUP, LISTEN_FAILED, PROXY, REFUSED, Bind,
-                     ListenFailed, reserve, run_one)
+                    ListenFailed, reserve, run_one)
 
 log = logging.getLogger("tokengate")
 RESTARTS_PER_MINUTE = 5

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..config.rules import Rule
 from ..errors import Forbidden, MissingToken
 from .identity import Identity
-from ..config.rules import Rule
 
 
 def authorize(rule: Rule, identity: Identity | None) -> None:

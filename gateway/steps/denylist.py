@@ -18,9 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import DependencyDown, RevokedToken
+from ..store.base import Revocation, Store, StoreUnavailable
 from .identity import Identity
 from .revoked_ids import RevokedIds, expiries_of
-from ..store.base import Revocation, Store, StoreUnavailable
 
 log = logging.getLogger("tokengate.denylist")
 RETRY_MIN_S, RETRY_MAX_S = 0.1, 5.0

@@ -19,9 +19,9 @@ import aiohttp
 import jwt
 from jwt.algorithms import Algorithm, get_default_algorithms
 
+from ..config.keyfiles import check_key_fits
 from ..config.load import KeyConfig, TokensConfig, TrustedIssuerConfig
 from ..errors import DependencyDown, InvalidToken
-from ..config.keyfiles import check_key_fits
 
 log = logging.getLogger("tokengate.keys")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from .identity import Identity
 from ..store.base import Revocation
+from .identity import Identity
 
 Item = TypeVar("Item", bound=Hashable)
 Key = tuple[str, str]

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .denylist import Denylist
 from ..errors import ExpiredToken, InvalidToken, RevokedToken
+from ..store.base import Revocation
+from .denylist import Denylist
 from .extract import check_b64token
 from .identity import Identity
 from .revocable import RevocableIndex
-from ..store.base import Revocation
 from .verify import Verifier
 
 if TYPE_CHECKING:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from ..errors import DependencyDown
-from .base import (RefreshRecord, Revocation, RevocationFeed, Rotation, Store, StoreUnavailable,
-                   UserRecord)
+from .base import RefreshRecord, Revocation, RevocationFeed, Rotation, Store, StoreUnavailable, UserRecord
 from .memory import MemoryStore
 from .redis.url import RedisTarget, parse_redis_url
 
@@ -38,8 +37,8 @@ async def open_store(cfg: StoreConfig) -> Store:
     until it answers. Raises ValueError for a URL that names no store (the message has no password)."""
     if urlsplit(cfg.url).scheme == "memory":
         return MemoryStore()
-    from .redis.store import RedisStore   # redis-py loads only when a Redis store is configured
     from .redis.client import build_client
+    from .redis.store import RedisStore  # redis-py loads only when a Redis store is configured
 
     target = parse_redis_url(cfg.url)
     client, on_close = build_client(target, retries=1)

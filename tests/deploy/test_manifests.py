@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway.config.load import GatewayConfig, load_config
 from gateway.config.durations import parse_duration_s as parse_duration
+from gateway.config.load import GatewayConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer, unused_port
 from gateway.answers import error_middleware
 from gateway.dev.echo import ECHO, EchoState, build_echo_app
 from gateway.forward.forwarder import Forwarder
-from tests.integration.rawupstream import StartUpstream, raw_upstreams
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
+from tests.integration.rawupstream import StartUpstream, raw_upstreams
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 IDENTITY = web.AppKey("identity", dict)

@@ -30,10 +30,10 @@ from typing import Any
 import httptools
 from aiohttp import web
 
-from gateway.server.app import GatewayRunner, build_app
 from gateway.config.load import GatewayConfig
 from gateway.forward.forwarder import Forwarder
 from gateway.pipeline import GATEWAY
+from gateway.server.app import GatewayRunner, build_app
 
 BOUND_S = 2.5            # the longest any single wait in these tests may take
 MAX_HEAD_BYTES = 64 * 1024

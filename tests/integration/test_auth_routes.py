@@ -21,14 +21,14 @@ from redis.asyncio import Redis
 
 import gateway.server.app as gateway_app
 from gateway.answers import error_middleware
-from gateway.server.app import CONFIG, build_app
+from gateway.auth.accounts.directory import StoreUsers
+from gateway.auth.accounts.passwords import PasswordHasher
+from gateway.auth.sessions import SESSION_CLAIM, hash_refresh_token
 from gateway.config.load import GatewayConfig
 from gateway.errors import RevokedToken
-from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.pipeline import GATEWAY, Gateway, handle
-from gateway.auth.sessions import SESSION_CLAIM, hash_refresh_token
+from gateway.server.app import CONFIG, build_app
 from gateway.store.base import FAMILY, RATE, REFRESH, REFRESH_FAMILY_OF
-from gateway.auth.accounts.directory import StoreUsers
 from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER, bearer, flush
 
 PASSWORD = "correct horse battery staple"

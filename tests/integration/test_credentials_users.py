@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import unused_port
 
-from gateway.errors import DependencyDown
 from gateway.auth.accounts.directory import AuthenticatedUser, CredentialsUsers, NotEditable
+from gateway.errors import DependencyDown
 
 pytestmark = pytest.mark.integration
 

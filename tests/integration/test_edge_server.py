@@ -25,10 +25,11 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.test_utils import TestServer
 
 from gateway.admin.routes import SERVING, build_admin_app
+from gateway.pipeline import GATEWAY
 from gateway.server.app import build_app
 from gateway.server.edge import EdgeRunner, EdgeServer
-from gateway.pipeline import GATEWAY
 from gateway.server.serve import ADMIN, PROXY, runner_for
+
 from .conftest import StartUpstream
 from .rawupstream import OK, RawUpstream
 

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.server.app import build_app
 from gateway.dev.echo import EchoState
 from gateway.forward.forwarder import BUFFER_MAX_BYTES
+from gateway.server.app import build_app
 
 from .conftest import MakeProxy
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.server.app import build_app
 from gateway.pipeline import GATEWAY
+from gateway.server.app import build_app
 
 pytestmark = pytest.mark.integration
 LOGINS = 50

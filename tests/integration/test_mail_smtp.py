@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import unused_port
 
-from gateway.config.load import MailConfig
 from gateway.auth.accounts.mail import Mailer
 from gateway.auth.accounts.resets import new_reset_token
+from gateway.config.load import MailConfig
 from tests.integration.smtpserver import (SMTP_PASSWORD, WAIT_S, SmtpPeer, SmtpServer, smtp_auth_server, smtp_peer,
                                           smtp_server, smtp_tls_server, text_of)
 

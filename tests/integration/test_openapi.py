@@ -22,20 +22,19 @@ import pytest
 import requests
 import schemathesis
 from aiohttp.test_utils import TestServer
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.engine import Status, events, from_schema
 
+from gateway.auth.accounts.directory import InvalidAccount, StoreUsers, check_email
+from gateway.auth.accounts.passwords import PasswordHasher
+from gateway.auth.accounts.policy import PasswordPolicy, WeakPassword
+from gateway.auth.accounts.resets import hash_reset_token, new_reset_token
+from gateway.auth.openapi import OPENAPI_PATH, VERIFY_METHODS, openapi_document
 from gateway.config.load import GatewayConfig, RateLimitsConfig
 from gateway.errors import BadPath
-from gateway.auth.openapi import OPENAPI_PATH, VERIFY_METHODS, openapi_document
-from gateway.auth.accounts.policy import PasswordPolicy, WeakPassword
-from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.paths import normalise
 from gateway.pipeline import GATEWAY, JWKS_PATH, Gateway
-from gateway.auth.accounts.resets import hash_reset_token, new_reset_token
-from gateway.auth.accounts.directory import InvalidAccount, StoreUsers, check_email
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
 from tests.integration.edge_kit import serve_gateway

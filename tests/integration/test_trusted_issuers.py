@@ -22,12 +22,12 @@ from blockbuster import BlockingError, blockbuster_ctx
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import get_default_algorithms
 
-from gateway.steps.denylist import Denylist
 from gateway.errors import DependencyDown, InvalidToken
+from gateway.steps.denylist import Denylist
 from gateway.steps.keys import MAX_AGE_S, REFETCH_INTERVAL_S, JwksCache, KeyRing, keyset_from_jwks
-from gateway.store import MemoryStore
 from gateway.steps.tokencache import Authenticator, TokenCache
 from gateway.steps.verify import Verifier
+from gateway.store import MemoryStore
 from tests.conftest import HS_SECRET
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.steps.authorize import authorize
-from gateway.errors import Forbidden, GatewayError, MissingToken
-from gateway.steps.identity import Identity
 from gateway.config.rules import Rule
+from gateway.errors import Forbidden, GatewayError, MissingToken
+from gateway.steps.authorize import authorize
+from gateway.steps.identity import Identity
 
 SECRET_LOOKING_JTI = "jti-0f1e2d3c"
 ALLOWED = "allowed"

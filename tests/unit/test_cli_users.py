@@ -11,9 +11,9 @@ import yaml
 
 import gateway.cli.users
 import gateway.store
-from gateway.cli import main
-from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.auth.accounts.directory import FileUsers
+from gateway.auth.accounts.passwords import PasswordHasher
+from gateway.cli import main
 from tests.conftest import CHEAP_ARGON2 as CHEAP
 
 PASSWORD = "correct horse battery"

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from gateway.config.load import ConfigError, GatewayConfig, StoreConfig, load_config
 from gateway.config.source import Problem
-
 from tests.conftest import HS_SECRET
 from tests.unit.config_checks import DATA, SECRET_32, assert_single, line_in, problems_of, single, write_raw
 

@@ -7,14 +7,12 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from gateway.config.load import ConfigError, GatewayConfig, load_config
 from gateway.config.source import Problem
 from tests.conftest import base_config
 from tests.unit.config_checks import SECRET_32
-
 
 _FUZZ_ENV = {"X": "value", "EMPTY": "", "SECRET": SECRET_32}
 

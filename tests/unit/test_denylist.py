@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from gateway.errors import DependencyDown, RevokedToken
 from gateway.steps import denylist as denylist_module
 from gateway.steps.denylist import Denylist
-from gateway.errors import DependencyDown, RevokedToken
 from gateway.steps.identity import Identity
 from gateway.store import MemoryStore
 from gateway.store.base import Revocation

@@ -9,12 +9,12 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config.load import AuthConfig, IdentityConfig
-from gateway.steps.cookies import gateway_cookies
+from gateway.errors import BadPath, BadRequest, UnknownTransferCoding
 from gateway.forward.forwarder import Target
 from gateway.forward.headers import (HOP_BY_HOP, HeaderPolicy, Peer, fold, is_loopback, is_trusted,
-                                   request_header_items, response_header_items)
+                                     request_header_items, response_header_items)
 from gateway.forward.request_id import REQUEST_ID, pick_request_id
-from gateway.errors import BadPath, BadRequest, UnknownTransferCoding
+from gateway.steps.cookies import gateway_cookies
 
 POLICY = HeaderPolicy.from_config(IdentityConfig())
 KEEP_AUTH = HeaderPolicy.from_config(IdentityConfig(strip_authorization=False))

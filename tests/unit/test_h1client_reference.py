@@ -30,8 +30,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.forward.h1client import Answer, UpstreamError
 from gateway.forward.pool import Connection, UpstreamPool

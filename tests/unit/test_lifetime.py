@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.steps.identity import Identity
 from gateway.forward.lifetime import ConnectionWatcher
+from gateway.steps.identity import Identity
 from gateway.store.base import Revocation
 
 ISS = "https://auth.example.test"

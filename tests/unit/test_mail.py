@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.config.load import ConfigError, GatewayConfig, MailConfig
 from gateway.auth.accounts.mail import Mail, Mailer, build_message, mask
 from gateway.auth.accounts.resets import new_reset_token
+from gateway.config.load import ConfigError, GatewayConfig, MailConfig
 from gateway.config.smtp_url import SmtpTarget, parse_smtp_url
 
 TOKEN = new_reset_token()

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from gateway.auth.accounts.policy import PasswordPolicy, WeakPassword, load_common_passwords
 from gateway.config.auth import PasswordConfig
 from gateway.config.load import ConfigError, GatewayConfig
-from gateway.auth.accounts.policy import PasswordPolicy, WeakPassword, load_common_passwords
 
 COMMON = load_common_passwords()
 POLICY = PasswordPolicy.from_config(PasswordConfig())

@@ -6,8 +6,7 @@ import re
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from gateway.errors import BadPath
 from gateway.paths import _CLEAN, _normalise_slow, normalise, quote_segment

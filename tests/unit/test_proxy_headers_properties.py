@@ -18,8 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from multidict import CIMultiDict
 
 from gateway.config.load import IdentityConfig

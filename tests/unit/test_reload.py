@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from gateway.config.load import GatewayConfig
-from gateway.server.reload import NEEDS_RESTART, ReadConfig, finish_reader, merged, read_config, start_reader
 from gateway.config.rules import RuleSet
+from gateway.server.reload import NEEDS_RESTART, ReadConfig, finish_reader, merged, read_config, start_reader
 
 
 def test_a_reading_names_the_file_hash_its_reader_and_the_config(write_config: Callable[..., Path]) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from gateway.config.load import ConfigError, RouteConfig, load_config
-from gateway.errors import BadPath, NoRoute
-from gateway.paths import normalise
 from gateway.config.rules import Rule, RuleConflict, RuleSet, _Node
 from gateway.config.source import read_source
+from gateway.errors import BadPath, NoRoute
+from gateway.paths import normalise
 
 
 def route(path: str, *methods: str, upstream: str = "up", **extra: Any) -> RouteConfig:

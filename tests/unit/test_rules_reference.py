@@ -24,13 +24,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.config.load import RouteConfig
+from gateway.config.rules import RuleConflict, RuleSet
 from gateway.errors import NoRoute
 from gateway.paths import normalise
-from gateway.config.rules import RuleConflict, RuleSet
 
 EXAMPLES = 500
 REQUESTS_PER_SET = 12

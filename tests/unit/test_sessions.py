@@ -12,18 +12,17 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.config.load import GatewayConfig
-from gateway.steps.denylist import Denylist
-from gateway.errors import DependencyDown, RevokedToken
+from gateway.auth.accounts.directory import AuthenticatedUser, CredentialsUsers, StoreUsers
 from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.auth.revocation import apply_revocation
 from gateway.auth.sessions import (SESSION_CLAIM, InvalidRefreshToken, RefreshTokenReused, SessionEnded, Sessions,
-                              TokenPair, hash_refresh_token, new_refresh_token, seal, unseal)
-from gateway.store import Revocation
-from gateway.store import MemoryStore
+                                   TokenPair, hash_refresh_token, new_refresh_token, seal, unseal)
+from gateway.config.load import GatewayConfig
+from gateway.errors import DependencyDown, RevokedToken
+from gateway.steps.denylist import Denylist
 from gateway.steps.tokens import Minter
-from gateway.auth.accounts.directory import AuthenticatedUser, CredentialsUsers, StoreUsers
 from gateway.steps.verify import Verifier
+from gateway.store import MemoryStore, Revocation
 from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER
 
 ALICE = AuthenticatedUser("alice", ("user",), "alice@example.test")

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from gateway.config.load import GatewayConfig
-from gateway.steps.denylist import Denylist
 from gateway.errors import DependencyDown, ExpiredToken, GatewayError, InvalidToken, RevokedToken
+from gateway.steps.denylist import Denylist
 from gateway.steps.identity import Identity
-from gateway.store import MemoryStore
-from gateway.store.base import Revocation
 from gateway.steps.tokencache import Authenticator, TokenCache
 from gateway.steps.verify import Verifier
+from gateway.store import MemoryStore
+from gateway.store.base import Revocation
 from tests.conftest import ISSUER
 
 SYNC_TIMEOUT_S = 5.0

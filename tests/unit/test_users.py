@@ -9,14 +9,13 @@ import argon2
 import pytest
 import yaml
 
-from gateway.errors import DependencyDown
+from gateway.auth.accounts.directory import (AuthenticatedUser, CredentialsUsers, FileUsers, InvalidAccount, StoreUsers,
+                                             UsersFileError, build_directory, check_email)
 from gateway.auth.accounts.passwords import PasswordHasher
+from gateway.errors import DependencyDown
 from gateway.store import MemoryStore
 from gateway.store.base import StoreUnavailable
-from gateway.auth.accounts.directory import (AuthenticatedUser, CredentialsUsers, FileUsers, InvalidAccount, StoreUsers,
-                           UsersFileError, build_directory, check_email)
 from tests.conftest import CHEAP_ARGON2 as CHEAP
-
 
 
 @pytest.fixture

@@ -47,8 +47,7 @@ import jwt.api_jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from jwt.algorithms import get_default_algorithms
 
 import gateway.steps.verify

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .passwords import PasswordHasher
 from ...store.base import UserRecord
+from .passwords import PasswordHasher
 
 # Usernames are case-sensitive and compared exactly: "Alice" and "alice" are two accounts, and the
 # username is the token's `sub` as written. ASCII letters, digits and . _ - @ only: safe in headers and keys.

@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 import aiohttp
 
-from .base import (FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME, AuthenticatedUser,
-                       InvalidAccount, NotEditable, UserDirectory, UsersFileError, _RecordDirectory, check_email,
-                       check_password, check_roles, check_username)
 from ...config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
-from .remote import CredentialsUsers
-from .passwords import PasswordHasher
 from ...store import store_reachable
 from ...store.base import Store, UserRecord
+from .base import (FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME, AuthenticatedUser, InvalidAccount,
+                   NotEditable, UserDirectory, UsersFileError, _RecordDirectory, check_email, check_password,
+                   check_roles, check_username)
 from .file import FileUsers, read_users_file, users_file_path
+from .passwords import PasswordHasher
+from .remote import CredentialsUsers
 
 log = logging.getLogger("tokengate")
 

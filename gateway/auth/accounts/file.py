@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from ...config.load import GatewayConfig, UsersFileConfig
-from .passwords import PasswordHasher, is_argon2id
 from ...store.base import UserRecord
-from .base import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,
-                       check_username)
+from .base import FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles, check_username
+from .passwords import PasswordHasher, is_argon2id
+
 
 class FileUsers(_RecordDirectory):
     """Accounts in a YAML file: a list of {username, password_hash (argon2id), roles, email, disabled}.

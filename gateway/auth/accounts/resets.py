@@ -18,10 +18,10 @@ from urllib.parse import quote
 from ...config.auth import AuthConfig
 from ...config.durations import format_duration
 from ...errors import DependencyDown
-from .mail import Mailer
 from ...store import store_reachable
 from ...store.base import Store, UserRecord
 from .directory import UserDirectory
+from .mail import Mailer
 
 log = logging.getLogger("tokengate.auth")
 

@@ -17,12 +17,12 @@ from typing import Any
 from redis import exceptions as rx
 from redis.asyncio import RedisCluster
 
-from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE,
-                            PUT_RESET, PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
 from ..base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, RATE, REFRESH,
-                   REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
-                   Revocation, Rotation, Store, StoreUnavailable, UserRecord)
+                    REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
+                    Revocation, Rotation, Store, StoreUnavailable, UserRecord)
 from .feed import RedisFeed, encode_revocation
+from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE, PUT_RESET,
+                      PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
 
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
                 rx.TryAgainError, rx.ReadOnlyError, rx.OutOfMemoryError, rx.NoPermissionError, OSError)
