@@ -1,9 +1,9 @@
 """The gateway's own endpoints under auth.prefix: it issues, refreshes and ends tokens.
 
 routes (login, refresh, logout, verify, JWKS), account_routes (signup, forgot/reset password),
-openapi (the document of both), tokens (minting), sessions (refresh families and rotation),
-ratelimit, revocation (what a revocation names, used by these routes, the admin API and the CLI),
-accounts/ (the account directories and everything about passwords and reset mail).
+openapi (the document of both), sessions (refresh families and rotation), cookies (the ones a
+login sets), ratelimit, revocation (what a revocation names, used by these routes, the admin API
+and the CLI), accounts/ (the account directories and everything about passwords and reset mail).
 
 May import: pipeline, forward, steps, store, config, errors and the top-level modules; never server,
 admin, cli or dev.

@@ -6,6 +6,6 @@ keep-alive connections of pool), general (aiohttp's client: HEAD, chunked bodies
 upgrades with websocket), answer_head (the checks every upstream answer head passes), relay (the
 answer back to the client), lifetime (a connection's token expiry and revocation).
 
-May import: config, store, steps, errors and the top-level modules below them (logs, paths);
+May import: config, store, steps, errors and the top-level modules below them (logs, metrics, paths);
 never server, auth, admin, cli or dev.
 """

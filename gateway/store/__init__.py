@@ -2,7 +2,9 @@
 
 memory:// embedded; redis://, rediss://, unix:// one server; redis+sentinel://h1:p1,h2:p2/<service> the
 Sentinel master; redis+cluster://h1:p1,h2:p2 a Cluster; the rediss+ variants use TLS.
-Only the Redis backend's modules (redis*.py) import redis-py, and only when a Redis URL is opened.
+Only the Redis backend's modules (redis/) import redis-py, and only when a Redis URL is opened.
+
+May import: config and errors; nothing above them.
 """
 
 from __future__ import annotations
