@@ -1,5 +1,7 @@
 """The exception tree, and how each error reads as HTTP: its status, JSON body and challenge.
-It imports nothing of gateway's; the middleware that answers with these is in answers.py.
+Every error the gateway answers with is here, the proxy's and its own endpoints' alike, so that
+one read shows every status and code a client can get. It imports nothing of gateway's; the
+middleware that answers with these is in answers.py.
 
 Bodies follow DESIGN.md (RFC 6750 shape): ``{"error", "error_description", "code"}`` where
 ``error`` is the OAuth/RFC 6750 error and ``code`` the gateway's finer reason. A 401 carries a
@@ -52,6 +54,32 @@ class BadPath(BadRequest):
     code, description = "bad_path", "the request path is not allowed"
 
 
+class JsonRequired(BadRequest):
+    code, description = "json_required", "send the body as JSON (Content-Type: application/json)"
+
+
+class BodyTooLarge(BadRequest):
+    limit = 16 * 1024   # the largest body the gateway's own endpoints read (auth/routes.py MAX_BODY_BYTES)
+    status, code, description = 413, "body_too_large", f"the request body exceeds {limit} bytes"
+
+
+class InvalidAccountField(BadRequest):
+    code, description = "invalid_account", "a username or e-mail address breaks the rules"
+
+
+class WeakPasswordRefused(BadRequest):
+    code, description = "weak_password", "the password is too weak"
+
+
+class InvalidResetToken(BadRequest):
+    # One answer for an unknown, used, expired or superseded token.
+    code, description = "invalid_reset_token", "the reset token is invalid, expired or used; ask for a new link"
+
+
+class BadRevokeRequest(BadRequest):
+    code = "bad_revoke_request"   # raised with what is wrong
+
+
 class Unauthenticated(GatewayError):
     status, error, code, description = 401, "invalid_token", "unauthenticated", "authentication required"
 
@@ -72,12 +100,63 @@ class RevokedToken(InvalidToken):
     code, description = "token_revoked", "the access token was revoked"
 
 
+class MissingRefreshToken(Unauthenticated):
+    """A refresh with no refresh token at all: a missing credential, 401 like a missing access token
+    (a browser whose session cookie is gone learns that it is logged out, not that it sent garbage)."""
+
+    error, code = "invalid_request", "missing_refresh_token"
+    description = "no refresh token: send the refresh cookie or {\"refresh_token\": ...}"
+
+
+class InvalidGrant(Unauthenticated):
+    error, code, description = "invalid_grant", "invalid_grant", "the grant is invalid"
+
+
+class InvalidCredentials(InvalidGrant):
+    # One answer for a wrong password, an unknown user and a disabled account: no account enumeration.
+    code, description = "invalid_credentials", "the username or password is wrong"
+
+
+class InvalidRefreshToken(InvalidGrant):
+    code, description = "invalid_refresh_token", "the refresh token is invalid, expired or revoked"
+
+
+class RefreshTokenReused(InvalidRefreshToken):
+    code = "refresh_token_reused"
+    description = "the refresh token was used already; its session has been revoked"
+
+
+class SessionEnded(InvalidRefreshToken):
+    """The token's session was ended on purpose (logout, password reset, revocation): no reuse alarm."""
+
+    code = "session_ended"
+    description = "the session of this refresh token has ended; log in again"
+
+
 class Forbidden(GatewayError):
     status, error, code, description = 403, "insufficient_scope", "forbidden", "a required role is missing"
 
 
-class MethodRefused(GatewayError):
-    status, error, code, description = 405, "invalid_request", "method_refused", "this method is never proxied"
+class CsrfFailed(Forbidden):
+    # The names are steps/cookies.py's CSRF_HEADER and CSRF_COOKIE (DESIGN fixes them).
+    error, code = "access_denied", "csrf_failed"
+    description = "the X-CSRF-Token header must repeat the csrf_token cookie on this method"
+
+
+class ForeignAccount(Forbidden):
+    code, description = "foreign_account", "this token's account is not kept by this gateway"
+
+
+class MethodNotAllowed(GatewayError):
+    """405 on the gateway's own endpoints for a method they do not have (with Allow)."""
+
+    status, error, code, description = 405, "invalid_request", "method_not_allowed", "method not allowed here"
+
+
+class MethodRefused(MethodNotAllowed):
+    """405 for TRACE and CONNECT, on every path: methods that are never proxied nor served."""
+
+    code, description = "method_refused", "this method is never proxied"
 
 
 class ExpectationFailed(BadRequest):
@@ -86,6 +165,15 @@ class ExpectationFailed(BadRequest):
 
 class NoRoute(GatewayError):
     status, error, code, description = 404, "not_found", "no_route", "no route matches this request"
+
+
+class AccountsNotEditable(NoRoute):
+    code = "accounts_not_editable"
+    description = "accounts are managed by an outside service (auth.users.credentials_url); this endpoint is off"
+
+
+class UsernameTaken(GatewayError):
+    status, error, code, description = 409, "invalid_request", "username_taken", "this username is taken"
 
 
 class RateLimited(GatewayError):
@@ -97,12 +185,22 @@ class DependencyDown(GatewayError):
     description = "a dependency of the gateway is unavailable"
 
 
+class StoreDown(DependencyDown):
+    """The admin API's: the store a revocation must be written to is unavailable."""
+
+    code = "store_unavailable"
+
+
 class UpstreamFailed(GatewayError):
     status, error, code, description = 502, "bad_gateway", "upstream_unavailable", "the upstream is unreachable"
 
 
 class UpstreamTimeout(UpstreamFailed):
     status, error, code, description = 504, "gateway_timeout", "upstream_timeout", "the upstream did not answer in time"
+
+
+class NoSigningKey(GatewayError):
+    code, description = "no_signing_key", "this gateway has no key able to sign tokens"
 
 
 def _quote(text: str) -> str:

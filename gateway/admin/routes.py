@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..answers import error_middleware
 from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
-from ..errors import GatewayError, Handler, InvalidToken
+from ..errors import BadRevokeRequest, Handler, InvalidToken, StoreDown
 from ..metrics import METRICS, add_metrics
 from ..pipeline import GATEWAY
 from ..steps.extract import bearer_credentials
@@ -33,14 +33,6 @@ class Serving:
 
 SERVING = web.AppKey("serving", Serving)
 PROBES = frozenset({"/healthz", "/readyz"})   # kubelets and load balancers call these without credentials
-
-
-class BadRevokeRequest(GatewayError):
-    status, error, code = 400, "invalid_request", "bad_revoke_request"
-
-
-class StoreDown(GatewayError):
-    status, error, code = 503, "temporarily_unavailable", "store_unavailable"
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..config.load import GatewayConfig
-from ..errors import BadRequest, Forbidden, GatewayError, NoRoute
+from ..errors import (AccountsNotEditable, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidResetToken,
+                      NoRoute, UsernameTaken, WeakPasswordRefused)
 from ..pipeline import GATEWAY, Gateway
 from ..store import store_reachable
 from .accounts.directory import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
@@ -26,8 +27,8 @@ from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset
                               send_reset_links)
 from .ratelimit import RateLimiter, client_address
 from .revocation import apply_revocation, build_revocation
-from .routes import (NO_STORE, InvalidCredentials, add_endpoint, caller, read_json_object, refuse_form_post,
-                     sessions_of, string_field, token_response)
+from .routes import (NO_STORE, add_endpoint, caller, read_json_object, refuse_form_post, sessions_of, string_field,
+                     token_response)
 
 log = logging.getLogger("tokengate.auth")
 
@@ -35,32 +36,6 @@ MAX_USERNAME_CHARS = 255
 MAX_EMAIL_CHARS = 254
 ACCEPTED = {"status": "accepted"}   # forgot-password: the one answer, whoever the address belongs to
 T = TypeVar("T")
-
-
-class UsernameTaken(GatewayError):
-    status, error, code, description = 409, "invalid_request", "username_taken", "this username is taken"
-
-
-class WeakPasswordRefused(BadRequest):
-    code, description = "weak_password", "the password is too weak"
-
-
-class InvalidAccountField(BadRequest):
-    code, description = "invalid_account", "a username or e-mail address breaks the rules"
-
-
-class InvalidResetToken(BadRequest):
-    # One answer for an unknown, used, expired or superseded token.
-    code, description = "invalid_reset_token", "the reset token is invalid, expired or used; ask for a new link"
-
-
-class AccountsNotEditable(NoRoute):
-    code = "accounts_not_editable"
-    description = "accounts are managed by an outside service (auth.users.credentials_url); this endpoint is off"
-
-
-class ForeignAccount(Forbidden):
-    code, description = "foreign_account", "this token's account is not kept by this gateway"
 
 
 @dataclass

@@ -17,17 +17,17 @@ from aiohttp import web
 
 from .. import __version__
 from ..config.load import CredentialsUrlConfig, GatewayConfig
-from ..errors import (BadPath, BadRequest, ConflictingHeaders, DependencyDown, ExpiredToken, Forbidden, InvalidToken,
-                      MissingToken, NoRoute, RateLimited, RevokedToken)
+from ..errors import (BadPath, BadRequest, BodyTooLarge, ConflictingHeaders, CsrfFailed, DependencyDown, ExpiredToken,
+                      Forbidden, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidRefreshToken,
+                      InvalidResetToken, InvalidToken, JsonRequired, MissingRefreshToken, MissingToken, NoRoute,
+                      RateLimited, RefreshTokenReused, RevokedToken, SessionEnded, UsernameTaken, WeakPasswordRefused)
 from ..pipeline import GATEWAY, JWKS_PATH
-from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER, CsrfFailed
-from .account_routes import (MAX_EMAIL_CHARS, ForeignAccount, InvalidAccountField, InvalidResetToken, UsernameTaken,
-                             WeakPasswordRefused)
+from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER
+from .account_routes import MAX_EMAIL_CHARS
 from .accounts.directory import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 from .accounts.resets import MAX_RESET_TOKEN_CHARS
-from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS, BodyTooLarge, InvalidCredentials, JsonRequired, add_endpoint
-from .sessions import (MAX_REFRESH_TOKEN_CHARS, InvalidRefreshToken, MissingRefreshToken, RefreshTokenReused,
-                       SessionEnded)
+from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS, add_endpoint
+from .sessions import MAX_REFRESH_TOKEN_CHARS
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_PATH = "/openapi.json"          # under auth.prefix

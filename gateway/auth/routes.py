@@ -15,7 +15,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from ..config.load import GatewayConfig
-from ..errors import BadRequest, ConflictingHeaders, GatewayError, Handler, MethodRefused
+from ..errors import (BadRequest, BodyTooLarge, ConflictingHeaders, GatewayError, Handler, InvalidCredentials,
+                      JsonRequired, MethodNotAllowed, MethodRefused, MissingRefreshToken)
 from ..forward.headers import fold
 from ..metrics import counted
 from ..paths import normalise
@@ -26,11 +27,11 @@ from ..steps.identity import Identity
 from .accounts.directory import MAX_PASSWORD_CHARS
 from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
 from .ratelimit import RateLimiter, client_address
-from .sessions import MAX_REFRESH_TOKEN_CHARS, InvalidGrant, MissingRefreshToken, Sessions, TokenPair
+from .sessions import MAX_REFRESH_TOKEN_CHARS, Sessions, TokenPair
 
 log = logging.getLogger("tokengate.auth")
 
-MAX_BODY_BYTES = 16 * 1024
+MAX_BODY_BYTES = BodyTooLarge.limit
 MAX_USERNAME_CHARS = 255
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 5.1
 # Forward-auth: what the proxy asks about (Traefik/Envoy set X-Forwarded-*, nginx setups X-Original-*).
@@ -41,23 +42,6 @@ FORWARDED_URI = frozenset({"x-forwarded-uri", "x-original-uri"})
 ANY_METHOD = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # What an HTML form on another site can send without a CORS preflight.
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
-
-
-class InvalidCredentials(InvalidGrant):
-    # One answer for a wrong password, an unknown user and a disabled account: no account enumeration.
-    code, description = "invalid_credentials", "the username or password is wrong"
-
-
-class BodyTooLarge(BadRequest):
-    status, code, description = 413, "body_too_large", f"the request body exceeds {MAX_BODY_BYTES} bytes"
-
-
-class JsonRequired(BadRequest):
-    code, description = "json_required", "send the body as JSON (Content-Type: application/json)"
-
-
-class MethodNotAllowed(GatewayError):
-    status, error, code, description = 405, "invalid_request", "method_not_allowed", "method not allowed here"
 
 
 def add_auth_routes(app: web.Application, cfg: GatewayConfig) -> None:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config.load import TokensConfig
-from ..errors import DependencyDown, RevokedToken, Unauthenticated
+from ..errors import DependencyDown, InvalidRefreshToken, RefreshTokenReused, RevokedToken, SessionEnded
 from ..steps.denylist import Denylist
 from ..steps.identity import Identity
 from ..steps.tokens import Minter
@@ -42,34 +42,6 @@ MAX_REFRESH_TOKEN_CHARS = 512
 _SEAL_INFO = b"tokengate/refresh-grace-reply/v1"
 _NONCE_BYTES = 12
 _WATERMARK_TRIES = 2
-
-
-class InvalidGrant(Unauthenticated):
-    error, code, description = "invalid_grant", "invalid_grant", "the grant is invalid"
-
-
-class MissingRefreshToken(Unauthenticated):
-    """A refresh with no refresh token at all: a missing credential, 401 like a missing access token
-    (a browser whose session cookie is gone learns that it is logged out, not that it sent garbage)."""
-
-    error, code = "invalid_request", "missing_refresh_token"
-    description = "no refresh token: send the refresh cookie or {\"refresh_token\": ...}"
-
-
-class InvalidRefreshToken(InvalidGrant):
-    code, description = "invalid_refresh_token", "the refresh token is invalid, expired or revoked"
-
-
-class RefreshTokenReused(InvalidRefreshToken):
-    code = "refresh_token_reused"
-    description = "the refresh token was used already; its session has been revoked"
-
-
-class SessionEnded(InvalidRefreshToken):
-    """The token's session was ended on purpose (logout, password reset, revocation): no reuse alarm."""
-
-    code = "session_ended"
-    description = "the session of this refresh token has ended; log in again"
 
 
 @dataclass(frozen=True, slots=True)

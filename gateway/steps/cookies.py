@@ -15,7 +15,7 @@ from typing import Protocol
 from multidict import MultiMapping
 
 from ..config.load import AuthConfig, GatewayConfig
-from ..errors import Forbidden, MissingToken
+from ..errors import CsrfFailed, MissingToken
 from .extract import AUTHORIZATION, bearer_credentials
 
 ACCESS_COOKIE = "access_token"
@@ -33,11 +33,6 @@ class Asking(Protocol):
     def cookies(self) -> Mapping[str, str]: ...
     @property
     def method(self) -> str: ...
-
-
-class CsrfFailed(Forbidden):
-    error, code = "access_denied", "csrf_failed"
-    description = f"the {CSRF_HEADER} header must repeat the {CSRF_COOKIE} cookie on this method"
 
 
 def gateway_cookies(auth: AuthConfig) -> frozenset[str]:

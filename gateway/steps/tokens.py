@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..config.load import IdentityConfig, TokensConfig
-from ..errors import GatewayError
+from ..errors import NoSigningKey
 from .identity import Identity
 from .keys import SigningKey
 
@@ -21,10 +21,6 @@ ACCESS_TOKEN_TYP = "at+jwt"                      # RFC 9068; verify accepts it (
 ASSERTION_TYP = "tokengate-assertion+jwt"        # verify refuses it: an assertion is never an access token
 ASSERTION_TTL_S = 60.0
 REGISTERED_CLAIMS = frozenset({"iss", "aud", "sub", "iat", "nbf", "exp", "jti"})
-
-
-class NoSigningKey(GatewayError):
-    code, description = "no_signing_key", "this gateway has no key able to sign tokens"
 
 
 class Minter:

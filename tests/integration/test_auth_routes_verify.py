@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.auth.ratelimit import client_address
-from gateway.steps.cookies import CSRF_HEADER, CsrfFailed, extract_cookie_token
+from gateway.errors import CsrfFailed
+from gateway.steps.cookies import CSRF_HEADER, extract_cookie_token
 from tests.conftest import bearer
 from tests.integration import test_auth_routes as shared
 from tests.integration.test_auth_routes import Auth, MakeAuth, cookie_header, error_code, set_cookies

@@ -191,3 +191,12 @@ def imports_aiohttp_web(path: Path) -> bool:
 def test_the_steps_make_no_http_answers():
     web = sorted(name for name, path in modules().items() if name.startswith("gateway.steps") and imports_aiohttp_web(path))
     assert not web, f"steps raise errors from gateway.errors; answers.py makes the answers. These import aiohttp.web: {web}"
+
+
+def test_every_error_the_gateway_answers_with_is_in_errors_py():
+    tree = ast.parse((PACKAGE / "errors.py").read_text())
+    ours = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    elsewhere = sorted(f"{name}.{node.name}" for name, path in modules().items() if name != "gateway.errors"
+                       for node in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(node, ast.ClassDef) and any(isinstance(b, ast.Name) and b.id in ours for b in node.bases))
+    assert not elsewhere, f"one error tree: define these in gateway/errors.py: {elsewhere}"

@@ -15,10 +15,10 @@ import pytest
 from gateway.auth.accounts.directory import AuthenticatedUser, CredentialsUsers, StoreUsers
 from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.auth.revocation import apply_revocation
-from gateway.auth.sessions import (SESSION_CLAIM, InvalidRefreshToken, RefreshTokenReused, SessionEnded, Sessions,
-                                   TokenPair, hash_refresh_token, new_refresh_token, seal, unseal)
+from gateway.auth.sessions import (SESSION_CLAIM, Sessions, TokenPair, hash_refresh_token, new_refresh_token, seal,
+                                   unseal)
 from gateway.config.load import GatewayConfig
-from gateway.errors import DependencyDown, RevokedToken
+from gateway.errors import DependencyDown, InvalidRefreshToken, RefreshTokenReused, RevokedToken, SessionEnded
 from gateway.steps.denylist import Denylist
 from gateway.steps.tokens import Minter
 from gateway.steps.verify import Verifier

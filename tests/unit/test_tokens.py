@@ -9,9 +9,9 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.errors import InvalidToken
+from gateway.errors import InvalidToken, NoSigningKey
 from gateway.steps.identity import Identity
-from gateway.steps.tokens import ACCESS_TOKEN_TYP, ASSERTION_TYP, Minter, NoSigningKey
+from gateway.steps.tokens import ACCESS_TOKEN_TYP, ASSERTION_TYP, Minter
 from gateway.steps.verify import Verifier
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
 
