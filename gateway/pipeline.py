@@ -84,13 +84,12 @@ class Gateway:
         await denylist.start()
         return gw
 
-    def apply(self, cfg: GatewayConfig, rules: RuleSet | None = None) -> None:
+    def apply(self, cfg: GatewayConfig) -> None:
         """Swap in what a reload may change: routes, upstreams, identity, the keys and the rest of
         ``tokens``. Everything is built before the swap, which happens without an await, so no
         request sees half of each; requests in flight finish on what they started with (the old
-        Forwarder closes once its last one has ended). ``rules``: ``cfg.routes`` already compiled
-        (server/reload.py does it in slices). Raises ValueError for a key that cannot be used."""
-        parts = _from_config(cfg, self.denylist, self.forwarder.watcher, rules)
+        Forwarder closes once its last one has ended). Raises ValueError for a key that cannot be used."""
+        parts = _from_config(cfg, self.denylist, self.forwarder.watcher)
         old_forwarder, old_verifier, old_authenticator = self.forwarder, self.verifier, self.authenticator
         for name, value in parts.items():
             setattr(self, name, value)
@@ -117,13 +116,12 @@ class Gateway:
         await self.store.close()
 
 
-def _from_config(cfg: GatewayConfig, denylist: Denylist, watcher: ConnectionWatcher,
-                 rules: RuleSet | None = None) -> dict[str, Any]:
+def _from_config(cfg: GatewayConfig, denylist: Denylist, watcher: ConnectionWatcher) -> dict[str, Any]:
     """The Gateway's parts that the config alone decides, which a reload builds anew. Raises
     ValueError for a key that cannot be used (before the Authenticator listens to ``denylist``)."""
     keyring = KeyRing.from_config(cfg.tokens)
     verifier = Verifier(cfg.tokens, cfg.identity, keyring=keyring)
-    return {"config": cfg, "rules": RuleSet.compile(cfg.routes) if rules is None else rules, "verifier": verifier,
+    return {"config": cfg, "rules": cfg.rules, "verifier": verifier,
             "authenticator": Authenticator(verifier, denylist, TokenCache(cfg.tokens.cache_size, cfg.tokens.leeway)),
             "passport": Passport.from_config(cfg), "minter": Minter(cfg.tokens, cfg.identity),
             "forwarder": Forwarder(cfg, watcher=watcher), "jwks_body": json.dumps(keyring.public_jwks()).encode()}

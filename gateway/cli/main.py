@@ -158,7 +158,6 @@ def _claim(text: str) -> tuple[str, Any]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from ..config.rules import RuleSet
     from ..errors import BadPath
     from ..paths import normalise
     from ..pipeline import REFUSED_METHODS
@@ -173,7 +172,7 @@ def _explain(args: argparse.Namespace) -> int:
     except BadPath as exc:
         print(f"path:     {raw}\nrefused:  400 {exc.description}")
         return EXIT_NO_MATCH
-    found = RuleSet.compile(cfg.routes).explain(method, path)
+    found = cfg.rules.explain(method, path)
     print(f"path:     {path}")
     if found.rule is None:
         print(f"no route: 404 ({found.reason})")

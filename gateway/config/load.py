@@ -216,6 +216,7 @@ class GatewayConfig(Model):
     upstreams: dict[UpstreamName, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
     _source: str = ""
+    _rules: RuleSet | None = None   # the routes compiled: by load_config, which checks them for conflicts
 
     @field_validator("upstreams")
     @classmethod
@@ -244,6 +245,30 @@ class GatewayConfig(Model):
     def source(self) -> str:
         """The file this config was loaded from."""
         return self._source
+
+    @property
+    def rules(self) -> RuleSet:
+        """The routes compiled into the trie requests are matched against: the one load_config built
+        while checking the routes for conflicts, or (a config made otherwise, or unpickled) built now,
+        once."""
+        if self._rules is None:
+            self._rules = RuleSet.compile(self.routes)
+        return self._rules
+
+    async def rules_in_slices(self) -> RuleSet:
+        """``rules``, built letting the event loop run between slices of routes when they are not built
+        yet: what a serving worker does with a config it is handed for a reload."""
+        if self._rules is None:
+            self._rules = await RuleSet.compile_in_slices(self.routes)
+        return self._rules
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickled without the compiled routes (the fork of a worker, a reload's handoff): unpickling
+        the trie would hold the receiving loop in one piece, building it in slices does not."""
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private["_rules"] = None
+        return {**state, "__pydantic_private__": private}
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -277,7 +302,7 @@ def _report(src: Source, where: KeyPath, message: str) -> None:
 
 def _compile_rules(cfg: GatewayConfig, src: Source) -> None:
     try:
-        RuleSet.compile(cfg.routes)
+        cfg._rules = RuleSet.compile(cfg.routes)
     except RuleConflict as exc:
         other = src.line_of(("routes", exc.first))
         where = f"{src.file}:{other}" if other else f"routes[{exc.first}]"

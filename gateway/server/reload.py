@@ -30,7 +30,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from ..config.load import ConfigError, GatewayConfig, load_config
-from ..config.rules import RuleSet
 from ..pipeline import Gateway
 
 log = logging.getLogger("tokengate")
@@ -147,9 +146,9 @@ async def apply_read(gw: Gateway, read: ReadConfig, started: float | None = None
     if fixed:
         log.warning("config reload: %s changed; these sections apply only after a restart and keep their old values",
                     ", ".join(fixed))
-    rules = await RuleSet.compile_in_slices(applied.routes)   # validated by the reader: no conflict here
+    await applied.rules_in_slices()   # validated by the reader: no conflict here
     try:
-        gw.apply(applied, rules)
+        gw.apply(applied)
     except ValueError as exc:
         log.error("config reload: the config was not reloaded, the old one keeps serving: %s", exc, extra=where)
         return False

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.config.load import GatewayConfig
 from gateway.config.rules import RuleSet
+from gateway.pipeline import Gateway
 from gateway.server.reload import NEEDS_RESTART, ReadConfig, finish_reader, merged, read_config, start_reader
 
 
@@ -91,3 +92,33 @@ async def test_routes_compiled_in_slices_match_as_compiled_at_once(per_slice: in
     for n in (0, 17, 249):
         assert sliced.match("GET", f"/svc{n}/items/x/detail") == whole.match("GET", f"/svc{n}/items/x/detail")
     assert len(sliced) == len(whole) == 250
+
+
+async def test_the_routes_are_compiled_once_at_load_and_the_gateway_matches_with_that_trie(
+        make_config: Callable[..., GatewayConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[int] = []
+    original = RuleSet.compile.__func__   # type: ignore[attr-defined]
+
+    def counting(cls: type[RuleSet], routes: Any) -> RuleSet:
+        compiled.append(len(routes))
+        return original(cls, routes)
+
+    monkeypatch.setattr(RuleSet, "compile", classmethod(counting))
+    cfg = make_config()
+    assert compiled == [len(cfg.routes)]   # load_config, checking for conflicts
+    gw = await Gateway.open(cfg)
+    try:
+        assert gw.rules is cfg.rules
+    finally:
+        await gw.close()
+    assert compiled == [len(cfg.routes)]   # and never again
+
+
+async def test_a_pickled_config_leaves_its_trie_behind_and_builds_it_in_slices(
+        make_config: Callable[..., GatewayConfig]) -> None:
+    cfg = make_config(routes=[{"path": f"/svc{n}/*", "upstream": "accounts"} for n in range(300)])
+    assert cfg.rules is cfg.rules
+    arrived: GatewayConfig = pickle.loads(pickle.dumps(cfg))
+    assert arrived.model_dump() == cfg.model_dump() and arrived._rules is None   # the trie does not travel
+    rules = await arrived.rules_in_slices()
+    assert arrived.rules is rules and rules.match("GET", "/svc7/x").path == "/svc7/*"
