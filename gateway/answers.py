@@ -9,7 +9,7 @@ import logging
 from aiohttp import web
 
 from .errors import GatewayError, Handler, error_response
-from .forward.request_id import REQUEST_ID, pick_request_id
+from .forward.request_id import REQUEST_ID, request_id_of
 from .logs import ACCESS_NOTE
 
 log = logging.getLogger("tokengate")
@@ -41,7 +41,7 @@ def answer_for(request: web.Request, exc: Exception) -> web.Response:
         exc = GatewayError()
     resp = error_response(exc)
     if REQUEST_ID not in resp.headers:
-        resp.headers[REQUEST_ID] = pick_request_id(request.headers.getall(REQUEST_ID, []))
+        resp.headers[REQUEST_ID] = request_id_of(request)
     if not request.content.is_eof():
         resp.force_close()
     return resp

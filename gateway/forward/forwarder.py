@@ -32,7 +32,7 @@ from .lifetime import ConnectionWatcher, Lifetime
 from .pool import UpstreamPool
 from .relay import BUFFER_MAX_BYTES
 from .request_body import Body, read_body, send_continue
-from .request_id import REQUEST_ID
+from .request_id import PICKED
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 __all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]
@@ -163,6 +163,7 @@ class Forwarder:
                 body = Body(request.content_length)
             headers, request_id = request_header_items(request.headers, self._policy, self._peer_of(request),
                                                        identity_headers, body.length)   # BadRequest -> 400
+            request[PICKED] = request_id   # what a refusal from here on answers with (answers.py)
             lifetime = Lifetime(self.watcher, identity)
             pool = self._pool(upstream)
             if pool is not None and lean.fits(request, body) and not is_websocket_upgrade(request):
@@ -180,15 +181,14 @@ class Forwarder:
                                headers: CIMultiDict[str], body: Body, request_id: str, lifetime: Lifetime,
                                note: AccessNote | None) -> web.StreamResponse:
         session = self._session(upstream)
-        echo = {REQUEST_ID: request_id}
         if pool is not None:   # aiohttp's requests count against the lean pool's budget too
             try:
                 await pool.acquire_slot()
             except TimedOut as exc:
-                raise UpstreamTimeout(headers=echo) from exc
+                raise UpstreamTimeout() from exc
         try:
             if is_websocket_upgrade(request):
-                return await proxy_websocket(request, session, url, headers, echo, lifetime)
+                return await proxy_websocket(request, session, url, headers, request_id, lifetime)
             return await general.forward(request, session, url, headers, body, request_id, lifetime, note,
                                               self._body_timeout_s)
         finally:

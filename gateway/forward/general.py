@@ -24,7 +24,6 @@ from .headers import HOST
 from .lifetime import Lifetime
 from .relay import is_small, stream_answer, whole_answer
 from .request_body import Body
-from .request_id import REQUEST_ID
 
 # Added by aiohttp's client unless skipped; a proxy must not invent them.
 _CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -120,18 +119,17 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL
 async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
                 headers: CIMultiDict[str], body: Body) -> aiohttp.ClientResponse:
     data = body.data if body.data is not None else body.stream
-    echo = {REQUEST_ID: headers[REQUEST_ID]}
     try:
         resp = await session.request(request.method, url, headers=headers, data=data, allow_redirects=False)
     except (asyncio.TimeoutError, aiohttp.ClientError, RequestTimeout) as exc:
         if body.stalled:   # the client stopped sending its body: whatever aiohttp made of it
-            raise RequestTimeout(headers=echo) from exc
+            raise RequestTimeout() from exc
         if isinstance(exc, asyncio.TimeoutError):   # first: aiohttp's timeout errors are ClientErrors too
-            raise UpstreamTimeout(headers=echo) from exc
-        raise UpstreamFailed(headers=echo) from exc
+            raise UpstreamTimeout() from exc
+        raise UpstreamFailed() from exc
     if resp.status == 101:   # switching protocols, though no upgrade was asked for (WebSockets: forward/websocket.py)
         resp.close()
-        raise UpstreamFailed(headers=echo)
+        raise UpstreamFailed()
     return resp
 
 
@@ -142,9 +140,9 @@ async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id:
         try:   # nothing is sent to the client unless the whole body arrived
             body = await resp.read()
         except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout(headers={REQUEST_ID: request_id}) from exc
+            raise UpstreamTimeout() from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamFailed(headers={REQUEST_ID: request_id}) from exc
+            raise UpstreamFailed() from exc
         finally:
             resp.release()
         return whole_answer(resp.status, resp.reason, resp.headers.items(), body, request_id)

@@ -19,7 +19,6 @@ from .lifetime import Lifetime
 from .pool import UpstreamPool
 from .relay import is_small, stream_answer, whole_answer
 from .request_body import Body
-from .request_id import REQUEST_ID
 
 
 def fits(request: web.Request, body: Body) -> bool:
@@ -37,14 +36,14 @@ async def forward(request: web.Request, pool: UpstreamPool, target: str, host: s
     try:
         head = request_head(request.method, target, host, headers)
     except ValueError as exc:   # unreachable through aiohttp's server parser; kept as a guard
-        raise BadRequest(headers={REQUEST_ID: request_id}) from exc
+        raise BadRequest() from exc
     if body.data:
         head += body.data   # one write: head and body together
     sent_at = time.perf_counter()
     try:
         answer = await pool.send(request.method, head, body.stream, timeout_s)
     except UpstreamError as exc:
-        raise _failure(exc, request_id, body) from exc
+        raise _failure(exc, body) from exc
     if note is not None:
         note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
     try:
@@ -52,7 +51,7 @@ async def forward(request: web.Request, pool: UpstreamPool, target: str, host: s
             try:   # nothing is sent to the client unless the whole body arrived
                 whole = await answer.read()
             except UpstreamError as exc:
-                raise _failure(exc, request_id, body) from exc
+                raise _failure(exc, body) from exc
             return whole_answer(answer.status, answer.reason, answer.headers, whole, request_id)
         out, _ = await stream_answer(request, answer.status, answer.reason, answer.headers, answer.chunks(),
                                      answer.content_length is None, request_id, lifetime, (UpstreamError,),
@@ -62,10 +61,9 @@ async def forward(request: web.Request, pool: UpstreamPool, target: str, host: s
         answer.finish()   # back to the pool if the answer was whole, else the connection closes
 
 
-def _failure(exc: UpstreamError, request_id: str, body: Body) -> GatewayError:
+def _failure(exc: UpstreamError, body: Body) -> GatewayError:
     """408 when the client stopped sending its body, 504 for an upstream that was silent too long,
     else 502."""
-    echo = {REQUEST_ID: request_id}
     if body.stalled:
-        return RequestTimeout(headers=echo)
-    return UpstreamTimeout(headers=echo) if isinstance(exc, TimedOut) else UpstreamFailed(headers=echo)
+        return RequestTimeout()
+    return UpstreamTimeout() if isinstance(exc, TimedOut) else UpstreamFailed()

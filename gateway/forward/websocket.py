@@ -43,27 +43,26 @@ def requested_protocols(request: web.BaseRequest) -> list[str]:
 
 
 async def proxy_websocket(request: web.Request, session: aiohttp.ClientSession, url: URL,
-                          headers: CIMultiDict[str], echo_headers: dict[str, str],
-                          lifetime: Lifetime) -> web.WebSocketResponse:
-    """Proxy one WebSocket session; ``echo_headers`` go on the client's 101 answer (and on errors).
+                          headers: CIMultiDict[str], request_id: str, lifetime: Lifetime) -> web.WebSocketResponse:
+    """Proxy one WebSocket session; ``request_id`` goes on the client's 101 answer.
     When the token expires or is revoked, the client gets close code 1008 and the upstream 1001.
 
     Raises BadRequest for a malformed upgrade, UpstreamFailed/UpstreamTimeout if the upstream refuses.
     """
     if not web.WebSocketResponse().can_prepare(request).ok:
-        raise BadRequest("a malformed WebSocket upgrade", headers=echo_headers)
+        raise BadRequest("a malformed WebSocket upgrade")
     note = request.get(ACCESS_NOTE)
     sent_at = time.perf_counter()
-    upstream = await _connect(session, url, headers, requested_protocols(request), echo_headers)
+    upstream = await _connect(session, url, headers, requested_protocols(request))
     if note is not None:   # the upstream's 101: counted as forwarded, its handshake as the upstream's time
         note.upstream_ms = (time.perf_counter() - sent_at) * 1000
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else ())
-    client.headers.update(echo_headers)
+    client.headers[REQUEST_ID] = request_id
     closes: list[int] = []   # each leg's close code as its pump ends: the first is how the session ended
     try:
         await client.prepare(request)
         if note is not None:
-            note.request_id = echo_headers.get(REQUEST_ID)
+            note.request_id = request_id
         ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         with lifetime.on_end(lambda reason: ended.done() or ended.set_result(reason)):
             await _pump_both(client, upstream, ended, closes)
@@ -79,15 +78,15 @@ async def proxy_websocket(request: web.Request, session: aiohttp.ClientSession, 
 
 
 async def _connect(session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str],
-                   protocols: list[str], echo: dict[str, str]) -> aiohttp.ClientWebSocketResponse:
+                   protocols: list[str]) -> aiohttp.ClientWebSocketResponse:
     leg_headers = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in WS_HANDSHAKE)
     try:
         return await session.ws_connect(url, headers=leg_headers, protocols=protocols,
                                         timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT_S))
     except asyncio.TimeoutError as exc:
-        raise UpstreamTimeout(headers=echo) from exc
+        raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:   # refused, or answered without switching protocols
-        raise UpstreamFailed(headers=echo) from exc
+        raise UpstreamFailed() from exc
 
 
 async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse,

@@ -656,7 +656,7 @@ async def answer_then_ok(up_box: list[RawUpstream], answer: bytes, reader: async
     """The first connection gets ``answer`` and then OK to anything more it is asked; the later ones
     OK: a second request that came back 200 on one connection would mean the broken one was reused."""
     if n == 1:
-        await read_request(reader)
+        up_box[0].requests.append(await read_request(reader))
         writer.write(answer)
         await writer.drain()
     await up_box[0].answer_each(reader, writer, OK)
@@ -669,7 +669,10 @@ async def assert_502_and_not_reused(make_proxy: MakeProxy, raw_upstream: StartUp
     async with asyncio.timeout(BOUND_S):
         resp = await proxy.get("/x")
         assert resp.status == 502 and (await resp.json())["code"] == "upstream_unavailable"
-        assert "X-Request-Id" in resp.headers
+        # The refusal names the request id the upstream was given (picked once, for both).
+        (given,) = [line.partition(b":")[2].strip().decode() for line in up.requests[0].split(b"\r\n")
+                    if line.lower().startswith(b"x-request-id:")]
+        assert resp.headers["X-Request-Id"] == given
         again = await proxy.get("/again")
         assert (again.status, await again.read()) == (200, b"ok")
     assert up.connections == 2
