@@ -180,14 +180,14 @@ def test_explain_output_ends_with_a_newline(write_config, capsys, method, path):
 
 def readme_explain_examples() -> list[tuple[list[str], str]]:
     """Each `$ tokengate explain ...` of the README's command-line section, with the output shown under it."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     examples = re.findall(r"^\$ tokengate (explain .*)\n((?:(?!\$ |```).*\n)*)", text, re.M)
     return [(shlex.split(command), shown) for command, shown in examples]
 
 
 def test_readme_explain_examples_show_the_real_output(capsys, monkeypatch):
     monkeypatch.setenv("TOKENGATE_SECRET", HS_SECRET)
-    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.chdir(Path(__file__).resolve().parents[3])
     examples = readme_explain_examples()
     assert len(examples) >= 3
     for argv, shown in examples:

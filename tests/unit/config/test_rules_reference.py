@@ -9,7 +9,7 @@ The reference tries every route, as the words say, where RuleSet walks a trie:
 - The most specific pattern wins, whatever the file order: "longest literal match, then fewer
   wildcards", read segment by segment from the left: at the first segment where two matching
   patterns differ, a literal beats ``*``, and ``*`` beats a pattern that has already ended
-  (the reading tests/unit/test_rules.py's table pins: ``/a/b`` beats ``/a/*/c/d`` on ``/a/b/c/d``,
+  (the reading tests/unit/config/test_rules.py's table pins: ``/a/b`` beats ``/a/*/c/d`` on ``/a/b/c/d``,
   ``/a/*/*`` beats ``/a/*`` on ``/a/x/y``).
 - Methods choose only among the routes of that one pattern: the route listing the method, else the
   route without ``methods``, else none (404): a less specific pattern never picks up a method.

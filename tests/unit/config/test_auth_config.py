@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config.load import CredentialsUrlConfig, GatewayConfig, MailConfig, UsersFileConfig
-from tests.unit.config_checks import line_in, problems_of, single, write_raw
+from tests.unit.config.config_checks import line_in, problems_of, single, write_raw
 
 __all__ = ["write_raw"]   # a fixture, imported for pytest
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from gateway.config.load import ConfigError, GatewayConfig, load_config
 from gateway.config.source import Problem
 from tests.conftest import base_config
-from tests.unit.config_checks import SECRET_32
+from tests.unit.config.config_checks import SECRET_32
 
 _FUZZ_ENV = {"X": "value", "EMPTY": "", "SECRET": SECRET_32}
 

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config.load import GatewayConfig, load_config
 from tests.conftest import HS_SECRET
-from tests.unit.config_checks import SECRET_32, line_in, problems_of, single
+from tests.unit.config.config_checks import SECRET_32, line_in, problems_of, single
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from gateway.config.load import ConfigError, load_config
 from gateway.config.source import Problem
 
-DATA = Path(__file__).parent.parent / "data"
+DATA = Path(__file__).parents[2] / "data"
 SECRET_32 = "s" * 32
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from gateway.config.load import ConfigError, GatewayConfig, StoreConfig, load_config
 from gateway.config.source import Problem
 from tests.conftest import HS_SECRET
-from tests.unit.config_checks import DATA, SECRET_32, assert_single, line_in, problems_of, single, write_raw
+from tests.unit.config.config_checks import DATA, SECRET_32, assert_single, line_in, problems_of, single, write_raw
 
 __all__ = ["write_raw"]   # a fixture, imported for pytest
 

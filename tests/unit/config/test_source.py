@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from gateway.config import source
 from gateway.config.source import MAX_VALUES, Problem, Source, format_key, read_source
 from loadtests.benchconfig import write_bench_config
-from tests.unit.config_checks import DATA
+from tests.unit.config.config_checks import DATA
 
 
 @pytest.fixture
