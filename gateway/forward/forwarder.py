@@ -2,16 +2,19 @@
 
 In: the request, its normalised path, the upstream's name and the identity headers to set.
 Out: the upstream's answer, with hop-by-hop and client-sent identity headers removed on the way
-(forward/headers.py). Most requests take the lean path (forward/lean.py: forward/h1client.py on the keep-alive
-connections of forward/pool.py, over TLS for HTTPS upstreams); HEAD, chunked request bodies and
-WebSocket upgrades take aiohttp's client (forward/general.py, forward/websocket.py). Both send and relay the same headers.
+(headers.py). Most requests take the lean path (lean.py: h1client.py on the keep-alive connections
+of pool.py, over TLS for HTTPS upstreams); HEAD, chunked request bodies and WebSocket upgrades take
+aiohttp's client (general.py, websocket.py). Both clients get the same headers and hand back the
+same answer shape (relay.UpstreamAnswer), their own errors already turned into 502/504 (408 for a
+client whose body stalled); ``_exchange`` times the upstream and relays the answer, once for both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -30,7 +33,7 @@ from .h1client import TimedOut
 from .headers import HeaderPolicy, Peer, is_trusted, request_header_items
 from .lifetime import ConnectionWatcher, Lifetime
 from .pool import UpstreamPool
-from .relay import BUFFER_MAX_BYTES
+from .relay import BUFFER_MAX_BYTES, UpstreamAnswer, relay
 from .request_body import Body, read_body, send_continue
 from .request_id import PICKED
 from .websocket import is_websocket_upgrade, proxy_websocket
@@ -167,9 +170,9 @@ class Forwarder:
             lifetime = Lifetime(self.watcher, identity)
             pool = self._pool(upstream)
             if pool is not None and lean.fits(request, body) and not is_websocket_upgrade(request):
-                return await lean.forward(request, pool, request_target, target.host_header, headers, body,
-                                               request_id, self._timeouts[upstream], lifetime, note,
-                                               self._body_timeout_s)
+                sending = lean.send(request, pool, request_target, target.host_header, headers, body,
+                                    self._timeouts[upstream])
+                return await self._exchange(request, sending, request_id, lifetime, note)
             return await self._forward_general(request, pool, upstream, target.url(request_target),
                                                CIMultiDict(headers), body, request_id, lifetime, note)
         finally:
@@ -189,11 +192,21 @@ class Forwarder:
         try:
             if is_websocket_upgrade(request):
                 return await proxy_websocket(request, session, url, headers, request_id, lifetime)
-            return await general.forward(request, session, url, headers, body, request_id, lifetime, note,
-                                              self._body_timeout_s)
+            return await self._exchange(request, general.send(session, request, url, headers, body), request_id,
+                                        lifetime, note)
         finally:
             if pool is not None:
                 pool.release_slot()
+
+    async def _exchange(self, request: web.Request, sending: Awaitable[UpstreamAnswer], request_id: str,
+                        lifetime: Lifetime, note: AccessNote | None) -> web.StreamResponse:
+        """Either client's exchange: the upstream's time until the answer's head (the access line's
+        and the metrics' upstream_ms), then the answer relayed to the client."""
+        sent_at = time.perf_counter()
+        answer = await sending
+        if note is not None:
+            note.upstream_ms = (time.perf_counter() - sent_at) * 1000
+        return await relay(request, answer, request_id, lifetime, self._body_timeout_s)
 
     def _peer_of(self, request: web.Request) -> Peer:
         address = request.remote or None

@@ -2,14 +2,14 @@
 HEAD, chunked request bodies, and WebSocket upgrades (with forward/websocket.py).
 
 In: a client session per upstream, the request, its upstream URL and the filtered headers.
-Out: the upstream's answer, read whole when small, else streamed as it arrives.
+Out: the upstream's answer, as relay.py takes it from either client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
+from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -18,11 +18,9 @@ from yarl import URL
 
 from ..config.load import UpstreamConfig
 from ..errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
-from ..logs import AccessNote
 from .answer_head import MalformedAnswer, check_answer_head
 from .headers import HOST
-from .lifetime import Lifetime
-from .relay import is_small, stream_answer, whole_answer
+from .relay import UpstreamAnswer
 from .request_body import Body
 
 # Added by aiohttp's client unless skipped; a proxy must not invent them.
@@ -94,12 +92,10 @@ class _CheckedResponse(aiohttp.ClientResponse):
         return self
 
 
-async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[str],
-                  body: Body, request_id: str, lifetime: Lifetime, note: AccessNote | None,
-                  stall_s: float) -> web.StreamResponse:
-    """``body``: read whole or streamed (``headers`` carries its Content-Length when known; else
-    aiohttp sends it chunked); ``stall_s``: how long the client may leave a streamed answer unread."""
-    sent_at = time.perf_counter()
+async def send(session: aiohttp.ClientSession, request: web.Request, url: URL, headers: CIMultiDict[str],
+               body: Body) -> UpstreamAnswer:
+    """Send the request (``body`` read whole or streamed; ``headers`` carries its Content-Length when
+    known, else aiohttp sends it chunked) and return the answer once its head has come."""
     resp = await _send(session, request, url, headers, body)
     if body.stream is not None:
         # The answer may be streaming while the body is still being sent. If the client then stops
@@ -111,9 +107,41 @@ async def forward(request: web.Request, session: aiohttp.ClientSession, url: URL
         body.on_stall = stalled
         if body.stalled:
             stalled()
-    if note is not None:
-        note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
-    return await _relay(request, resp, request_id, lifetime, stall_s)
+    return _GeneralAnswer(resp)
+
+
+class _GeneralAnswer:
+    """aiohttp's ClientResponse as relay.py takes it: its errors become the gateway's at this boundary."""
+
+    __slots__ = ("_resp", "status", "reason", "content_length")
+    broken: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status, self.reason, self.content_length = resp.status, resp.reason, resp.content_length
+
+    @property
+    def header_items(self) -> Iterable[tuple[str, str]]:
+        return self._resp.headers.items()
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except asyncio.TimeoutError as exc:   # first: aiohttp's timeout errors are ClientErrors too
+            raise UpstreamTimeout() from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailed() from exc
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._resp.content.iter_any()
+
+    def finish(self, complete: bool) -> None:
+        # Release once the body came whole; anything unfinished (an error, the client gone, the task
+        # cancelled) closes the connection, so the upstream sees the request end.
+        if complete:
+            self._resp.release()
+        else:
+            self._resp.close()
 
 
 async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
@@ -131,31 +159,3 @@ async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
         resp.close()
         raise UpstreamFailed()
     return resp
-
-
-async def _relay(request: web.Request, resp: aiohttp.ClientResponse, request_id: str,
-                 lifetime: Lifetime, stall_s: float) -> web.StreamResponse:
-    # HEAD answers carry a Content-Length but no body: streamed, so their headers go out as they are.
-    if request.method != "HEAD" and is_small(resp.content_length, resp.status):
-        try:   # nothing is sent to the client unless the whole body arrived
-            body = await resp.read()
-        except asyncio.TimeoutError as exc:
-            raise UpstreamTimeout() from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed() from exc
-        finally:
-            resp.release()
-        return whole_answer(resp.status, resp.reason, resp.headers.items(), body, request_id)
-    complete = False
-    try:
-        out, complete = await stream_answer(request, resp.status, resp.reason, resp.headers.items(),
-                                            resp.content.iter_any(), resp.content_length is None, request_id,
-                                            lifetime, (aiohttp.ClientError, asyncio.TimeoutError), stall_s)
-        return out
-    finally:
-        # Release keeps the connection for reuse; anything unfinished (an error, the client gone,
-        # this task cancelled) closes it so the upstream sees the request end.
-        if complete:
-            resp.release()
-        else:
-            resp.close()

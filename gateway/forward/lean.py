@@ -1,23 +1,21 @@
 """Step 6, the lean path: most proxied requests go over forward/h1client.py, on the keep-alive connections
 of forward/pool.py (forward/forwarder.py decides which ones: see ``fits``).
 
-In: the request, its upstream pool and target, the filtered headers. Out: the upstream's answer,
-read whole when small and sent in one write, else streamed as it arrives. A body read whole goes
-in the same write as the head; a larger one is streamed as it comes.
+In: the request, its upstream pool and target, the filtered headers. Out: the upstream's answer, as
+relay.py takes it from either client. A body read whole goes in the same write as the head; a
+larger one is streamed as it comes.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
-from ..logs import AccessNote
-from .h1client import TimedOut, UpstreamError, request_head
-from .lifetime import Lifetime
+from .h1client import Answer, TimedOut, UpstreamError, request_head
 from .pool import UpstreamPool
-from .relay import is_small, stream_answer, whole_answer
+from .relay import UpstreamAnswer
 from .request_body import Body
 
 
@@ -28,37 +26,48 @@ def fits(request: web.Request, body: Body) -> bool:
     return request.method != "HEAD" and (body.stream is None or body.length is not None)
 
 
-async def forward(request: web.Request, pool: UpstreamPool, target: str, host: str,
-                  headers: list[tuple[str, str]], body: Body, request_id: str, timeout_s: float, lifetime: Lifetime,
-                  note: AccessNote | None, stall_s: float) -> web.StreamResponse:
-    """``body``: sent with the head when read whole, else streamed as it comes; ``stall_s``: how long
-    the client may leave a streamed answer unread (listen.body_timeout)."""
+async def send(request: web.Request, pool: UpstreamPool, target: str, host: str, headers: list[tuple[str, str]],
+               body: Body, timeout_s: float) -> UpstreamAnswer:
+    """Send the request (``body``: with the head when read whole, else streamed as it comes) and
+    return the answer once its head has come; the upstream's failures are 502/504 from here on."""
     try:
         head = request_head(request.method, target, host, headers)
     except ValueError as exc:   # unreachable through aiohttp's server parser; kept as a guard
         raise BadRequest() from exc
     if body.data:
         head += body.data   # one write: head and body together
-    sent_at = time.perf_counter()
     try:
         answer = await pool.send(request.method, head, body.stream, timeout_s)
     except UpstreamError as exc:
         raise _failure(exc, body) from exc
-    if note is not None:
-        note.upstream_ms = (time.perf_counter() - sent_at) * 1000   # until the answer's headers
-    try:
-        if is_small(answer.content_length, answer.status):
-            try:   # nothing is sent to the client unless the whole body arrived
-                whole = await answer.read()
-            except UpstreamError as exc:
-                raise _failure(exc, body) from exc
-            return whole_answer(answer.status, answer.reason, answer.headers, whole, request_id)
-        out, _ = await stream_answer(request, answer.status, answer.reason, answer.headers, answer.chunks(),
-                                     answer.content_length is None, request_id, lifetime, (UpstreamError,),
-                                     stall_s)
-        return out
-    finally:
-        answer.finish()   # back to the pool if the answer was whole, else the connection closes
+    return _LeanAnswer(answer, body)
+
+
+class _LeanAnswer:
+    """h1client's Answer as relay.py takes it: its errors become the gateway's at this boundary."""
+
+    __slots__ = ("_answer", "_body", "status", "reason", "content_length")
+    broken: tuple[type[BaseException], ...] = (UpstreamError,)
+
+    def __init__(self, answer: Answer, body: Body) -> None:
+        self._answer, self._body = answer, body
+        self.status, self.reason, self.content_length = answer.status, answer.reason, answer.content_length
+
+    @property
+    def header_items(self) -> list[tuple[str, str]]:
+        return self._answer.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._answer.read()
+        except UpstreamError as exc:
+            raise _failure(exc, self._body) from exc
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._answer.chunks()
+
+    def finish(self, complete: bool) -> None:
+        self._answer.finish()   # back to the pool if the answer was read whole, else the connection closes
 
 
 def _failure(exc: UpstreamError, body: Body) -> GatewayError:

@@ -1,6 +1,7 @@
 """Step 6, the way back: the upstream's answer to the client, the same for both upstream clients
-(forward/lean.py, forward/general.py). A small answer goes out in one write once it is whole; any other
-is streamed as it arrives, and cut off (never ended cleanly) if the upstream breaks inside it.
+(forward/lean.py, forward/general.py), which hand it over as an ``UpstreamAnswer``. A small answer
+goes out in one write once it is whole; any other is streamed as it arrives, and cut off (never
+ended cleanly) if the upstream breaks inside it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -23,6 +25,45 @@ log = logging.getLogger("tokengate.forward")
 # body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
 BUFFER_MAX_BYTES = 256 * 1024
 _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
+
+
+class UpstreamAnswer(Protocol):
+    """An upstream's answer as either client hands it over, its head checked (answer_head.py)."""
+
+    status: int
+    reason: str | None
+    content_length: int | None
+    broken: tuple[type[BaseException], ...]   # what its chunks raise when the upstream breaks inside the body
+
+    @property
+    def header_items(self) -> Iterable[tuple[str, str]]: ...
+
+    async def read(self) -> bytes:
+        """The whole body; raises UpstreamFailed/UpstreamTimeout (RequestTimeout: the client's body stalled)."""
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def finish(self, complete: bool) -> None:
+        """Give the connection back (``complete``: the body was read whole) or close it."""
+
+
+async def relay(request: web.Request, answer: UpstreamAnswer, request_id: str, lifetime: Lifetime,
+                stall_s: float) -> web.StreamResponse:
+    """The answer to the client: whole in one write when small (nothing goes out unless the whole body
+    came), else streamed. HEAD answers carry a Content-Length but no body: streamed, so their headers
+    go out as they are."""
+    complete = False
+    try:
+        if request.method != "HEAD" and is_small(answer.content_length, answer.status):
+            body = await answer.read()
+            complete = True
+            return whole_answer(answer.status, answer.reason, answer.header_items, body, request_id)
+        out, complete = await stream_answer(request, answer.status, answer.reason, answer.header_items,
+                                            answer.chunks(), answer.content_length is None, request_id, lifetime,
+                                            answer.broken, stall_s)
+        return out
+    finally:
+        answer.finish(complete)
 
 
 def is_small(content_length: int | None, status: int) -> bool:
