@@ -60,7 +60,7 @@ ensure_bench_tools() {   # the load-testing kit's wrk driver and its callgrind c
   if ! command -v wrk >/dev/null || ! command -v valgrind >/dev/null; then apt_install wrk valgrind; fi
 }
 
-ensure_nginx() {   # tests/integration/test_nginx.py puts a real nginx (auth_request) in front of the gateway
+ensure_nginx() {   # tests/integration/deploy/test_nginx.py puts a real nginx (auth_request) in front of the gateway
   if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then apt_install nginx; fi
 }
 

@@ -90,7 +90,7 @@ class Demo:
                 "`tokengate mint` signs with it")
 
 
-# Every line that runs something ends with "# <status>: ..." (tests/integration/test_demo.py runs each one
+# Every line that runs something ends with "# <status>: ..." (tests/integration/dev/test_demo.py runs each one
 # and expects that status). The refresh token travels in the JSON body (auth.refresh_token_in_body): the
 # refresh cookie is Secure, and curl sends no Secure cookie back over plain http://.
 _BANNER = """

@@ -9,7 +9,7 @@ this module leans on aiohttp internals: RequestHandler's ``_messages``, ``_waite
 ``_manager``, ``_request_in_progress`` and its ``_ErrInfo`` messages, ``Application._make_request(_cls=...)``,
 ``Request._prepare_hook`` and ``_protocol``, ``Server._kwargs``, and BaseRunner's ``_shutdown_timeout``
 (read by its ``cleanup``, which must run after the drain: 0 means no limit there).
-tests/integration/test_edge_server.py and test_drain.py fail when a new aiohttp changes them.
+tests/integration/server/test_edge_server.py and test_drain.py fail when a new aiohttp changes them.
 
 SIGTERM drains a port (EdgeRunner.cleanup): the listener closes, then every answer says
 ``Connection: close`` and ends its connection, requests in progress finish, an idle keep-alive

@@ -26,7 +26,7 @@ from loadtests.tokenpool import (KINDS, OTHER_AUDIENCE, PoolError, PoolMaker, ge
                                  sidecar_path, split_count, write_pool)
 from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
 from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
-from tests.integration.test_access_log import written_access_lines
+from tests.integration.server.test_access_log import written_access_lines
 from tests.loadtests.reportchecks import assert_has_a_curve_and_a_rate, assert_is_a_chart
 
 REPO = Path(__file__).resolve().parents[2]

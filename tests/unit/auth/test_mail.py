@@ -1,6 +1,6 @@
 """gateway.auth.accounts.mail without sockets: smtp urls, the message, masking, the log backend, the queue and the
 worker's guard. Delivery, retries and close() against real servers (one that accepts, refuses, is down or
-never answers) are in tests/integration/test_mail_smtp.py."""
+never answers) are in tests/integration/auth/test_mail_smtp.py."""
 
 from __future__ import annotations
 

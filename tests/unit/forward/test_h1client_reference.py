@@ -43,7 +43,7 @@ STRICTER = {
     "two Content-Length values": "forward/h1client.py on_headers_complete: llhttp lets through one value only "
                                  "(RFC 9112 6.3: a recipient may refuse; h11 folds equal copies into one)",
     "Content-Length beside Transfer-Encoding": "RFC 9112 6.1 ('ought to be handled as an error'); "
-                                               "tests/integration/test_upstream_protocol.py pins it as 502",
+                                               "tests/integration/forward/test_upstream_protocol.py pins it as 502",
     "status outside 100..599": "forward/answer_head.py check_answer_head",
     "HTTP version other than 1.0 and 1.1": "forward/answer_head.py check_answer_head",
     "a control character in the head": "forward/answer_head.py check_answer_head (h11 refuses only NUL, CR, LF)",

@@ -5,7 +5,7 @@ forwarding name from an untrusted peer), and lets ordinary headers through unles
 Connection header lists them.
 
 The same invariant is checked through sockets, on both upstream clients, in
-tests/integration/test_edge_properties.py (a few dozen examples, each a whole exchange); this one runs
+tests/integration/server/test_edge_properties.py (a few dozen examples, each a whole exchange); this one runs
 the pure function on many more examples, with the identity config, the peer and the body length
 generated too. Every reserved name below is written out here from DESIGN.md ("What the upstream
 receives is decided by the gateway alone"), not imported from the module it checks.

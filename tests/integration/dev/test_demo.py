@@ -24,7 +24,7 @@ from tests.integration.shell_lines import Shell, curl_session, run_line, split_c
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BANNER_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 MAIL_TIMEOUT_S = 10.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import flush
-from tests.integration import test_auth_routes as shared, test_auth_routes_refresh as refresh
+from tests.integration.auth import test_auth_routes as shared, test_auth_routes_refresh as refresh
 from tests.store.conftest import REDIS_URLS, TOPOLOGY
 
 auth, make_auth = shared.auth, shared.make_auth   # the shared fixtures, by name

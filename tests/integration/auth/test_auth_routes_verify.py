@@ -14,8 +14,8 @@ from gateway.auth.ratelimit import client_address
 from gateway.errors import CsrfFailed
 from gateway.steps.cookies import CSRF_HEADER, extract_cookie_token
 from tests.conftest import bearer
-from tests.integration import test_auth_routes as shared
-from tests.integration.test_auth_routes import Auth, MakeAuth, cookie_header, error_code, set_cookies
+from tests.integration.auth import test_auth_routes as shared
+from tests.integration.auth.test_auth_routes import Auth, MakeAuth, cookie_header, error_code, set_cookies
 
 # The shared fixtures, by name: pytest finds fixtures among a module's globals.
 auth, backend, make_auth, store_url = shared.auth, shared.backend, shared.make_auth, shared.store_url

@@ -36,9 +36,9 @@ from gateway.errors import BadPath
 from gateway.paths import normalise
 from gateway.pipeline import GATEWAY, JWKS_PATH, Gateway
 from tests.conftest import bearer
-from tests.integration import test_auth_routes as shared
+from tests.integration.auth import test_auth_routes as shared
 from tests.integration.edge_kit import serve_gateway
-from tests.integration.test_auth_routes import CHEAP, PASSWORD, add_accounts, until
+from tests.integration.auth.test_auth_routes import CHEAP, PASSWORD, add_accounts, until
 
 if TYPE_CHECKING:
     from schemathesis.specs.openapi.schemas import OpenApiSchema

@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import AUDIENCE, ISSUER, bearer
 from tests.integration.gatewayproc import GatewayProcess
-from tests.integration.test_gateway_process import _until_logged, gateway_config
+from tests.integration.server.test_gateway_process import _until_logged, gateway_config
 
 pytestmark = pytest.mark.integration
 NEW_SECRET = "reload-test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.config.load import GatewayConfig
 
-from .edge_kit import (Fwd, Refuse, chunked, edge_sections, exchange, fill, fold, judge_answers, match_upstream,
+from ..edge_kit import (Fwd, Refuse, chunked, edge_sections, exchange, fill, fold, judge_answers, match_upstream,
                        recording_upstream, req, serve_gateway)
 
 pytestmark = pytest.mark.integration

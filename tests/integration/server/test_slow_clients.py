@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from .conftest import MakeProxy, StartUpstream
-from .rawupstream import OK, RawUpstream, read_request
+from ..conftest import MakeProxy, StartUpstream
+from ..rawupstream import OK, RawUpstream, read_request
 
 pytestmark = pytest.mark.integration
 BOUND_S = 10.0

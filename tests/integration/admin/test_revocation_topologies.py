@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import flush
-from tests.integration import test_revocation as revocation
+from tests.integration.admin import test_revocation as revocation
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis_topology]
 

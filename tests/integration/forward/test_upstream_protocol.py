@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.forward.h1client import MAX_FIELD_BYTES, MAX_HEAD_BYTES, MAX_HEADERS
 
-from .conftest import FORWARDER, MakeProxy
-from .rawupstream import (BOUND_S, OK, RawUpstream, Script, StartUpstream, read_request, unanswering_listener,
+from ..conftest import FORWARDER, MakeProxy
+from ..rawupstream import (BOUND_S, OK, RawUpstream, Script, StartUpstream, read_request, unanswering_listener,
                           until_peer_read, until_peer_stops_reading)
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.integration.gatewayproc import GatewayProcess
-from tests.integration.test_edge_server import Answer, closed_by_server, get, read_answer
-from tests.integration.test_gateway_process import Recorder, _until_logged, _until_refused, gateway_config, recorder
+from tests.integration.server.test_edge_server import Answer, closed_by_server, get, read_answer
+from tests.integration.server.test_gateway_process import Recorder, _until_logged, _until_refused, gateway_config, recorder
 
 pytestmark = pytest.mark.integration
 __all__ = ["recorder"]   # the fixture, shared with test_gateway_process

@@ -18,9 +18,9 @@ from gateway.auth.account_routes import ACCOUNTS
 from gateway.auth.accounts.remote import CredentialsUsers
 from gateway.auth.accounts.resets import CHANGED_SUBJECT, RESET_SUBJECT, hash_reset_token
 from tests.conftest import bearer
-from tests.integration import test_auth_routes as shared
+from tests.integration.auth import test_auth_routes as shared
 from tests.integration.smtpserver import SmtpServer, smtp_server, text_of, token_in
-from tests.integration.test_auth_routes import GENEROUS, PASSWORD, Auth, MakeAuth, claims_of, error_code, until
+from tests.integration.auth.test_auth_routes import GENEROUS, PASSWORD, Auth, MakeAuth, claims_of, error_code, until
 
 # The shared fixtures, by name: pytest finds fixtures among a module's globals.
 auth, backend, make_auth, store_url = shared.auth, shared.backend, shared.make_auth, shared.store_url

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from gateway.dev.echo import build_echo_app
 from tests.tlsfiles import server_context, write_tls_files
 
-from .conftest import MakeProxy
+from ..conftest import MakeProxy
 
 pytestmark = pytest.mark.integration
 BOUND_S = 5.0

@@ -11,7 +11,7 @@ import yaml
 
 from gateway.auth.accounts.passwords import PasswordHasher
 from tests.conftest import CHEAP_ARGON2 as CHEAP, bearer
-from tests.integration.test_gateway_process import gateway_config
+from tests.integration.server.test_gateway_process import gateway_config
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"

@@ -11,7 +11,7 @@ import pytest
 from gateway.forward.h1client import TimedOut, Unreachable, request_head
 from gateway.forward.pool import UpstreamPool
 
-from .rawupstream import BOUND_S, OK, RawUpstream, StartUpstream, read_request, unanswering_listener
+from ..rawupstream import BOUND_S, OK, RawUpstream, StartUpstream, read_request, unanswering_listener
 
 pytestmark = pytest.mark.integration
 HEAD = request_head("GET", "/x", "upstream.test", [("X-Request-Id", "r1")])

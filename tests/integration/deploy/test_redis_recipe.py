@@ -18,7 +18,7 @@ from tests.integration.shell_lines import Shell, commands, curl_session, run_lin
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPE_REDIS = "redis://127.0.0.1:6380/0"
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.config.load import GatewayConfig
 
-from .edge_kit import (HOST, Answer, Either, Expect, Fwd, RawClient, RecordingUpstream, Refuse, chunked,
+from ..edge_kit import (HOST, Answer, Either, Expect, Fwd, RawClient, RecordingUpstream, Refuse, chunked,
                        connection_values, edge_sections, exchange, fill, judge_answers, length, match_upstream,
                        parse_stream, recording_upstream, req, serve_gateway)
 

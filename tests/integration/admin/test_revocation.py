@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import bearer, flush
 from tests.integration.gatewayproc import GatewayProcess, free_port
-from tests.integration.test_gateway_process import gateway_config
+from tests.integration.server.test_gateway_process import gateway_config
 
 pytestmark = pytest.mark.integration
 # A bound on polling, not a target: how fast a revocation spreads is measured by the kit (loadtests/README.md).

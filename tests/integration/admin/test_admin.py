@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from tests.conftest import bearer
-from tests.integration.test_revocation import fleet_config, status_of
+from tests.integration.admin.test_revocation import fleet_config, status_of
 from tests.redisproc import free_port
 
 pytestmark = pytest.mark.integration

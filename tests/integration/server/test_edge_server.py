@@ -30,8 +30,8 @@ from gateway.server.app import build_app
 from gateway.server.edge import EdgeRunner, EdgeServer
 from gateway.server.serve import ADMIN, PROXY, runner_for
 
-from .conftest import StartUpstream
-from .rawupstream import OK, RawUpstream
+from ..conftest import StartUpstream
+from ..rawupstream import OK, RawUpstream
 
 pytestmark = pytest.mark.integration
 BOUND_S = 5.0   # the longest any single wait here may take

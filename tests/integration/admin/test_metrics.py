@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import bearer
 from tests.integration.gatewayproc import GatewayProcess, free_port
-from tests.integration.test_gateway_process import Recorder, gateway_config, recorder  # noqa: F401 (fixture)
+from tests.integration.server.test_gateway_process import Recorder, gateway_config, recorder  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import bearer
 from tests.integration.gatewayproc import GatewayProcess
 from tests.integration.rawupstream import read_request
-from tests.integration.test_gateway_process import gateway_config, raw_get, raw_request
-from tests.integration.test_token_lifecycle_process import PASSWORD, login, users_file
+from tests.integration.server.test_gateway_process import gateway_config, raw_get, raw_request
+from tests.integration.auth.test_token_lifecycle_process import PASSWORD, login, users_file
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from gateway.dev.echo import EchoState
 from gateway.forward.forwarder import BUFFER_MAX_BYTES
 from gateway.server.app import build_app
 
-from .conftest import MakeProxy
+from ..conftest import MakeProxy
 
 pytestmark = pytest.mark.integration
 BOUND_S = 5.0   # no single step of a test may take longer

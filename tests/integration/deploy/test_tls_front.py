@@ -20,12 +20,12 @@ from aiohttp.test_utils import TestServer
 from gateway.dev.echo import ECHO, EchoState
 from loadtests.procs import free_port, stop_process
 from tests.conftest import base_config, bearer
-from tests.integration.test_nginx import STOP_TIMEOUT_S, Nginx, spawn_nginx, wait_for_port
+from tests.integration.deploy.test_nginx import STOP_TIMEOUT_S, Nginx, spawn_nginx, wait_for_port
 from tests.tlsfiles import write_tls_files
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # What a client sends to be believed: none of it may reach the upstream through nginx and the gateway.
 HOSTILE = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "http", "Forwarded": "for=203.0.113.9",
            "X-Real-IP": "203.0.113.9", "X-Original-URL": "/api/admin", "X-Rewrite-URL": "/api/admin",
