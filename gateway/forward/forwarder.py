@@ -6,15 +6,14 @@ Out: the upstream's answer, with hop-by-hop and client-sent identity headers rem
 of pool.py, over TLS for HTTPS upstreams); HEAD, chunked request bodies and WebSocket upgrades take
 aiohttp's client (general.py, websocket.py). Both clients get the same headers and hand back the
 same answer shape (relay.UpstreamAnswer), their own errors already turned into 502/504 (408 for a
-client whose body stalled); ``_exchange`` times the upstream and relays the answer, once for both.
+client whose body stalled); relay.py times the upstream and relays the answer, once for both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -33,7 +32,7 @@ from .h1client import TimedOut
 from .headers import HeaderPolicy, Peer, is_trusted, request_header_items
 from .lifetime import ConnectionWatcher, Lifetime
 from .pool import UpstreamPool
-from .relay import BUFFER_MAX_BYTES, UpstreamAnswer, relay
+from .relay import BUFFER_MAX_BYTES, relay
 from .request_body import Body, read_body, send_continue
 from .request_id import PICKED
 from .websocket import is_websocket_upgrade, proxy_websocket
@@ -172,7 +171,7 @@ class Forwarder:
             if pool is not None and lean.fits(request, body) and not is_websocket_upgrade(request):
                 sending = lean.send(request, pool, request_target, target.host_header, headers, body,
                                     self._timeouts[upstream])
-                return await self._exchange(request, sending, request_id, lifetime, note)
+                return await relay(request, sending, request_id, lifetime, note, self._body_timeout_s)
             return await self._forward_general(request, pool, upstream, target.url(request_target),
                                                CIMultiDict(headers), body, request_id, lifetime, note)
         finally:
@@ -192,21 +191,11 @@ class Forwarder:
         try:
             if is_websocket_upgrade(request):
                 return await proxy_websocket(request, session, url, headers, request_id, lifetime)
-            return await self._exchange(request, general.send(session, request, url, headers, body), request_id,
-                                        lifetime, note)
+            return await relay(request, general.send(session, request, url, headers, body), request_id, lifetime,
+                               note, self._body_timeout_s)
         finally:
             if pool is not None:
                 pool.release_slot()
-
-    async def _exchange(self, request: web.Request, sending: Awaitable[UpstreamAnswer], request_id: str,
-                        lifetime: Lifetime, note: AccessNote | None) -> web.StreamResponse:
-        """Either client's exchange: the upstream's time until the answer's head (the access line's
-        and the metrics' upstream_ms), then the answer relayed to the client."""
-        sent_at = time.perf_counter()
-        answer = await sending
-        if note is not None:
-            note.upstream_ms = (time.perf_counter() - sent_at) * 1000
-        return await relay(request, answer, request_id, lifetime, self._body_timeout_s)
 
     def _peer_of(self, request: web.Request) -> Peer:
         address = request.remote or None

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config.load import UpstreamConfig
-from ..errors import RequestTimeout, UpstreamFailed, UpstreamTimeout
+from ..errors import GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .answer_head import MalformedAnswer, check_answer_head
 from .headers import HOST
 from .relay import UpstreamAnswer
@@ -113,24 +113,21 @@ async def send(session: aiohttp.ClientSession, request: web.Request, url: URL, h
 class _GeneralAnswer:
     """aiohttp's ClientResponse as relay.py takes it: its errors become the gateway's at this boundary."""
 
-    __slots__ = ("_resp", "status", "reason", "content_length")
+    __slots__ = ("_resp", "status", "reason", "content_length", "read")
     broken: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError)
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
         self.status, self.reason, self.content_length = resp.status, resp.reason, resp.content_length
+        self.read = resp.read
 
     @property
     def header_items(self) -> Iterable[tuple[str, str]]:
         return self._resp.headers.items()
 
-    async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except asyncio.TimeoutError as exc:   # first: aiohttp's timeout errors are ClientErrors too
-            raise UpstreamTimeout() from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamFailed() from exc
+    def failure(self, exc: BaseException) -> GatewayError:
+        # asyncio's first: aiohttp's timeout errors are ClientErrors too.
+        return UpstreamTimeout() if isinstance(exc, asyncio.TimeoutError) else UpstreamFailed()
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._resp.content.iter_any()

@@ -8,7 +8,6 @@ larger one is streamed as it comes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -46,31 +45,26 @@ async def send(request: web.Request, pool: UpstreamPool, target: str, host: str,
 class _LeanAnswer:
     """h1client's Answer as relay.py takes it: its errors become the gateway's at this boundary."""
 
-    __slots__ = ("_answer", "_body", "status", "reason", "content_length")
+    __slots__ = ("_answer", "_body", "status", "reason", "content_length", "read", "chunks")
     broken: tuple[type[BaseException], ...] = (UpstreamError,)
 
     def __init__(self, answer: Answer, body: Body) -> None:
         self._answer, self._body = answer, body
         self.status, self.reason, self.content_length = answer.status, answer.reason, answer.content_length
+        self.read, self.chunks = answer.read, answer.chunks
 
     @property
     def header_items(self) -> list[tuple[str, str]]:
         return self._answer.headers
 
-    async def read(self) -> bytes:
-        try:
-            return await self._answer.read()
-        except UpstreamError as exc:
-            raise _failure(exc, self._body) from exc
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._answer.chunks()
+    def failure(self, exc: BaseException) -> GatewayError:
+        return _failure(exc, self._body)
 
     def finish(self, complete: bool) -> None:
         self._answer.finish()   # back to the pool if the answer was read whole, else the connection closes
 
 
-def _failure(exc: UpstreamError, body: Body) -> GatewayError:
+def _failure(exc: BaseException, body: Body) -> GatewayError:
     """408 when the client stopped sending its body, 504 for an upstream that was silent too long,
     else 502."""
     if body.stalled:

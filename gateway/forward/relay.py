@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED
+from ..errors import GatewayError
+from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED, AccessNote
 from .headers import HOP_BY_HOP, response_header_items
 from .lifetime import Lifetime
 from .request_id import REQUEST_ID
@@ -38,8 +40,12 @@ class UpstreamAnswer(Protocol):
     @property
     def header_items(self) -> Iterable[tuple[str, str]]: ...
 
-    async def read(self) -> bytes:
-        """The whole body; raises UpstreamFailed/UpstreamTimeout (RequestTimeout: the client's body stalled)."""
+    def read(self) -> Awaitable[bytes]:
+        """The whole body; raises one of ``broken`` when the upstream breaks (see ``failure``)."""
+
+    def failure(self, exc: BaseException) -> GatewayError:
+        """What the client is answered for ``exc`` (one of ``broken``) before anything was sent to it:
+        UpstreamFailed or UpstreamTimeout, RequestTimeout when the client's own body stalled."""
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
@@ -47,15 +53,23 @@ class UpstreamAnswer(Protocol):
         """Give the connection back (``complete``: the body was read whole) or close it."""
 
 
-async def relay(request: web.Request, answer: UpstreamAnswer, request_id: str, lifetime: Lifetime,
-                stall_s: float) -> web.StreamResponse:
-    """The answer to the client: whole in one write when small (nothing goes out unless the whole body
-    came), else streamed. HEAD answers carry a Content-Length but no body: streamed, so their headers
-    go out as they are."""
+async def relay(request: web.Request, sending: Awaitable[UpstreamAnswer], request_id: str, lifetime: Lifetime,
+                note: AccessNote | None, stall_s: float) -> web.StreamResponse:
+    """Either client's exchange (``sending``: its send): the upstream's time until the answer's head
+    (``note.upstream_ms``, for the access line and the metrics), then the answer to the client, whole
+    in one write when small (nothing goes out unless the whole body came), else streamed. HEAD
+    answers carry a Content-Length but no body: streamed, so their headers go out as they are."""
+    sent_at = time.perf_counter()
+    answer = await sending
+    if note is not None:
+        note.upstream_ms = (time.perf_counter() - sent_at) * 1000
     complete = False
     try:
         if request.method != "HEAD" and is_small(answer.content_length, answer.status):
-            body = await answer.read()
+            try:
+                body = await answer.read()
+            except answer.broken as exc:
+                raise answer.failure(exc) from exc
             complete = True
             return whole_answer(answer.status, answer.reason, answer.header_items, body, request_id)
         out, complete = await stream_answer(request, answer.status, answer.reason, answer.header_items,
