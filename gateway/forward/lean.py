@@ -8,7 +8,6 @@ larger one is streamed as it comes.
 
 from __future__ import annotations
 
-
 from aiohttp import web
 
 from ..errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
