@@ -35,6 +35,7 @@ from .pool import UpstreamPool
 from .relay import BUFFER_MAX_BYTES, relay
 from .request_body import Body, read_body, send_continue
 from .request_id import PICKED
+from .seam import Outgoing
 from .websocket import is_websocket_upgrade, proxy_websocket
 
 __all__ = ["BUFFER_MAX_BYTES", "Forwarder", "Target"]
@@ -57,6 +58,9 @@ class Target(NamedTuple):
         return cls(f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/"), URL(url).host_port_subcomponent or "",
                    (parts.hostname or "", parts.port or (443 if tls else 80)), tls)
 
+    def url_for(self, path: str, query: str) -> URL:
+        return general.upstream_url(self.origin, self.request_target(path, query))
+
     def request_target(self, path: str, query: str) -> str:
         """The base path, ``path`` and ``query`` as sent on the request line. The path is already
         normalised: sent as it is, never re-quoted."""
@@ -64,12 +68,6 @@ class Target(NamedTuple):
             raise BadPath()
         return f"{self.base_path}{path}{'?' if query else ''}{query}"
 
-    def url_for(self, path: str, query: str) -> URL:
-        return self.url(self.request_target(path, query))
-
-    def url(self, request_target: str) -> URL:
-        """The whole URL of a request target (aiohttp's client takes URLs)."""
-        return URL(self.origin + request_target, encoded=True)
 
 
 def _has_delimiter(path: str) -> bool:
@@ -168,19 +166,18 @@ class Forwarder:
             request[PICKED] = request_id   # what a refusal from here on answers with (answers.py)
             lifetime = Lifetime(self.watcher, identity)
             pool = self._pool(upstream)
+            out = Outgoing(request.method, request_target, target.host_header, headers, body)
             if pool is not None and lean.fits(request, body) and not is_websocket_upgrade(request):
-                sending = lean.send(request, pool, request_target, target.host_header, headers, body,
-                                    self._timeouts[upstream])
-                return await relay(request, sending, request_id, lifetime, note, self._body_timeout_s)
-            return await self._forward_general(request, pool, upstream, target.url(request_target),
-                                               CIMultiDict(headers), body, request_id, lifetime, note)
+                return await relay(request, lean.send(pool, out, self._timeouts[upstream]), request_id, lifetime,
+                                   note, self._body_timeout_s)
+            return await self._forward_general(request, pool, upstream, target.origin, out, request_id, lifetime, note)
         finally:
             self._in_flight -= 1
             if self._idle is not None and not self._in_flight:
                 self._idle.set()
 
-    async def _forward_general(self, request: web.Request, pool: UpstreamPool | None, upstream: str, url: URL,
-                               headers: CIMultiDict[str], body: Body, request_id: str, lifetime: Lifetime,
+    async def _forward_general(self, request: web.Request, pool: UpstreamPool | None, upstream: str, origin: str,
+                               out: Outgoing, request_id: str, lifetime: Lifetime,
                                note: AccessNote | None) -> web.StreamResponse:
         session = self._session(upstream)
         if pool is not None:   # aiohttp's requests count against the lean pool's budget too
@@ -190,9 +187,10 @@ class Forwarder:
                 raise UpstreamTimeout() from exc
         try:
             if is_websocket_upgrade(request):
-                return await proxy_websocket(request, session, url, headers, request_id, lifetime)
-            return await relay(request, general.send(session, request, url, headers, body), request_id, lifetime,
-                               note, self._body_timeout_s)
+                return await proxy_websocket(request, session, general.upstream_url(origin, out.target),
+                                             CIMultiDict(out.headers), request_id, lifetime)
+            return await relay(request, general.send(session, origin, out), request_id, lifetime, note,
+                               self._body_timeout_s)
         finally:
             if pool is not None:
                 pool.release_slot()

@@ -12,7 +12,6 @@ import ssl
 from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -20,8 +19,8 @@ from ..config.load import UpstreamConfig
 from ..errors import GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .answer_head import MalformedAnswer, check_answer_head
 from .headers import HOST
-from .relay import UpstreamAnswer
 from .request_body import Body
+from .seam import Outgoing, UpstreamAnswer
 
 # Added by aiohttp's client unless skipped; a proxy must not invent them.
 _CLIENT_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -92,11 +91,16 @@ class _CheckedResponse(aiohttp.ClientResponse):
         return self
 
 
-async def send(session: aiohttp.ClientSession, request: web.Request, url: URL, headers: CIMultiDict[str],
-               body: Body) -> UpstreamAnswer:
-    """Send the request (``body`` read whole or streamed; ``headers`` carries its Content-Length when
-    known, else aiohttp sends it chunked) and return the answer once its head has come."""
-    resp = await _send(session, request, url, headers, body)
+def upstream_url(origin: str, target: str) -> URL:
+    """The whole URL of a request target (aiohttp's client takes URLs), sent as it is, never re-quoted."""
+    return URL(origin + target, encoded=True)
+
+
+async def send(session: aiohttp.ClientSession, origin: str, out: Outgoing) -> UpstreamAnswer:
+    """Send ``out`` to the upstream at ``origin`` (its body read whole or streamed; the headers carry its
+    Content-Length when known, else aiohttp sends it chunked) and return the answer once its head has come."""
+    body = out.body
+    resp = await _send(session, out.method, upstream_url(origin, out.target), CIMultiDict(out.headers), body)
     if body.stream is not None:
         # The answer may be streaming while the body is still being sent. If the client then stops
         # sending, the exchange is over: the answer's relay must end cut off, never as if whole
@@ -141,11 +145,11 @@ class _GeneralAnswer:
             self._resp.close()
 
 
-async def _send(session: aiohttp.ClientSession, request: web.Request, url: URL,
+async def _send(session: aiohttp.ClientSession, method: str, url: URL,
                 headers: CIMultiDict[str], body: Body) -> aiohttp.ClientResponse:
     data = body.data if body.data is not None else body.stream
     try:
-        resp = await session.request(request.method, url, headers=headers, data=data, allow_redirects=False)
+        resp = await session.request(method, url, headers=headers, data=data, allow_redirects=False)
     except (asyncio.TimeoutError, aiohttp.ClientError, RequestTimeout) as exc:
         if body.stalled:   # the client stopped sending its body: whatever aiohttp made of it
             raise RequestTimeout() from exc

@@ -13,8 +13,8 @@ from aiohttp import web
 from ..errors import BadRequest, GatewayError, RequestTimeout, UpstreamFailed, UpstreamTimeout
 from .h1client import Answer, TimedOut, UpstreamError, request_head
 from .pool import UpstreamPool
-from .relay import UpstreamAnswer
 from .request_body import Body
+from .seam import Outgoing, UpstreamAnswer
 
 
 def fits(request: web.Request, body: Body) -> bool:
@@ -24,18 +24,18 @@ def fits(request: web.Request, body: Body) -> bool:
     return request.method != "HEAD" and (body.stream is None or body.length is not None)
 
 
-async def send(request: web.Request, pool: UpstreamPool, target: str, host: str, headers: list[tuple[str, str]],
-               body: Body, timeout_s: float) -> UpstreamAnswer:
-    """Send the request (``body``: with the head when read whole, else streamed as it comes) and
-    return the answer once its head has come; the upstream's failures are 502/504 from here on."""
+async def send(pool: UpstreamPool, out: Outgoing, timeout_s: float) -> UpstreamAnswer:
+    """Send ``out`` on a connection of ``pool`` (its body with the head when read whole, else streamed
+    as it comes) and return the answer once its head has come; the upstream's failures are 502/504."""
+    body = out.body
     try:
-        head = request_head(request.method, target, host, headers)
+        head = request_head(out.method, out.target, out.host, out.headers)
     except ValueError as exc:   # unreachable through aiohttp's server parser; kept as a guard
         raise BadRequest() from exc
     if body.data:
         head += body.data   # one write: head and body together
     try:
-        answer = await pool.send(request.method, head, body.stream, timeout_s)
+        answer = await pool.send(out.method, head, body.stream, timeout_s)
     except UpstreamError as exc:
         raise _failure(exc, body) from exc
     return _LeanAnswer(answer, body)

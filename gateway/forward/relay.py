@@ -1,5 +1,5 @@
 """Step 6, the way back: the upstream's answer to the client, the same for both upstream clients
-(forward/lean.py, forward/general.py), which hand it over as an ``UpstreamAnswer``. A small answer
+(forward/lean.py, forward/general.py), which hand it over as a seam.UpstreamAnswer. A small answer
 goes out in one write once it is whole; any other is streamed as it arrives, and cut off (never
 ended cleanly) if the upstream breaks inside it.
 """
@@ -10,16 +10,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..errors import GatewayError
 from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED, AccessNote
 from .headers import HOP_BY_HOP, response_header_items
 from .lifetime import Lifetime
 from .request_id import REQUEST_ID
+from .seam import UpstreamAnswer
 
 log = logging.getLogger("tokengate.forward")
 
@@ -27,30 +26,6 @@ log = logging.getLogger("tokengate.forward")
 # body together); a larger one, or one without a length (chunked, SSE), is streamed as it arrives.
 BUFFER_MAX_BYTES = 256 * 1024
 _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gateway's request id
-
-
-class UpstreamAnswer(Protocol):
-    """An upstream's answer as either client hands it over, its head checked (answer_head.py)."""
-
-    status: int
-    reason: str | None
-    content_length: int | None
-    broken: tuple[type[BaseException], ...]   # what its chunks raise when the upstream breaks inside the body
-
-    @property
-    def header_items(self) -> Iterable[tuple[str, str]]: ...
-
-    def read(self) -> Awaitable[bytes]:
-        """The whole body; raises one of ``broken`` when the upstream breaks (see ``failure``)."""
-
-    def failure(self, exc: BaseException) -> GatewayError:
-        """What the client is answered for ``exc`` (one of ``broken``) before anything was sent to it:
-        UpstreamFailed or UpstreamTimeout, RequestTimeout when the client's own body stalled."""
-
-    def chunks(self) -> AsyncIterator[bytes]: ...
-
-    def finish(self, complete: bool) -> None:
-        """Give the connection back (``complete``: the body was read whole) or close it."""
 
 
 async def relay(request: web.Request, sending: Awaitable[UpstreamAnswer], request_id: str, lifetime: Lifetime,
