@@ -1,10 +1,11 @@
 """Step 6, forwarding: what the upstream receives and what comes back to the client.
 
 forwarder (picks the path per request), headers (the one decision of the upstream request head),
-request_id, request_body (the client's body: Expect, framing), lean (most requests: h1client on the
-keep-alive connections of pool), general (aiohttp's client: HEAD, chunked bodies, WebSocket
-upgrades with websocket), answer_head (the checks every upstream answer head passes), relay (the
-answer back to the client), lifetime (a connection's token expiry and revocation).
+request_id, request_body (the client's body: Expect, framing), seam (the request both clients take,
+the answer both give back), lean (most requests: h1client on the keep-alive connections of pool),
+general (aiohttp's client: HEAD, chunked bodies, WebSocket upgrades with websocket), answer_head
+(the checks every upstream answer head passes), relay (times the exchange, sends the answer back to
+the client), lifetime (a connection's token expiry and revocation).
 
 May import: config, store, steps, errors and the top-level modules below them (logs, metrics, paths);
 never server, auth, admin, cli or dev.
