@@ -76,8 +76,11 @@ case "${1:-}" in
     ensure_bench_tools
     ensure_nginx
     shift
-    # Unbuffered: the progress a log shows is where the run is, even when it is cut off.
-    PYTHONUNBUFFERED=1 exec "$VENV/bin/python" -m pytest -q "$@"
+    # Unbuffered: the progress a log shows is where the run is, even when it is cut off. One pytest worker
+    # a core (pytest-xdist; TEST_WORKERS=0 runs in one process): most tests wait on real processes and
+    # sockets, so two workers on two cores halve the run. A test file stays on one worker (its module
+    # fixtures start once).
+    PYTHONUNBUFFERED=1 exec "$VENV/bin/python" -m pytest -q -n "${TEST_WORKERS:-auto}" --dist loadfile "$@"
     ;;
   mutate)   # [tool.mutmut] in pyproject.toml names the modules and the tests; results stay in mutants/
     ensure_python mutation
