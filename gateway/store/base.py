@@ -56,6 +56,7 @@ USERS = "users:{users}"
 RATE = "rate:"
 RESET = "reset:"
 RESET_OF = "reset-of:"
+ONCE = "once:"
 REVOCATIONS_CHANNEL = "tokengate:revocations"
 
 # Why a refresh family ended: on purpose (logout, logout-all, a password reset or change, an account
@@ -266,6 +267,13 @@ class Store(abc.ABC):
     async def take_reset(self, token_hash: str, now: float) -> str | None:
         """Atomically consume: the username when ``token_hash`` is its user's current, unexpired reset
         token, which is deleted; else None. Of N concurrent calls with one token, one gets the name."""
+
+    # -- single-use values
+    @abc.abstractmethod
+    async def claim_once(self, key: str, expires_at: float) -> bool:
+        """True the first time ``key`` is claimed before ``expires_at``, False every later time (until
+        then). Of N concurrent calls with one key, one gets True. What a single-use value (a pending
+        login's state) is checked with across every instance."""
 
     # -- rate limits
     @abc.abstractmethod

@@ -51,6 +51,7 @@ class _State:
     windows: dict[str, _Window] = field(default_factory=dict)
     resets: dict[str, tuple[str, float]] = field(default_factory=dict)   # hash -> (username, expires_at)
     reset_of: dict[str, str] = field(default_factory=dict)               # username -> current hash
+    claimed: dict[str, float] = field(default_factory=dict)              # claim_once key -> expires_at
 
 
 class MemoryFeed(RevocationFeed):
@@ -112,6 +113,7 @@ class MemoryStore(Store):
         s.windows = {b: w for b, w in s.windows.items() if w.ends_at > now}
         s.resets = {h: r for h, r in s.resets.items() if r[1] > now}
         s.reset_of = {u: h for u, h in s.reset_of.items() if h in s.resets}
+        s.claimed = {k: exp for k, exp in s.claimed.items() if exp > now}
 
     # -- lifetime
     async def ping(self) -> None:
@@ -228,6 +230,14 @@ class MemoryStore(Store):
     async def list_users(self) -> list[UserRecord]:
         users = self._open().users
         return [users[name] for name in sorted(users)]
+
+    # -- single-use values
+    async def claim_once(self, key: str, expires_at: float) -> bool:
+        claimed = self._open().claimed
+        if key in claimed and claimed[key] > self._clock():
+            return False
+        claimed[key] = expires_at
+        return True
 
     # -- password reset tokens
     async def put_reset(self, username: str, token_hash: str, expires_at: float) -> None:

@@ -342,3 +342,23 @@ async def test_concurrent_takes_of_one_reset_token_give_the_name_once(make_store
     await stores[0].put_reset("alice", token, now + 900)
     taken = await asyncio.gather(*(stores[i % 2].take_reset(token, now) for i in range(20)))
     assert taken.count("alice") == 1 and taken.count(None) == 19
+
+
+# -- single-use values ---------------------------------------------------------------------------------
+
+async def test_a_value_is_claimed_once_until_it_expires(store: Store, clock: Clock):
+    key = secrets.token_hex(16)
+    assert await store.claim_once(key, clock() + 1) is True
+    assert await store.claim_once(key, clock() + 600) is False
+    assert await store.claim_once(secrets.token_hex(16), clock() + 600) is True   # another key is its own
+
+    async def free_again() -> bool:
+        return await store.claim_once(key, clock() + 600)
+
+    await clock.expire(free_again, at=clock() + 1)
+
+
+async def test_of_concurrent_claims_of_one_value_exactly_one_wins(store: Store, clock: Clock):
+    key = secrets.token_hex(16)
+    won = await asyncio.gather(*(store.claim_once(key, clock() + 600) for _ in range(20)))
+    assert won.count(True) == 1

@@ -17,7 +17,7 @@ from typing import Any
 from redis import exceptions as rx
 from redis.asyncio import RedisCluster
 
-from ..base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, RATE, REFRESH,
+from ..base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, ONCE, RATE, REFRESH,
                     REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
                     Revocation, Rotation, Store, StoreUnavailable, UserRecord)
 from .feed import RedisFeed, encode_revocation
@@ -267,6 +267,11 @@ class RedisStore(Store):
             taken = await self._run("take_reset", [_tagged(RESET_OF, username)], token_hash, repr(now))
             await self._c.delete(_tagged(RESET, token_hash))   # used, superseded or expired: dead either way
         return username if taken == 1 else None
+
+    # -- single-use values
+    async def claim_once(self, key: str, expires_at: float) -> bool:
+        async with self._guard():
+            return bool(await self._c.set(_tagged(ONCE, key), b"1", nx=True, pxat=max(_ms(expires_at), 1)))
 
     # -- rate limits
     async def hit(self, bucket: str, limit: int, window_s: int, now: float) -> float:
