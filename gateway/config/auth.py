@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from .fields import Duration, HttpUrl, Invalid, Model, Rate, StrList, http_url
+from .providers import Origin, ProviderConfig, ProviderName, PublicBase
 from .smtp_url import parse_smtp_url
 
 MAX_RESET_TTL_S = 86400.0
@@ -139,6 +140,11 @@ class AuthConfig(Model):
     default_roles: StrList = ("user",)   # what signup gives a new account
     password: PasswordConfig = PasswordConfig()
     reset_ttl: Duration = 900.0     # how long a password reset link works (once)
+    providers: dict[ProviderName, ProviderConfig] = {}   # delegated login: each key is the provider's name in URLs
+    redirect_allowlist: tuple[Origin, ...] = ()   # origins `rd` may send the browser to after a login
+    public_url: PublicBase | None = None   # how browsers reach the gateway (redirect_uri); else from the request
+    post_logout_url: HttpUrl | None = None   # where a provider sends the browser after logout; else the sign-in page
+    sign_in_page: bool = True       # GET {prefix}/login serves the HTML sign-in page
 
     @field_validator("default_roles")
     @classmethod

@@ -23,14 +23,17 @@ from .auth import (AuthConfig, CookieConfig, CredentialsUrlConfig, MailConfig, R
                    UsersFileConfig)
 from .fields import TOKEN_CHARS, ByteSize, Duration, Invalid, KeyPath, Model, Rate, StrList, raise_found, suggest_key
 from .keyfiles import KeyMaterial, load_key_material
+from .providers import (GithubProviderConfig, OidcProviderConfig, ProviderConfig, RolesMapConfig, client_secret_problem,
+                        mapped_role_problems)
 from .routes import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
 from .rules import RuleConflict, RuleSet
 from .source import Problem, Source, read_source
 from .tokens import HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig, key_problems
 
 __all__ = ["AdminConfig", "Algorithm", "AuthConfig", "ConfigError", "CookieConfig", "CredentialsUrlConfig",
-           "Duration", "GatewayConfig", "HMAC_MIN_BYTES", "IdentityConfig", "KeyConfig", "KeyMaterial",
-           "ListenConfig", "MailConfig", "Problem", "Rate", "RateLimitsConfig", "RouteConfig", "StoreConfig",
+           "Duration", "GatewayConfig", "GithubProviderConfig", "HMAC_MIN_BYTES", "IdentityConfig", "KeyConfig",
+           "KeyMaterial", "ListenConfig", "MailConfig", "OidcProviderConfig", "Problem", "ProviderConfig", "Rate",
+           "RateLimitsConfig", "RolesMapConfig", "RouteConfig", "StoreConfig",
            "StrList", "TokensConfig", "TrustedIssuerConfig", "UpstreamConfig", "UsersConfig", "UsersFileConfig",
            "load_config", "load_key_material"]
 
@@ -238,8 +241,14 @@ class GatewayConfig(Model):
                           "the assertion is verified by upstreams with the public JWKS, so it needs an "
                           "asymmetric key that can sign: add an RS256, ES256 or EdDSA key with a "
                           "private_key_file to tokens.keys"))
+        found += self._unknown_mapped_roles()
         raise_found(found)
         return self
+
+    def _unknown_mapped_roles(self) -> list[tuple[KeyPath, str]]:
+        known = set(self.auth.default_roles) | {role for route in self.routes for role in route.roles or ()}
+        return mapped_role_problems(known, [(name, p.roles.map, p.roles.default or ())
+                                            for name, p in self.auth.providers.items()])
 
     @property
     def source(self) -> str:
@@ -322,7 +331,33 @@ def _raw_cross_references(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
     if isinstance(upstreams, dict) and isinstance(routes, list):
         found += upstream_problems([r.get("upstream") if isinstance(r, dict) else None for r in routes],
                                    upstreams)
+    found += _raw_mapped_roles(data)
     return found
+
+
+def _raw_mapped_roles(data: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    auth, routes = data.get("auth"), data.get("routes")
+    providers = auth.get("providers") if isinstance(auth, dict) else None
+    if not isinstance(providers, dict) or not isinstance(routes, list):
+        return []
+    # The model checks of the providers run only when every field of the config is valid.
+    defaults = auth.get("default_roles", ["user"])
+    known = set(defaults if isinstance(defaults, list) else [defaults])
+    known |= {role for r in routes if isinstance(r, dict) and isinstance(r.get("roles"), list) for role in r["roles"]}
+    maps, found = [], []
+    for name, provider in providers.items():
+        if not isinstance(provider, dict):
+            continue
+        default_auth = "client_secret_post" if provider.get("type") == "github" else "client_secret_basic"
+        problem = client_secret_problem(provider.get("client_auth", default_auth), provider.get("client_secret"))
+        if problem:
+            found.append((("auth", "providers", name, "client_secret"), problem))
+        roles = provider.get("roles")
+        if isinstance(roles, dict):
+            mapping, default = roles.get("map"), roles.get("default")
+            maps.append((name, mapping if isinstance(mapping, dict) else {},
+                         default if isinstance(default, list) else [default] if isinstance(default, str) else []))
+    return found + mapped_role_problems(known, maps)
 
 
 def _explain(err: Any, data: Any) -> list[tuple[KeyPath, str]]:

@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from .fields import Duration, HttpUrl, Invalid, KeyPath, Model, StrList, raise_found
+from .fields import Duration, Invalid, KeyPath, Model, StrList, raise_found
 from .keyfiles import KeyMaterial, load_key_material
+from .providers import SecureUrl, secure_url
 
 HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}   # RFC 7518 3.2: at least the hash size
 Algorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
@@ -75,8 +76,13 @@ class KeyConfig(Model):
 
 
 class TrustedIssuerConfig(Model):
+    """Tokens of an outside issuer, verified with its public keys: from ``jwks_uri``, else from the
+    ``jwks_uri`` of its discovery document (``discovery_url``, else ``{issuer}/.well-known/openid-configuration``)."""
+
     issuer: str = Field(min_length=1)
-    jwks_uri: HttpUrl
+    jwks_uri: SecureUrl | None = None
+    discovery_url: SecureUrl | None = None
+    subject_prefix: str | None = Field(None, min_length=1, max_length=64)   # its tokens' sub becomes {prefix}{sub}
     audience: StrList = ()
     roles_claim: str | None = None
     algorithms: tuple[Algorithm, ...] = ("RS256", "PS256", "ES256", "ES384", "EdDSA")
@@ -87,6 +93,23 @@ class TrustedIssuerConfig(Model):
         if not value or any(a.startswith("HS") for a in value):
             raise ValueError("a trusted issuer is verified with public keys: list asymmetric algorithms only")
         return value
+
+    @model_validator(mode="after")
+    def _keys_can_be_found(self) -> TrustedIssuerConfig:
+        if self.jwks_uri is None and self.discovery_url is None:
+            try:
+                secure_url(self.issuer)
+            except ValueError as exc:
+                raise Invalid((("issuer",), f"without jwks_uri or discovery_url the keys are found by discovery "
+                                            f"under the issuer, so the issuer is a URL that {exc}")) from None
+        return self
+
+    @property
+    def metadata_url(self) -> str | None:
+        """Where the discovery document is, when the keys are found through it."""
+        if self.jwks_uri is not None:
+            return None
+        return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
 def key_problems(keys: list[tuple[Any, bool]], signing_key: Any) -> list[tuple[KeyPath, str]]:

@@ -7,7 +7,6 @@ only pick a key, never change how a key is used (no algorithm confusion, no `non
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -22,6 +21,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from ..config.keyfiles import check_key_fits
 from ..config.load import KeyConfig, TokensConfig, TrustedIssuerConfig
 from ..errors import DependencyDown, InvalidToken
+from .discovery import FetchFailed, fetch_json, fetch_metadata
 
 log = logging.getLogger("tokengate.keys")
 
@@ -29,7 +29,6 @@ REFETCH_INTERVAL_S = 30.0      # an unknown kid refetches an issuer's JWKS at mo
 RETRY_AFTER_FAILURE_S = 5.0    # while an issuer has no keys at all, fetch attempts are this far apart
 MAX_AGE_S = 600.0              # cached keys are refreshed after this long (stale keys serve on failure)
 FETCH_TIMEOUT_S = 5.0
-MAX_JWKS_BYTES = 1 << 20
 _ALGS_FOR_KEY_TYPE = {("RSA", None): ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
                       ("EC", "P-256"): ("ES256",), ("EC", "P-384"): ("ES384",), ("EC", "P-521"): ("ES512",),
                       ("OKP", "Ed25519"): ("EdDSA",)}   # no ("oct", ...): never an HMAC key from outside
@@ -154,7 +153,8 @@ class _IssuerKeys:
 
 
 class JwksCache:
-    """Trusted issuers' public keys, fetched from their jwks_uri with aiohttp and cached.
+    """Trusted issuers' public keys, fetched from their jwks_uri (or the one their discovery document
+    names) with aiohttp and cached.
 
     An unknown kid refetches at most once per ``refetch_interval_s`` per issuer, then the token
     is refused. Pass the app's ClientSession; without one, the cache opens (and closes) its own.
@@ -168,7 +168,7 @@ class JwksCache:
         self._session = session
         self._owns_session = session is None
         self._refetch_interval_s, self._retry_s, self._max_age_s = refetch_interval_s, retry_s, max_age_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._clock = clock
         self._listeners: list[Callable[[str], object]] = []
 
@@ -235,18 +235,17 @@ class JwksCache:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
-            async with self._session.get(cfg.jwks_uri, timeout=self._timeout,
-                                         headers={"Accept": "application/json"}) as resp:
-                if resp.status != 200:
-                    raise JwksFetchFailed(f"HTTP {resp.status}")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise JwksFetchFailed("the JWKS document is too large")
-            document = json.loads(body)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, RecursionError) as exc:
-            raise JwksFetchFailed(f"{type(exc).__name__}: {exc}") from exc
+            jwks_uri = cfg.jwks_uri
+            # Discovery is looked up again at each refresh, so a jwks_uri that moved is found.
+            if cfg.metadata_url is not None:
+                metadata = await fetch_metadata(self._session, cfg.metadata_url, cfg.issuer)
+                if metadata.jwks_uri is None:
+                    raise JwksFetchFailed("the discovery document has no jwks_uri")
+                jwks_uri = metadata.jwks_uri
+            assert jwks_uri is not None   # the config requires one of the two
+            document = await fetch_json(self._session, jwks_uri, timeout_s=self._timeout_s)
+        except FetchFailed as exc:
+            raise JwksFetchFailed(str(exc)) from exc
         return keyset_from_jwks(document, frozenset(cfg.algorithms))
 
 

@@ -45,6 +45,7 @@ class IssuerPolicy:
     roles_claim: str
     algorithms: frozenset[str]
     trusted: bool = False
+    subject_prefix: str = ""   # a trusted issuer's `sub` reaches upstreams as {subject_prefix}{sub}
 
 
 class Verifier:
@@ -121,7 +122,8 @@ class Verifier:
         if iat is not None and iat > now + self._leeway_s:
             raise InvalidToken("the token is not yet valid (issued in the future)")
         _check_audience(claims.get("aud"), policy.audience)
-        return Identity(sub=_string_claim(claims, "sub"), roles=_roles(claims.get(policy.roles_claim)),
+        sub = policy.subject_prefix + _string_claim(claims, "sub")
+        return Identity(sub=sub, roles=_roles(claims.get(policy.roles_claim)),
                         jti=_string_claim(claims, "jti"), iss=policy.issuer, exp=exp, iat=iat, claims=claims)
 
 
@@ -129,7 +131,7 @@ def _trusted_policy(cfg: TrustedIssuerConfig, tokens: TokensConfig, identity: Id
     # A trusted issuer without its own audience must still name ours: never accept any audience.
     audience = frozenset(cfg.audience or tokens.audience)
     return IssuerPolicy(cfg.issuer, audience, cfg.roles_claim or identity.roles_claim,
-                        frozenset(cfg.algorithms), trusted=True)
+                        frozenset(cfg.algorithms), trusted=True, subject_prefix=cfg.subject_prefix or "")
 
 
 def _split(token: Any) -> tuple[bytes, bytes, bytes, bytes]:

@@ -19,7 +19,8 @@ def test_readme_config_reference_loads_as_written(keys_dir: Path, tmp_path: Path
     shutil.copy(keys_dir / "ec256.pub.pem", tmp_path / "keys" / "partner.pub.pem")
     path = tmp_path / "readme.yaml"
     path.write_text(block.group(1))
-    cfg = load_config(path, environ={"TOKENGATE_SECRET": "x" * 40, "TOKENGATE_ADMIN_TOKEN": "a" * 40})
+    cfg = load_config(path, environ={"TOKENGATE_SECRET": "x" * 40, "TOKENGATE_ADMIN_TOKEN": "a" * 40,
+                                     "CORP_CLIENT_ID": "gw", "CORP_CLIENT_SECRET": "s", "GH_ID": "g", "GH_SECRET": "s"})
     assert cfg.auth.mail.attempts == 3 and cfg.auth.password.min_length == 8
     assert cfg.admin.token is not None and cfg.tokens.cache_size == 10_000
     assert len(cfg.routes) == 5
