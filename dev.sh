@@ -64,6 +64,27 @@ ensure_nginx() {   # tests/integration/deploy/test_nginx.py puts a real nginx (a
   if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then apt_install nginx; fi
 }
 
+OP_DIR=tests/integration/auth/oidc/op   # the delegated-login tests' OpenID Provider (oidc-provider, npm)
+
+ensure_node() {   # Node and the OP's locked npm packages; `npm ci` again only after a change of the lock file
+  local want=()
+  command -v node >/dev/null || want+=(nodejs)
+  command -v npm >/dev/null || want+=(npm)
+  if [ ${#want[@]} -gt 0 ]; then apt_install "${want[@]}"; fi
+  if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 18) ? 0 : 1)'; then
+    echo "warning: the delegated-login tests' OpenID Provider needs Node 20.18 or newer (node is $(node --version)):" \
+      "they will fail" >&2   # Debian 12's nodejs is 18; Debian 13's is 20.19
+  fi
+  if [ -f "$OP_DIR/package-lock.json" ] && { [ ! -d "$OP_DIR/node_modules" ] || [ "$OP_DIR/package-lock.json" -nt "$OP_DIR/node_modules" ]; }; then
+    (cd "$OP_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$OP_DIR/node_modules"
+  fi
+}
+
+ensure_chromium() {   # the browser tests drive this one through playwright (never `playwright install`)
+  if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+}
+
 case "${1:-}" in
   demo)
     ensure_python runtime
@@ -75,6 +96,8 @@ case "${1:-}" in
     ensure_redis
     ensure_bench_tools
     ensure_nginx
+    ensure_node
+    ensure_chromium
     shift
     # Unbuffered: the progress a log shows is where the run is, even when it is cut off. One pytest worker
     # a core (pytest-xdist; TEST_WORKERS=0 runs in one process): most tests wait on real processes and

@@ -199,6 +199,19 @@ class UpstreamTimeout(UpstreamFailed):
     status, error, code, description = 504, "gateway_timeout", "upstream_timeout", "the upstream did not answer in time"
 
 
+class BrowserLoginFailed(GatewayError):
+    """A browser login (delegated, or the sign-in page's form) that cannot go on. The browser endpoints
+    answer it with an HTML page that names the reason in words (auth/oauth), never with JSON; ``code``
+    is the reason the metrics count. 400: state, cookie and rd problems; 401: the provider refused, the
+    exchange failed, the ID token is invalid; 403: the account may not sign in; 503: the provider is down."""
+
+    status, error, code, description = 401, "access_denied", "login_failed", "the sign-in did not succeed"
+
+    def __init__(self, code: str, description: str, status: int = 401) -> None:
+        self.code, self.status = code, status
+        super().__init__(description)
+
+
 class NoSigningKey(GatewayError):
     code, description = "no_signing_key", "this gateway has no key able to sign tokens"
 

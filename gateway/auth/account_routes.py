@@ -25,10 +25,11 @@ from .accounts.directory import MAX_PASSWORD_CHARS, InvalidAccount, UserDirector
 from .accounts.policy import PasswordPolicy, WeakPassword
 from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
                               send_reset_links)
+from .endpoints import add_endpoint
 from .ratelimit import RateLimiter, client_address
 from .revocation import apply_revocation, build_revocation
-from .routes import (NO_STORE, add_endpoint, caller, read_json_object, refuse_form_post, sessions_of, string_field,
-                     token_response)
+from .routes import NO_STORE, caller, read_json_object, refuse_form_post, string_field, token_response
+from .sessions import sessions_of
 
 log = logging.getLogger("tokengate.auth")
 

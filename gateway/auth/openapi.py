@@ -26,7 +26,9 @@ from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER
 from .account_routes import MAX_EMAIL_CHARS
 from .accounts.directory import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 from .accounts.resets import MAX_RESET_TOKEN_CHARS
-from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS, add_endpoint
+from .endpoints import add_endpoint
+from .oauth.openapi import browser_paths, form_login_body, form_login_responses
+from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS
 from .sessions import MAX_REFRESH_TOKEN_CHARS
 
 OPENAPI_VERSION = "3.1.0"
@@ -73,13 +75,17 @@ def openapi_document(cfg: GatewayConfig) -> dict[str, Any]:
     # Forward-auth answers every method but TRACE and CONNECT (nginx's auth_request keeps the original
     # request's method): every other one OpenAPI 3.1 has a name for.
     paths[f"{p}/verify"] = {method: _verify(cfg, method) for method in VERIFY_METHODS}
+    for path, operations in browser_paths(cfg).items():
+        paths.setdefault(path, {}).update(operations)
     paths[JWKS_PATH] = {"get": _jwks()}
     paths[f"{p}{OPENAPI_PATH}"] = {"get": _openapi()}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "tokengate auth endpoints", "version": __version__,
                  "description": "The gateway's own endpoints: sessions, accounts, forward-auth and public keys. "
-                                "Every error answer is JSON: {error, error_description, code}."},
+                                "Every error answer is JSON: {error, error_description, code}, but those of "
+                                "the browser endpoints (the sign-in page, its form post, the OAuth start and "
+                                "callback), which are HTML pages."},
         "paths": paths,
         "components": {"schemas": _schemas(cfg), "headers": _headers(cfg),
                        "securitySchemes": _security_schemes(cfg)},
@@ -114,10 +120,35 @@ def _login(cfg: GatewayConfig) -> dict[str, Any]:
         "Starts a session: an access token and a refresh token (in the body unless "
         "auth.refresh_token_in_body is false, and always in the HttpOnly refresh cookie). A wrong password, "
         "an unknown user and a disabled account get the same 401. Bodies a cross-site HTML form could post "
-        "(form or text/plain content types) are refused with json_required. Rate limited per client address "
+        "(multipart or text/plain content types) are refused with json_required; a form post "
+        "(application/x-www-form-urlencoded) is the sign-in page's, answered in HTML, and needs the page's CSRF "
+        "token. Rate limited per client address "
         "and per username.",
-        body=_body("LoginRequest"),
-        responses={"200": _tokens(cfg), **_failures(*BODY_FAILURES, InvalidCredentials, RateLimited)})
+        body=_login_body(cfg),
+        responses=_with_form_answers(cfg, {"200": _tokens(cfg),
+                                           **_failures(*BODY_FAILURES, InvalidCredentials, RateLimited)}))
+
+
+def _login_body(cfg: GatewayConfig) -> dict[str, Any]:
+    body = _body("LoginRequest")
+    if cfg.auth.sign_in_page:   # the sign-in page's form post: an HTML answer
+        body = {**body, "content": {**body["content"], **form_login_body()}}
+    return body
+
+
+def _with_form_answers(cfg: GatewayConfig, responses: dict[str, Any]) -> dict[str, Any]:
+    """The form post's HTML answers beside the JSON login's: a status both give has both content types."""
+    if not cfg.auth.sign_in_page:
+        return responses
+    merged = dict(responses)
+    for status, answer in form_login_responses().items():
+        if status in merged:
+            mine = merged[status]
+            merged[status] = {**mine, "description": f"{mine['description']} Form post: {answer['description']}",
+                              "content": {**mine.get("content", {}), **answer.get("content", {})}}
+        else:
+            merged[status] = answer
+    return merged
 
 
 def _refresh(cfg: GatewayConfig) -> dict[str, Any]:

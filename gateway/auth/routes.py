@@ -8,26 +8,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from ..config.load import GatewayConfig
-from ..errors import (BadRequest, BodyTooLarge, ConflictingHeaders, GatewayError, Handler, InvalidCredentials,
-                      JsonRequired, MethodNotAllowed, MethodRefused, MissingRefreshToken)
+from ..errors import BadRequest, BodyTooLarge, ConflictingHeaders, InvalidCredentials, JsonRequired, MissingRefreshToken
 from ..forward.headers import fold
 from ..metrics import counted
 from ..paths import normalise
-from ..pipeline import GATEWAY, REFUSED_METHODS, Gateway
+from ..pipeline import GATEWAY, Gateway
 from ..steps.authorize import authorize
 from ..steps.cookies import extract_access_token
 from ..steps.identity import Identity
 from .accounts.directory import MAX_PASSWORD_CHARS
 from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
+from .endpoints import add_endpoint
+from .oauth.routes import add_browser_routes, end_session_url, form_login, found, sign_in_page
 from .ratelimit import RateLimiter, client_address
-from .sessions import MAX_REFRESH_TOKEN_CHARS, Sessions, TokenPair
+from .sessions import MAX_REFRESH_TOKEN_CHARS, TokenPair, sessions_of
 
 log = logging.getLogger("tokengate.auth")
 
@@ -38,50 +38,33 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}   # RFC 6749 5.1
 # Folded names (case folded, "_" read as "-"): every spelling of either family is a copy of one header.
 FORWARDED_METHOD = frozenset({"x-forwarded-method", "x-original-method"})
 FORWARDED_URI = frozenset({"x-forwarded-uri", "x-original-uri"})
-# Allow on an endpoint that answers every method but TRACE and CONNECT: what the proxy says (pipeline.proxy).
-ANY_METHOD = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 # What an HTML form on another site can send without a CORS preflight.
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+FORM_TYPE = "application/x-www-form-urlencoded"   # what the sign-in page posts (with its own CSRF token)
 
 
 def add_auth_routes(app: web.Application, cfg: GatewayConfig) -> None:
     """Register the endpoints under ``cfg.auth.prefix``; call it before the catch-all proxy route.
     Any other method on these paths gets 405, never the proxy."""
     prefix = cfg.auth.prefix
-    for path, handler in ((f"{prefix}/login", login), (f"{prefix}/refresh", refresh), (f"{prefix}/logout", logout),
+    add_endpoint(app, f"{prefix}/login", {**({"GET": sign_in_page} if cfg.auth.sign_in_page else {}), "POST": login})
+    for path, handler in ((f"{prefix}/refresh", refresh), (f"{prefix}/logout", logout),
                           (f"{prefix}/logout-all", logout_all)):
         add_endpoint(app, path, {"POST": handler})
+    add_browser_routes(app, cfg)
     # Every method: nginx's auth_request subrequest keeps the original request's method.
     add_endpoint(app, f"{prefix}/verify", {"*": verify})
 
 
-def add_endpoint(app: web.Application, path: str, handlers: Mapping[str, Handler]) -> None:
-    """Register one of the gateway's own endpoints: ``handlers`` by method ("*": every other method).
-    TRACE and CONNECT get the proxy's 405 method_refused, on every path alike; any other method
-    without a handler gets 405 method_not_allowed. Both say Allow."""
-    resource = app.router.add_resource(path)
-    allow = ", ".join(method for method in handlers if method != "*") or ANY_METHOD
-    for method in sorted(REFUSED_METHODS):
-        resource.add_route(method, _refuse(MethodRefused, allow))
-    for method, handler in handlers.items():
-        resource.add_route(method, handler)
-    if "*" not in handlers:
-        resource.add_route("*", _refuse(MethodNotAllowed, allow))
-
-
-def _refuse(error: type[GatewayError], allow: str) -> Handler:
-    async def refuse(request: web.Request) -> web.StreamResponse:
-        raise error(headers={"Allow": allow})
-    return refuse
-
-
-def sessions_of(gw: Gateway) -> Sessions:
-    return Sessions(gw.store, gw.minter, gw.users, gw.denylist, gw.config.tokens,
-                    grace_s=gw.config.auth.refresh_grace)
+async def login(request: web.Request) -> web.StreamResponse:
+    """The sign-in page's form post (HTML, with its CSRF token) or the JSON login."""
+    if request.app[GATEWAY].config.auth.sign_in_page and request.content_type == FORM_TYPE:
+        return await form_login(request)
+    return await json_login(request)
 
 
 @counted("login")
-async def login(request: web.Request) -> web.StreamResponse:
+async def json_login(request: web.Request) -> web.StreamResponse:
     """POST {"username", "password"} -> 200 token answer + cookies; 400, 401 invalid_grant, 429, 503."""
     gw = request.app[GATEWAY]
     cfg = gw.config
@@ -117,10 +100,18 @@ async def refresh(request: web.Request) -> web.StreamResponse:
 
 @counted("logout")
 async def logout(request: web.Request) -> web.StreamResponse:
-    """POST with the access token (+ refresh cookie/body) -> 204: its jti denied, its family dead."""
+    """POST with the access token (+ refresh cookie/body) -> 204: its jti denied, its family dead. With
+    ``Accept: text/html`` and a session from a provider that has an end_session_endpoint: 302 there
+    (OpenID Connect RP-Initiated Logout)."""
     gw = request.app[GATEWAY]
     identity = await caller(request, gw)
-    await sessions_of(gw).logout(identity, await presented_refresh_token(request, gw.config))
+    kept = await sessions_of(gw).logout(identity, await presented_refresh_token(request, gw.config))
+    if "text/html" in request.headers.get("Accept", ""):   # a browser: end the provider's session too
+        location = await end_session_url(request, kept)
+        if location is not None:
+            resp = found(location)
+            clear_session_cookies(resp, gw.config.auth)
+            return resp
     return _ended(gw.config)
 
 

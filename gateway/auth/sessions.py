@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config.load import TokensConfig
 from ..errors import DependencyDown, InvalidRefreshToken, RefreshTokenReused, RevokedToken, SessionEnded
+from ..pipeline import Gateway
 from ..steps.denylist import Denylist
 from ..steps.identity import Identity
 from ..steps.tokens import Minter
@@ -118,11 +119,12 @@ class Sessions:
         self._grace_s = grace_s
         self._clock = clock
 
-    async def issue(self, user: AuthenticatedUser) -> TokenPair:
-        """A new session (a new family) for an authenticated user."""
+    async def issue(self, user: AuthenticatedUser, kept: Mapping[str, str] | None = None) -> TokenPair:
+        """A new session (a new family) for an authenticated user. ``kept``: what the session remembers
+        of its login through every rotation (a delegated login's ``provider`` and ``id_token``)."""
         pair = await self._mint_pair(user.sub, user.roles, user.email, secrets.token_urlsafe(FAMILY_ID_BYTES))
         with store_reachable():
-            await self._store.add_refresh(self._record(pair, user.sub, user.roles, user.email), self._issuer)
+            await self._store.add_refresh(self._record(pair, user.sub, user.roles, user.email, kept), self._issuer)
         return pair
 
     async def rotate(self, token: str) -> TokenPair:
@@ -140,16 +142,18 @@ class Sessions:
         pair = await self._mint_pair(record.sub, roles, email, record.family)
         sealed = seal(token, pair) if self._grace_s > 0 else b""
         with store_reachable():
-            rotation = await self._store.rotate_refresh(token_hash, self._record(pair, record.sub, roles, email),
+            rotation = await self._store.rotate_refresh(token_hash, self._record(pair, record.sub, roles, email,
+                                                                                 _kept(record.data)),
                                                         self._clock(), self._grace_s, sealed)
         if rotation.outcome == "ok":
             return pair
         return await self._settle(token, rotation)   # another call rotated it since we looked
 
-    async def logout(self, identity: Identity, refresh_token: str | None) -> None:
+    async def logout(self, identity: Identity, refresh_token: str | None) -> dict[str, str]:
         """End the session of this access token: its family (from its ``sid`` claim, or the refresh
-        token when it belongs to the same subject) dies, then its jti is denied until it expires."""
-        families = set()
+        token when it belongs to the same subject) dies, then its jti is denied until it expires.
+        Returns what the refresh token's session kept of its login (Sessions.issue), else {}."""
+        families, kept = set(), {}
         sid = identity.claims.get(SESSION_CLAIM)
         if identity.iss == self._issuer and isinstance(sid, str) and sid:
             families.add(sid)
@@ -158,11 +162,13 @@ class Sessions:
                 record = await self._store.find_refresh(hash_refresh_token(refresh_token))
                 if record is not None and record.sub == identity.sub:
                     families.add(record.family)
+                    kept = _kept(record.data)
             for family in families:
                 await self._store.kill_family(family)
             # Denied until exp + leeway: the verifier accepts a token that long.
             await self._denylist.revoke(Revocation("jti", identity.iss, identity.jti, value=identity.exp,
                                                    expires_at=identity.exp + self._leeway_s))
+        return kept
 
     async def logout_all(self, identity: Identity) -> int:
         """Every family of the subject dies, and every access token it was issued before now.
@@ -243,9 +249,17 @@ class Sessions:
             except DependencyDown:   # the mirror is out of sync: the store calls will tell
                 return
 
-    def _record(self, pair: TokenPair, sub: str, roles: tuple[str, ...], email: str | None) -> RefreshRecord:
-        data = {"roles": list(roles), **({"email": email} if email else {})}
+    def _record(self, pair: TokenPair, sub: str, roles: tuple[str, ...], email: str | None,
+                kept: Mapping[str, str] | None = None) -> RefreshRecord:
+        data = {**(kept or {}), "roles": list(roles), **({"email": email} if email else {})}
         return RefreshRecord(hash_refresh_token(pair.refresh_token), pair.family, sub, pair.refresh_exp, data)
+
+
+KEPT = ("provider", "id_token")   # what a session keeps of its login (Sessions.issue)
+
+
+def _kept(data: Mapping[str, Any]) -> dict[str, str]:
+    return {key: data[key] for key in KEPT if isinstance(data.get(key), str)}
 
 
 def _roles_of(data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -258,3 +272,9 @@ def _roles_of(data: Mapping[str, Any]) -> tuple[str, ...]:
 def _email_of(data: Mapping[str, Any]) -> str | None:
     email = data.get("email")
     return email if isinstance(email, str) and email else None
+
+
+def sessions_of(gw: Gateway) -> Sessions:
+    """The Sessions of the config in force."""
+    return Sessions(gw.store, gw.minter, gw.users, gw.denylist, gw.config.tokens,
+                    grace_s=gw.config.auth.refresh_grace)

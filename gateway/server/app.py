@@ -9,8 +9,9 @@ from aiohttp import web
 
 from ..answers import error_middleware
 from ..auth.account_routes import add_account_routes
+from ..auth.endpoints import add_endpoint
 from ..auth.openapi import add_openapi_route
-from ..auth.routes import add_auth_routes, add_endpoint
+from ..auth.routes import add_auth_routes
 from ..config.load import GatewayConfig
 from ..metrics import METRICS, Recorder
 from ..pipeline import GATEWAY, JWKS_PATH, FrontDoor, Gateway, handle

@@ -20,6 +20,10 @@ from .passwords import PasswordHasher
 # Usernames are case-sensitive and compared exactly: "Alice" and "alice" are two accounts, and the
 # username is the token's `sub` as written. ASCII letters, digits and . _ - @ only: safe in headers and keys.
 USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+# An account made by a delegated login: `{provider}:{the provider's subject}`. The colon keeps it apart
+# from every local username (and from password logins, which check USERNAME); the subject's characters
+# cover numeric ids, UUIDs, e-mail-like and `connection|id` subjects, and stay safe in headers and keys.
+DELEGATED_USERNAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}:[A-Za-z0-9._~@+=/|:-]{1,255}")
 # Roles travel comma-joined in an identity header: printable ASCII without space or comma.
 ROLE = re.compile(r"[!-+\--~]{1,64}")
 MAX_PASSWORD_CHARS = 1024
@@ -49,6 +53,15 @@ def check_username(username: Any) -> str:
     if not isinstance(username, str) or not USERNAME.fullmatch(username):
         raise InvalidAccount("a username is 1-64 characters: letters, digits, '.', '_', '-' or '@'")
     return username
+
+
+def is_delegated(username: str) -> bool:
+    return bool(DELEGATED_USERNAME.fullmatch(username))
+
+
+def is_account_name(username: Any) -> bool:
+    """A local username or a delegated account's name."""
+    return isinstance(username, str) and bool(USERNAME.fullmatch(username) or DELEGATED_USERNAME.fullmatch(username))
 
 
 def check_roles(roles: Any) -> tuple[str, ...]:
@@ -119,6 +132,12 @@ class UserDirectory(abc.ABC):
         """False when there is no such account."""
         raise self._not_editable()
 
+    async def upsert_delegated(self, username: str, roles: Iterable[str], email: str | None) -> UserRecord | None:
+        """The account of a delegated login (``{provider}:{subject}``, no password): created at its first
+        login, its roles and e-mail address replaced at each one; as it is now. None where accounts cannot
+        be kept here (they live behind a credentials service): the login goes on with what it was given."""
+        return None
+
     async def delete(self, username: str) -> bool:
         raise self._not_editable()
 
@@ -160,8 +179,22 @@ class _RecordDirectory(UserDirectory):
                                              created_at=time.time()))
 
     async def get(self, username: str) -> UserRecord | None:
-        valid = isinstance(username, str) and USERNAME.fullmatch(username)
-        return await self._find(username) if valid else None
+        return await self._find(username) if is_account_name(username) else None
+
+    async def upsert_delegated(self, username: str, roles: Iterable[str], email: str | None) -> UserRecord | None:
+        if not DELEGATED_USERNAME.fullmatch(username):
+            raise InvalidAccount("a delegated account is named {provider}:{subject}")
+        fresh = UserRecord(username, "", check_roles(list(roles)), check_email(email), created_at=time.time())
+        if await self._insert(fresh):
+            return fresh
+        updated: list[UserRecord] = []
+
+        def change(record: UserRecord) -> UserRecord:
+            updated.append(dataclasses.replace(record, roles=fresh.roles, email=fresh.email))
+            return updated[-1]
+
+        await self._update(username, change)
+        return updated[-1] if updated else fresh   # deleted meanwhile: this login still goes on
 
     async def list(self) -> list[UserRecord]:
         return sorted(await self._all(), key=lambda record: record.username)

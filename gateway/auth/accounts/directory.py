@@ -14,19 +14,19 @@ import aiohttp
 from ...config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from ...store import store_reachable
 from ...store.base import Store, UserRecord
-from .base import (FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME, AuthenticatedUser, InvalidAccount,
-                   NotEditable, UserDirectory, UsersFileError, _RecordDirectory, check_email, check_password,
-                   check_roles, check_username)
+from .base import (DELEGATED_USERNAME, FILE_KEYS, MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, ROLE, USERNAME,
+                   AuthenticatedUser, InvalidAccount, NotEditable, UserDirectory, UsersFileError, _RecordDirectory,
+                   check_email, check_password, check_roles, check_username, is_delegated)
 from .file import FileUsers, read_users_file, users_file_path
 from .passwords import PasswordHasher
 from .remote import CredentialsUsers
 
 log = logging.getLogger("tokengate")
 
-__all__ = ["FILE_KEYS", "MAX_PASSWORD_CHARS", "REFUSED_IN_EMAIL", "ROLE", "USERNAME", "AuthenticatedUser",
-           "CredentialsUsers", "FileUsers", "InvalidAccount", "NotEditable", "StoreUsers", "UserDirectory",
-           "UsersFileError", "build_directory", "check_email", "check_password", "check_roles", "check_username",
-           "read_users_file", "users_file_path"]
+__all__ = ["DELEGATED_USERNAME", "FILE_KEYS", "MAX_PASSWORD_CHARS", "REFUSED_IN_EMAIL", "ROLE", "USERNAME",
+           "AuthenticatedUser", "CredentialsUsers", "FileUsers", "InvalidAccount", "NotEditable", "StoreUsers",
+           "UserDirectory", "UsersFileError", "build_directory", "check_email", "check_password", "check_roles",
+           "check_username", "is_delegated", "read_users_file", "users_file_path"]
 
 
 class StoreUsers(_RecordDirectory):

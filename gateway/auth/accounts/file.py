@@ -16,7 +16,8 @@ import yaml
 
 from ...config.load import GatewayConfig, UsersFileConfig
 from ...store.base import UserRecord
-from .base import FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles, check_username
+from .base import (FILE_KEYS, InvalidAccount, UsersFileError, _RecordDirectory, check_email, check_roles,
+                   check_username, is_delegated)
 from .passwords import PasswordHasher, is_argon2id
 
 
@@ -103,16 +104,20 @@ def _parse_entry(where: str, raw: Any) -> UserRecord:
     if unknown := sorted(str(k) for k in raw if k not in FILE_KEYS):
         raise UsersFileError(f"{where}: unknown key(s) {', '.join(unknown)}; an account has {', '.join(FILE_KEYS)}")
     try:
-        username = check_username(raw.get("username"))
+        delegated = isinstance(raw.get("username"), str) and is_delegated(raw["username"])
+        username = raw["username"] if delegated else check_username(raw.get("username"))
         roles, email = check_roles(raw.get("roles")), check_email(raw.get("email"))
     except InvalidAccount as exc:
         raise UsersFileError(f"{where}: {exc}") from None
-    if not is_argon2id(raw.get("password_hash")):
+    if delegated and raw.get("password_hash", "") != "":
+        raise UsersFileError(f"{where} ({username}): an account of a delegated login has no password; "
+                             "leave password_hash empty")
+    if not delegated and not is_argon2id(raw.get("password_hash")):
         raise UsersFileError(f"{where} ({username}): password_hash is not an argon2id hash; "
                              "set one with `tokengate users add`")
     if not isinstance(disabled := raw.get("disabled", False), bool):
         raise UsersFileError(f"{where} ({username}): disabled must be true or false")
-    return UserRecord(username, raw["password_hash"], roles, email, disabled)
+    return UserRecord(username, raw.get("password_hash", ""), roles, email, disabled)
 
 
 def _edit_users_file(path: Path, change: Callable[[dict[str, UserRecord]], bool]) -> tuple[dict[str, UserRecord], bool]:

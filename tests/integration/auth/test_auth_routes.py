@@ -241,12 +241,20 @@ async def test_malformed_login_bodies_get_400(auth: Auth, body: bytes) -> None:
     assert (await resp.json())["error"] == "invalid_request"
 
 
-@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain; charset=utf-8",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize("content_type", ["text/plain; charset=utf-8", "multipart/form-data; boundary=x"])
 async def test_login_refuses_what_a_cross_site_form_could_post(auth: Auth, content_type: str) -> None:
     body = json.dumps({"username": "alice", "password": PASSWORD})
     resp = await auth.post("login", data=body, headers={"Content-Type": content_type})
     assert resp.status == 400 and await error_code(resp) == "json_required"
+
+
+async def test_a_form_post_without_the_sign_in_pages_csrf_token_logs_nobody_in(auth: Auth) -> None:
+    # The sign-in page's form post is the one form a login takes; a cross-site form has neither the
+    # page's CSRF token nor its SameSite=Strict cookie.
+    resp = await auth.post("login", data={"username": "alice", "password": PASSWORD, "csrf_token": "x" * 43},
+                           allow_redirects=False)
+    assert resp.status == 400 and resp.content_type == "text/html"
+    assert not resp.cookies and "Location" not in resp.headers
 
 
 async def test_login_body_without_a_content_type_is_read_as_json(auth: Auth) -> None:
@@ -266,8 +274,8 @@ async def test_deeply_nested_json_is_a_400_not_a_500(auth: Auth) -> None:
 
 
 async def test_other_methods_on_auth_endpoints_get_405(auth: Auth) -> None:
-    resp = await auth.client.get("/auth/login")
-    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    resp = await auth.client.put("/auth/login")
+    assert resp.status == 405 and resp.headers["Allow"] == "GET, POST"   # GET: the sign-in page
 
 
 # --- logout ---------------------------------------------------------------------------------------

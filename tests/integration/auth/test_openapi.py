@@ -37,8 +37,8 @@ from gateway.paths import normalise
 from gateway.pipeline import GATEWAY, JWKS_PATH, Gateway
 from tests.conftest import bearer
 from tests.integration.auth import test_auth_routes as shared
-from tests.integration.edge_kit import serve_gateway
 from tests.integration.auth.test_auth_routes import CHEAP, PASSWORD, add_accounts, until
+from tests.integration.edge_kit import serve_gateway
 
 if TYPE_CHECKING:
     from schemathesis.specs.openapi.schemas import OpenApiSchema
@@ -62,6 +62,7 @@ OPERATIONS = {
     "changePassword": ("POST", "/change-password"),
     **{f"verify{m.capitalize()}": (m.upper(), "/verify") for m in VERIFY_METHODS},
     "jwks": ("GET", "/.well-known/jwks.json"), "openapi": ("GET", OPENAPI_PATH),
+    "signInPage": ("GET", "/login"),
 }
 NEEDS_TOKEN = frozenset({"logout", "logoutAll", "changePassword",
                          *(op for op in OPERATIONS if op.startswith("verify"))})
@@ -287,7 +288,7 @@ def run_schemathesis(live: Live) -> list[str]:
             # weak_password. `only_refusals_no_schema_can_state` holds these 400s to exactly that.
             *({"include-path": f"{prefix}{path}", "checks": {"positive_data_acceptance": {
                 "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]}}}
-              for path in ("/reset-password", "/signup")),
+              for path in ("/reset-password", "/signup", "/login")),
         ],
     })
     schema = schemathesis.openapi.from_dict(openapi_document(live.cfg), config=config)
@@ -327,10 +328,15 @@ STATE_REFUSALS = StateRefusals(PasswordPolicy(), {})
 
 @schemathesis.check
 def only_refusals_no_schema_can_state(ctx: Any, response: Any, case: schemathesis.Case) -> None:
-    """A well-formed request (positive mode) answered 400 must be one of the two refusals the document
-    cannot state as a schema: reset-password's invalid_reset_token (no generated token was ever issued)
-    and signup's weak_password for a password the gateway's policy does refuse for that account."""
+    """A well-formed request (positive mode) answered 400 must be one of the refusals the document
+    cannot state as a schema: reset-password's invalid_reset_token (no generated token was ever issued),
+    signup's weak_password for a password the gateway's policy does refuse for that account, and the
+    sign-in form post's HTML page when the form's CSRF token does not match its cookie."""
     if case.meta is None or not case.meta.generation.mode.is_positive or response.status_code != 400:
+        return
+    if case.path.endswith("/login") and response.text.lstrip().lower().startswith("<!doctype html"):
+        # The sign-in page's form post: no generated form carries the page's CSRF token and its cookie.
+        STATE_REFUSALS.seen["form_expired"] = STATE_REFUSALS.seen.get("form_expired", 0) + 1
         return
     code = response.json().get("code")
     if case.path.endswith("/reset-password"):
@@ -452,7 +458,7 @@ async def test_trace_and_connect_get_method_refused_on_every_endpoint_as_on_prox
 
 async def test_other_undocumented_methods_get_method_not_allowed_with_allow(live: Live,
                                                                             http: requests.Session) -> None:
-    for path, allow in (("/login", "POST"), ("/change-password", "POST"), (OPENAPI_PATH, "GET, HEAD")):
+    for path, allow in (("/login", "GET, POST"), ("/change-password", "POST"), (OPENAPI_PATH, "GET, HEAD")):
         resp = await asyncio.to_thread(http.request, "PUT", f"{live.url}{live.cfg.auth.prefix}{path}", timeout=10)
         assert (resp.status_code, resp.json()["code"], resp.headers["Allow"]) == (405, "method_not_allowed", allow)
 
