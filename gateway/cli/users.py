@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..auth.accounts.directory import (FileUsers, InvalidAccount, StoreUsers, UserDirectory, UsersFileError,
-                                       check_email, check_roles, check_username, users_file_path)
+                                       check_email, check_roles, check_username, is_delegated, users_file_path)
 from ..auth.accounts.passwords import PasswordHasher
 from ..auth.accounts.policy import PasswordPolicy, WeakPassword
 from ..config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
@@ -66,6 +66,17 @@ def read_password(stdin: Any = None) -> str:
     return password
 
 
+def _check_name(username: str, action: Action) -> None:
+    """A local username, or, where the command may act on one, a delegated login's account
+    ({provider}:{subject}: disable, enable, delete). Those have no password: add and set-password refuse them."""
+    if is_delegated(username) and action in (_disable, _enable, _delete):
+        return
+    if is_delegated(username):
+        raise InvalidAccount(f"{username} is the account of a delegated login: it signs in at its provider and "
+                             "has no password here")
+    check_username(username)
+
+
 def _check_new_password(policy: PasswordPolicy, password: str, username: str, email: str | None) -> str:
     """``password`` when signup would accept it for this account; else UsageError (exit 2) saying why."""
     try:
@@ -80,7 +91,7 @@ def _run(args: argparse.Namespace, action: Action) -> int:
         args.policy = PasswordPolicy.from_config(cfg.auth.password)
     try:
         if getattr(args, "username", None) is not None:
-            check_username(args.username)
+            _check_name(args.username, action)
         status = asyncio.run(_with_directory(cfg, args, action))
     except OutOfReach as exc:
         return fail(str(exc))

@@ -161,13 +161,15 @@ class JwksCache:
     """
 
     def __init__(self, issuers: Sequence[TrustedIssuerConfig], session: aiohttp.ClientSession | None = None,
-                 *, refetch_interval_s: float = REFETCH_INTERVAL_S, retry_s: float = RETRY_AFTER_FAILURE_S,
+                 *, refetch_interval_s: float | None = None, retry_s: float = RETRY_AFTER_FAILURE_S,
                  max_age_s: float = MAX_AGE_S, timeout_s: float = FETCH_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._issuers = {cfg.issuer: _IssuerKeys(cfg) for cfg in issuers}
         self._session = session
         self._owns_session = session is None
-        self._refetch_interval_s, self._retry_s, self._max_age_s = refetch_interval_s, retry_s, max_age_s
+        # None: the module's REFETCH_INTERVAL_S, read now (tests of a provider's key rotation lower it).
+        self._refetch_interval_s = REFETCH_INTERVAL_S if refetch_interval_s is None else refetch_interval_s
+        self._retry_s, self._max_age_s = retry_s, max_age_s
         self._timeout_s = timeout_s
         self._clock = clock
         self._listeners: list[Callable[[str], object]] = []

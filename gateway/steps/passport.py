@@ -60,6 +60,8 @@ class Passport:
         for claim, header in self.claim_headers:
             if claim == "roles" or claim == self.roles_claim:
                 value: Any = ",".join(sorted(identity.roles))
+            elif claim == "sub":   # the identity's subject: a trusted issuer's subject_prefix applies
+                value = identity.sub
             else:
                 value = identity.claims.get(claim)
             if value is None:

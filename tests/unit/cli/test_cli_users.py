@@ -304,3 +304,25 @@ async def _subject_revoked(redis_url: str, sub: str) -> bool:
         return any(r.kind == "sub" and r.id == sub for r in await store.live_revocations(time.time()))
     finally:
         await store.close()
+
+
+def test_a_delegated_account_is_listed_disabled_and_deleted_but_never_given_a_password(run, stdin, config,
+                                                                                         users_path):
+    import asyncio
+
+    hasher = PasswordHasher(CHEAP)
+    try:
+        asyncio.run(FileUsers(users_path, hasher, missing_ok=True).upsert_delegated("corp:carol", ["user"], None))
+    finally:
+        hasher.close()
+    status, out, _ = run("users", "list", "--config", config)
+    assert status == 0 and "corp:carol" in out
+    assert run("users", "disable", "--config", config, "corp:carol")[0] == 0
+    assert entries(users_path)["corp:carol"]["disabled"] is True
+    stdin(f"{PASSWORD}\n")
+    assert run("users", "set-password", "--config", config, "corp:carol")[0] == 2   # it signs in at its provider
+    assert entries(users_path)["corp:carol"]["password_hash"] == ""
+    stdin(f"{PASSWORD}\n")
+    assert run("users", "add", "--config", config, "corp:dave")[0] == 2
+    assert run("users", "delete", "--config", config, "corp:carol")[0] == 0
+    assert entries(users_path) == {}

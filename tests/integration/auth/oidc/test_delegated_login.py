@@ -237,3 +237,20 @@ async def test_the_sign_in_form_post_logs_in_with_its_csrf_token(
     ok = await ua.post(f"{gw.url}/auth/login", data={"username": "dora", "password": "a long password 123",
                                                     "csrf_token": token, "rd": "/after"}, allow_redirects=False)
     assert ok.status == 302 and ok.headers["Location"] == "/after" and "refresh_token" in ok.cookies
+
+
+async def test_a_reload_that_changes_the_providers_is_used_by_the_next_request(
+        make_gw: MakeGw, make_config: Callable[..., GatewayConfig],
+        make_user_agent: Callable[..., aiohttp.ClientSession], oidc_op: OpenIdProvider) -> None:
+    gw = await make_gw(display_name="Corp SSO")
+    ua = make_user_agent(gw.url)
+    assert "Corp SSO" in await (await ua.get(f"{gw.url}/auth/login")).text()
+    renamed = {"issuer": oidc_op.issuer, "client_id": "tokengate-test", "client_secret": oidc_op.client_secret,
+               "display_name": "New SSO"}
+    upstreams = {name: {"url": upstream.url} for name, upstream in gw.cfg.upstreams.items()}
+    cfg = make_config(auth={"providers": {"corp": renamed}}, upstreams=upstreams)
+    gw.server.app[GATEWAY].apply(cfg)
+    page = await (await ua.get(f"{gw.url}/auth/login")).text()
+    assert "New SSO" in page and "Corp SSO" not in page and "/auth/oauth/other/" not in page
+    assert (await start(ua, gw, "other")).status == 404   # gone with the reload
+    assert (await sign_in(ua, gw, "alice")).status == 302

@@ -133,7 +133,20 @@ function configuration() {
         },
       };
     },
+    // Access tokens as JWTs for one resource server (audience tokengate-api) with the account's groups:
+    // what a gateway that trusts this issuer (tokens.trusted_issuers) verifies.
+    async extraTokenClaims(ctx, token) {
+      const groups = (ACCOUNTS.get(token.accountId) || {}).groups;
+      return groups === undefined ? {} : { groups };
+    },
     features: {
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => 'urn:tokengate:api',
+        useGrantedResource: () => true,
+        getResourceServerInfo: () => ({ scope: 'openid email profile groups', audience: 'tokengate-api',
+                                        accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } }),
+      },
       devInteractions: { enabled: true },
       rpInitiatedLogout: {
         enabled: true,
