@@ -150,10 +150,20 @@ class GithubProviderConfig(_ClientConfig):
     Point both at a GitHub Enterprise Server to use one."""
 
     type: Literal["github"]
-    client_auth: ClientAuth = "client_secret_post"
+    # GitHub documents client_id and client_secret in the POST body, and requires the secret.
+    client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_post"
     scopes: StrList = ("read:user", "user:email")
     url: SecureUrl = "https://github.com"
     api_url: SecureUrl = "https://api.github.com"
+
+    @field_validator("scopes")
+    @classmethod
+    def _reads_emails(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Without it GET /user/emails fails, and a login that cannot see the verified primary address
+        # is refused (falling back to "no address" could link the login to another account).
+        if not {"user", "user:email"} & set(value):
+            raise ValueError("GitHub logins read the verified e-mail address: include the scope user:email")
+        return value
 
     @property
     def issuer(self) -> str:

@@ -182,12 +182,13 @@ class JwksCache:
         """The issuer's key for this header. Raises InvalidToken, or DependencyDown when the
         issuer's keys were never fetched and cannot be fetched now."""
         state = self._issuers[issuer]
-        if self._is_stale(state):
+        refreshed = self._is_stale(state)
+        if refreshed:
             await self._refresh(state)   # on failure, stale keys keep serving
         if state.keys is None:
             raise DependencyDown("the token issuer's signing keys cannot be fetched")
         key = state.keys.find(kid, alg)
-        if key is None and self._elapsed(state.attempted_at) >= self._refetch_interval_s:
+        if key is None and not refreshed and self._elapsed(state.attempted_at) >= self._refetch_interval_s:
             await self._refresh(state)   # the issuer may have rotated its keys
             key = state.keys.find(kid, alg)
         return key if key is not None else state.keys.select(kid, alg)

@@ -30,6 +30,10 @@ log = logging.getLogger("tokengate.oauth")
 METADATA_MAX_AGE_S = 600.0     # the discovery document is fetched again after this long (stale on failure)
 METADATA_RETRY_S = 5.0         # while it was never fetched, attempts are this far apart
 EXCHANGE_TIMEOUT_S = 10.0
+# An ID token comes from the token endpoint the gateway called itself, never from whoever sends a request:
+# an unknown kid in it means the provider rotated its keys, so its JWKS is fetched again at once (a
+# trusted issuer's bearer tokens wait keys.REFETCH_INTERVAL_S between refetches, against kid sprays).
+ID_TOKEN_KEYS_REFETCH_S = 0.0
 ID_TOKEN_ALGS = ("RS256", "PS256", "ES256", "ES384", "EdDSA")   # asymmetric only: never a shared-secret HMAC
 _ERRORS = {"access_denied": "you (or the provider) declined the sign-in",
            "login_required": "the provider asks you to sign in first",
@@ -81,7 +85,7 @@ class OidcClient:
         self.name, self.cfg, self._session, self._leeway_s, self._clock = name, cfg, session, leeway_s, clock
         self._metadata = _MetadataCache(cfg.discovery_url, cfg.issuer)
         trusted = TrustedIssuerConfig(issuer=cfg.issuer, algorithms=ID_TOKEN_ALGS)
-        self._keys = JwksCache([trusted], session)
+        self._keys = JwksCache([trusted], session, refetch_interval_s=ID_TOKEN_KEYS_REFETCH_S)
 
     async def close(self) -> None:
         await self._keys.close()
@@ -264,8 +268,13 @@ class GithubClient:
         user = await self._api_get("/user", access_token)
         if not isinstance(user, dict) or not isinstance(user.get("id"), int) or isinstance(user.get("id"), bool):
             raise refused("userinfo_failed", "The provider did not say who signed in.")
-        email = _verified_primary(await self._api_get("/user/emails", access_token))
-        claims = {k: v for k, v in user.items() if isinstance(v, (str, int, bool)) and not isinstance(v, float)}
+        # The list is paginated, 30 a page by default, and GitHub does not say where the primary comes: ask
+        # for the largest page (100) so an account with many addresses does not lose its primary.
+        email = _verified_primary(await self._api_get("/user/emails?per_page=100", access_token))
+        # Role maps match strings: integers (the id above all, which unlike the login never passes to another
+        # person) are given as their decimal text so that `claim: id` can map them.
+        claims = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                  for k, v in user.items() if isinstance(v, (str, int, bool))}
         return ProviderUser(subject=str(user["id"]), email=email, email_verified=email is not None, claims=claims)
 
     async def _api_get(self, path: str, access_token: str) -> Any:

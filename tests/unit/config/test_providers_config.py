@@ -51,6 +51,16 @@ def test_a_missing_secret_is_named_beside_other_mistakes(write_config: Callable[
     assert "auth.providers.corp.client_secret" in keys and "auth.providers.corp.bogus" in keys
 
 
+@pytest.mark.parametrize("github, key", [
+    ({"client_auth": "none"}, "auth.providers.gh.client_auth"),        # GitHub requires the secret
+    ({"scopes": ["read:user"]}, "auth.providers.gh.scopes"),           # no way to read the verified address
+])
+def test_a_github_provider_needs_its_secret_and_the_email_scope(write_config: Callable[..., Path],
+                                                                github: dict[str, Any], key: str) -> None:
+    provider = {"type": "github", "client_id": "g", "client_secret": "s", **github}
+    assert key in [p.key for p in problems_of(write_config(auth={"providers": {"gh": provider}}))]
+
+
 @pytest.mark.parametrize("auth, key", [
     ({"providers": {"Corp": CORP}}, "auth.providers.Corp"),
     ({"redirect_allowlist": ["https://app.example.test/path"]}, "auth.redirect_allowlist[0]"),
