@@ -1,8 +1,10 @@
 """Account endpoints under ``auth.prefix``: signup, forgot-password, reset-password, change-password.
 
-JSON in, JSON out, like auth/routes.py. They need accounts this gateway can edit (``auth.users``: store
-or file); with a credentials service they answer 404 ``accounts_not_editable``. Forgot-password answers
-202 before it looks anything up: lookup, token and mail run in the background (no account enumeration).
+JSON in, JSON out, like auth/routes.py; with the sign-in page on, signup and forgot-password also have
+pages of their own (GET, HTML) whose urlencoded form posts, with the page's CSRF token, answer HTML.
+They need accounts this gateway can edit (``auth.users``: store or file); with a credentials service they
+answer 404 ``accounts_not_editable``. Forgot-password answers before it looks anything up: lookup, token
+and mail run in the background (no account enumeration).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from aiohttp import web
 
 from ..config.load import GatewayConfig
-from ..errors import (AccountsNotEditable, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidResetToken,
-                      NoRoute, UsernameTaken, WeakPasswordRefused)
+from ..errors import (AccountsNotEditable, ForeignAccount, GatewayError, InvalidAccountField, InvalidCredentials,
+                      InvalidResetToken, NoRoute, UsernameTaken, WeakPasswordRefused)
 from ..pipeline import GATEWAY, Gateway
 from ..store import store_reachable
 from .accounts.directory import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
@@ -26,9 +29,12 @@ from .accounts.policy import PasswordPolicy, WeakPassword
 from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
                               send_reset_links)
 from .endpoints import add_endpoint
+from .oauth.forms import (CREATED_FLAG, form_refusal, has_form_token, in_words, page_rd, read_form, render_forgot,
+                          render_not_editable, render_signup, text_field)
+from .oauth.routes import delegation, found
 from .ratelimit import RateLimiter, client_address
 from .revocation import apply_revocation, build_revocation
-from .routes import NO_STORE, caller, read_json_object, refuse_form_post, string_field, token_response
+from .routes import FORM_TYPE, NO_STORE, caller, read_json_object, refuse_form_post, string_field, token_response
 from .sessions import sessions_of
 
 log = logging.getLogger("tokengate.auth")
@@ -51,13 +57,17 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 
 
 def add_account_routes(app: web.Application, cfg: GatewayConfig) -> None:
-    """Register the account endpoints (POST only; other methods get 405). Call it before the catch-all
-    proxy route and after the Gateway's cleanup context: the background work ends before the Gateway."""
+    """Register the account endpoints (POST; GET for the signup and forgot-password pages when the
+    sign-in page is on; other methods get 405). Call it before the catch-all proxy route and after the
+    Gateway's cleanup context: the background work ends before the Gateway."""
     prefix = cfg.auth.prefix
     app.cleanup_ctx.append(_accounts_context)
+    pages = cfg.auth.sign_in_page   # the account pages come with the sign-in page they lead back to
     # Without signup, the same answers as a path nothing serves: 404, and 405 method_refused for TRACE/CONNECT.
-    add_endpoint(app, f"{prefix}/signup", {"POST": signup} if cfg.auth.signup else {"*": _no_signup})
-    add_endpoint(app, f"{prefix}/forgot-password", {"POST": forgot_password})
+    add_endpoint(app, f"{prefix}/signup", {**({"GET": signup_page} if pages else {}), "POST": signup}
+                 if cfg.auth.signup else {"*": _no_signup})
+    add_endpoint(app, f"{prefix}/forgot-password",
+                 {**({"GET": forgot_password_page} if pages else {}), "POST": forgot_password})
     add_endpoint(app, f"{prefix}/reset-password", {"POST": reset_password})
     add_endpoint(app, f"{prefix}/change-password", {"POST": change_password})
 
@@ -74,6 +84,13 @@ async def _accounts_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def signup(request: web.Request) -> web.StreamResponse:
+    """The signup page's form post (HTML, with its CSRF token) or the JSON signup."""
+    if is_page_form(request):
+        return await form_signup(request)
+    return await json_signup(request)
+
+
+async def json_signup(request: web.Request) -> web.StreamResponse:
     """POST {"username", "password", "email"?} -> 201 {"username", "roles"}; 400 invalid_account,
     weak_password; 409 username_taken; 429; 503."""
     gw = request.app[GATEWAY]
@@ -81,31 +98,51 @@ async def signup(request: web.Request) -> web.StreamResponse:
     await _limit(request, gw, "signup", gw.config.auth.rate_limits.signup)
     refuse_form_post(request)
     body = await read_json_object(request)
-    username = _account_field(check_username, string_field(body, "username", MAX_USERNAME_CHARS))
-    email = _account_field(check_email, body.get("email"))
-    password = string_field(body, "password", MAX_PASSWORD_CHARS)
-    check_new_password(request, password, username, email)
+    username = await create_account(request, gw, users, body)
     roles = gw.config.auth.default_roles
-    if not await users.add(username, password, roles, email):
-        raise UsernameTaken()
-    log.info("signup", extra={"sub": username})
     return web.json_response({"username": username, "roles": list(roles)}, status=201, headers=NO_STORE)
 
 
+async def create_account(request: web.Request, gw: Gateway, users: UserDirectory, fields: dict[str, Any]) -> str:
+    """Signup's checks on ``fields`` (username, password, email?), then the account with the default
+    roles; its username. Raises BadRequest, InvalidAccountField, WeakPasswordRefused, UsernameTaken."""
+    username = _account_field(check_username, string_field(fields, "username", MAX_USERNAME_CHARS))
+    email = _account_field(check_email, fields.get("email"))
+    password = string_field(fields, "password", MAX_PASSWORD_CHARS)
+    check_new_password(request, password, username, email)
+    if not await users.add(username, password, gw.config.auth.default_roles, email):
+        raise UsernameTaken()
+    log.info("signup", extra={"sub": username})
+    return username
+
+
 async def forgot_password(request: web.Request) -> web.StreamResponse:
+    """The forgot-password page's form post (HTML, with its CSRF token) or the JSON request."""
+    if is_page_form(request):
+        return await form_forgot_password(request)
+    return await json_forgot_password(request)
+
+
+async def json_forgot_password(request: web.Request) -> web.StreamResponse:
     """POST {"email"} -> 202 {"status": "accepted"}, whether or not an account has that address;
     400 for a malformed address; 429 per client address and per e-mail address; 503."""
     gw = request.app[GATEWAY]
     editable(gw)
-    rate = gw.config.auth.rate_limits.forgot_password
-    await _limit(request, gw, "forgot-password", rate)
+    await _limit(request, gw, "forgot-password", gw.config.auth.rate_limits.forgot_password)
     refuse_form_post(request)
     body = await read_json_object(request)
-    email = _account_field(check_email, string_field(body, "email", MAX_EMAIL_CHARS))
-    await RateLimiter(gw.store).hit("forgot-password", "email:" + email.lower(), rate)
+    await request_reset(request, gw, string_field(body, "email", MAX_EMAIL_CHARS))
+    return web.json_response(ACCEPTED, status=202, headers=NO_STORE)
+
+
+async def request_reset(request: web.Request, gw: Gateway, email: str) -> None:
+    """The per-address limit, then lookup, token and mail in the background: the answer neither waits
+    for them nor tells whether an account has ``email``. Raises InvalidAccountField, RateLimited."""
+    email = _account_field(check_email, email)
+    await RateLimiter(gw.store).hit("forgot-password", "email:" + email.lower(),
+                                    gw.config.auth.rate_limits.forgot_password)
     work = send_reset_links(gw.store, gw.users, gw.mailer, gw.config.auth, email)
     request.app[ACCOUNTS].background.spawn(work, name="password reset request")
-    return web.json_response(ACCEPTED, status=202, headers=NO_STORE)
 
 
 async def reset_password(request: web.Request) -> web.StreamResponse:
@@ -195,3 +232,77 @@ def _account_field(check: Callable[[Any], T], value: Any) -> T:
         return check(value)
     except InvalidAccount as exc:
         raise InvalidAccountField(str(exc)) from None
+
+
+# -- the signup and forgot-password pages (HTML; they work with JavaScript off) ---------------------------
+
+def is_page_form(request: web.Request) -> bool:
+    """A urlencoded post with the sign-in page on: one of the gateway's own pages posted it, or nobody did
+    (then its CSRF token is missing or wrong, and the answer is an HTML refusal). Multipart and text/plain
+    go the JSON way, to its json_required refusal."""
+    return request.app[GATEWAY].config.auth.sign_in_page and request.content_type == FORM_TYPE
+
+
+async def signup_page(request: web.Request) -> web.StreamResponse:
+    """GET: the signup form; ``?rd=`` is carried to the sign-in page afterwards."""
+    d = delegation(request)
+    if not request.app[GATEWAY].users.editable:
+        return render_not_editable(request, d.pages, d.auth)
+    return render_signup(request, d.pages, d.auth, page_rd(d.auth, request.query.get("rd")))
+
+
+async def form_signup(request: web.Request) -> web.StreamResponse:
+    """The signup page's form post: CSRF double submit, then exactly the JSON signup's checks and limit;
+    302 to the sign-in page with the created notice and ``rd``, or the form again naming the error with
+    the JSON endpoint's status (400, 409, 429, 503)."""
+    gw, d = request.app[GATEWAY], delegation(request)
+    if not gw.users.editable:
+        return render_not_editable(request, d.pages, d.auth)
+    form = await read_form(request)
+    rd = page_rd(d.auth, text_field(form, "rd"))
+    if form is None or not has_form_token(request, form):   # a cross-site post, or an expired page
+        log.info("signup refused", extra={"code": "form_expired"})
+        return render_signup(request, d.pages, d.auth, rd, error=form_refusal(form), status=400)
+    username, email = text_field(form, "username"), text_field(form, "email")
+    fields = {"username": username, "password": text_field(form, "password"), "email": email or None}
+    try:
+        await _limit(request, gw, "signup", gw.config.auth.rate_limits.signup)
+        await create_account(request, gw, gw.users, fields)
+    except GatewayError as exc:
+        log.info("signup refused", extra={"code": exc.code})
+        resp = render_signup(request, d.pages, d.auth, rd, username=username, email=email, error=in_words(exc),
+                             status=exc.status)
+        resp.headers.update(exc.headers)   # Retry-After of a 429
+        return resp
+    return found(f"{d.auth.prefix}/login?{CREATED_FLAG}=1&rd={quote(rd, safe='')}")
+
+
+async def forgot_password_page(request: web.Request) -> web.StreamResponse:
+    """GET: the forgot-password form; ``?rd=`` is carried back to the sign-in page."""
+    d = delegation(request)
+    if not request.app[GATEWAY].users.editable:
+        return render_not_editable(request, d.pages, d.auth)
+    return render_forgot(request, d.pages, d.auth, page_rd(d.auth, request.query.get("rd")))
+
+
+async def form_forgot_password(request: web.Request) -> web.StreamResponse:
+    """The forgot-password page's form post: CSRF double submit, then exactly what the JSON request does;
+    one page whoever has the address, or the form again naming a refusal (400, 429, 503)."""
+    gw, d = request.app[GATEWAY], delegation(request)
+    if not gw.users.editable:
+        return render_not_editable(request, d.pages, d.auth)
+    form = await read_form(request)
+    rd = page_rd(d.auth, text_field(form, "rd"))
+    if form is None or not has_form_token(request, form):   # a cross-site post, or an expired page
+        log.info("password reset refused", extra={"code": "form_expired"})
+        return render_forgot(request, d.pages, d.auth, rd, error=form_refusal(form), status=400)
+    email = text_field(form, "email")
+    try:
+        await _limit(request, gw, "forgot-password", gw.config.auth.rate_limits.forgot_password)
+        await request_reset(request, gw, string_field({"email": email}, "email", MAX_EMAIL_CHARS))
+    except GatewayError as exc:
+        log.info("password reset refused", extra={"code": exc.code})
+        resp = render_forgot(request, d.pages, d.auth, rd, email=email, error=in_words(exc), status=exc.status)
+        resp.headers.update(exc.headers)   # Retry-After of a 429
+        return resp
+    return render_forgot(request, d.pages, d.auth, rd, sent=True)

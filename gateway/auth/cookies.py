@@ -26,11 +26,21 @@ def set_session_cookies(resp: web.StreamResponse, auth: AuthConfig, pair: TokenP
                     httponly=True, samesite=rc.samesite)
     if not auth.access_cookie:
         return
+    samesite = page_samesite(auth)
     resp.set_cookie(ACCESS_COOKIE, pair.access_token, max_age=max(0, round(pair.access_exp - now)), path="/",
-                    secure=rc.secure, httponly=True, samesite=rc.samesite)
+                    secure=rc.secure, httponly=True, samesite=samesite)
     # Readable by the page's scripts on purpose: they copy it into X-CSRF-Token (double submit).
     resp.set_cookie(CSRF_COOKIE, csrf_token, max_age=refresh_age, path="/", secure=rc.secure,
-                    httponly=False, samesite=rc.samesite)
+                    httponly=False, samesite=samesite)
+
+
+def page_samesite(auth: AuthConfig) -> str:
+    """SameSite of the access and CSRF cookies: Lax where the refresh cookie is Strict. A browser drops
+    Strict cookies on every request of a navigation that began on another site, so the page a provider's
+    login (or a link in a mail) lands on would answer 401. Lax still keeps them off cross-site POSTs,
+    and an unsafe method needs the CSRF header anyway. The refresh cookie (path auth.prefix, sent by the
+    page's own scripts) keeps its Strict."""
+    return "Lax" if auth.refresh_cookie.samesite == "Strict" else auth.refresh_cookie.samesite
 
 
 def clear_session_cookies(resp: web.StreamResponse, auth: AuthConfig) -> None:
@@ -38,8 +48,8 @@ def clear_session_cookies(resp: web.StreamResponse, auth: AuthConfig) -> None:
     rc = auth.refresh_cookie
     resp.del_cookie(rc.name, path=rc.path, secure=rc.secure, httponly=True, samesite=rc.samesite)
     if auth.access_cookie:
-        resp.del_cookie(ACCESS_COOKIE, path="/", secure=rc.secure, httponly=True, samesite=rc.samesite)
-        resp.del_cookie(CSRF_COOKIE, path="/", secure=rc.secure, samesite=rc.samesite)
+        resp.del_cookie(ACCESS_COOKIE, path="/", secure=rc.secure, httponly=True, samesite=page_samesite(auth))
+        resp.del_cookie(CSRF_COOKIE, path="/", secure=rc.secure, samesite=page_samesite(auth))
 
 
 def read_refresh_cookie(request: web.Request, auth: AuthConfig) -> str | None:

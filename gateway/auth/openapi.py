@@ -27,7 +27,8 @@ from .account_routes import MAX_EMAIL_CHARS
 from .accounts.directory import MAX_PASSWORD_CHARS, REFUSED_IN_EMAIL, USERNAME
 from .accounts.resets import MAX_RESET_TOKEN_CHARS
 from .endpoints import add_endpoint
-from .oauth.openapi import browser_paths, form_login_body, form_login_responses
+from .oauth.openapi import (browser_paths, form_forgot_password_body, form_forgot_password_responses, form_login_body,
+                            form_login_responses, form_signup_body, form_signup_responses)
 from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS
 from .sessions import MAX_REFRESH_TOKEN_CHARS
 
@@ -68,8 +69,8 @@ def openapi_document(cfg: GatewayConfig) -> dict[str, Any]:
     # Accounts kept by a credentials service cannot be changed here: those endpoints answer 404 alone.
     if not isinstance(cfg.auth.users, CredentialsUrlConfig):
         if cfg.auth.signup:
-            paths[f"{p}/signup"] = {"post": _signup()}
-        paths[f"{p}/forgot-password"] = {"post": _forgot_password()}
+            paths[f"{p}/signup"] = {"post": _signup(cfg)}
+        paths[f"{p}/forgot-password"] = {"post": _forgot_password(cfg)}
         paths[f"{p}/reset-password"] = {"post": _reset_password()}
         paths[f"{p}/change-password"] = {"post": _change_password(cfg)}
     # Forward-auth answers every method but TRACE and CONNECT (nginx's auth_request keeps the original
@@ -84,8 +85,8 @@ def openapi_document(cfg: GatewayConfig) -> dict[str, Any]:
         "info": {"title": "tokengate auth endpoints", "version": __version__,
                  "description": "The gateway's own endpoints: sessions, accounts, forward-auth and public keys. "
                                 "Every error answer is JSON: {error, error_description, code}, but those of "
-                                "the browser endpoints (the sign-in page, its form post, the OAuth start and "
-                                "callback), which are HTML pages."},
+                                "the browser endpoints (the sign-in, signup and forgot-password pages, their "
+                                "form posts, the OAuth start and callback), which are HTML pages."},
         "paths": paths,
         "components": {"schemas": _schemas(cfg), "headers": _headers(cfg),
                        "securitySchemes": _security_schemes(cfg)},
@@ -124,24 +125,26 @@ def _login(cfg: GatewayConfig) -> dict[str, Any]:
         "(application/x-www-form-urlencoded) is the sign-in page's, answered in HTML, and needs the page's CSRF "
         "token. Rate limited per client address "
         "and per username.",
-        body=_login_body(cfg),
+        body=_with_form_body(cfg, _body("LoginRequest"), form_login_body()),
         responses=_with_form_answers(cfg, {"200": _tokens(cfg),
-                                           **_failures(*BODY_FAILURES, InvalidCredentials, RateLimited)}))
+                                           **_failures(*BODY_FAILURES, InvalidCredentials, RateLimited)},
+                                     form_login_responses()))
 
 
-def _login_body(cfg: GatewayConfig) -> dict[str, Any]:
-    body = _body("LoginRequest")
-    if cfg.auth.sign_in_page:   # the sign-in page's form post: an HTML answer
-        body = {**body, "content": {**body["content"], **form_login_body()}}
-    return body
+def _with_form_body(cfg: GatewayConfig, body: dict[str, Any], form: dict[str, Any]) -> dict[str, Any]:
+    """The page's urlencoded form beside the JSON body, when the pages are on (their posts answer HTML)."""
+    if not cfg.auth.sign_in_page:
+        return body
+    return {**body, "content": {**body["content"], **form},
+            "description": f"{body['description']} Or the page's urlencoded form, with its CSRF token."}
 
 
-def _with_form_answers(cfg: GatewayConfig, responses: dict[str, Any]) -> dict[str, Any]:
-    """The form post's HTML answers beside the JSON login's: a status both give has both content types."""
+def _with_form_answers(cfg: GatewayConfig, responses: dict[str, Any], form: dict[str, Any]) -> dict[str, Any]:
+    """The form post's HTML answers beside the JSON ones: a status both give has both content types."""
     if not cfg.auth.sign_in_page:
         return responses
     merged = dict(responses)
-    for status, answer in form_login_responses().items():
+    for status, answer in form.items():
         if status in merged:
             mine = merged[status]
             merged[status] = {**mine, "description": f"{mine['description']} Form post: {answer['description']}",
@@ -184,29 +187,38 @@ def _logout_all(cfg: GatewayConfig) -> dict[str, Any]:
         responses={"204": _ended(), **_failures(*TOKEN_FAILURES, *_csrf(cfg))})
 
 
-def _signup() -> dict[str, Any]:
+def _signup(cfg: GatewayConfig) -> dict[str, Any]:
     return _operation(
         "signup", "Create an account",
         "The account gets auth.default_roles. Present while auth.signup is true (otherwise the path answers "
-        "404 like one nothing serves). Rate limited per client address.",
-        body=_body("SignupRequest"),
-        responses={"201": {"description": "The account exists.", "headers": _no_store_headers(pragma=True),
-                           "content": {JSON: {"schema": _ref("Account")}}},
-                   **_failures(*BODY_FAILURES, InvalidAccountField, WeakPasswordRefused, UsernameTaken,
-                               RateLimited)})
+        "404 like one nothing serves). Rate limited per client address. Multipart and text/plain bodies are "
+        "refused with json_required"
+        + ("; a form post (application/x-www-form-urlencoded) is the signup page's, answered in HTML, and "
+           "needs the page's CSRF token." if cfg.auth.sign_in_page else "."),
+        body=_with_form_body(cfg, _body("SignupRequest"), form_signup_body()),
+        responses=_with_form_answers(cfg, {"201": {"description": "The account exists.",
+                                                   "headers": _no_store_headers(pragma=True),
+                                                   "content": {JSON: {"schema": _ref("Account")}}},
+                                           **_failures(*BODY_FAILURES, InvalidAccountField, WeakPasswordRefused,
+                                                       UsernameTaken, RateLimited)},
+                                     form_signup_responses()))
 
 
-def _forgot_password() -> dict[str, Any]:
+def _forgot_password(cfg: GatewayConfig) -> dict[str, Any]:
     return _operation(
         "forgotPassword", "Ask for a password reset mail",
         "202 whether or not an account has this address (no account enumeration); when one does, a "
         "single-use reset link is mailed, valid auth.reset_ttl. Rate limited per client address and per "
-        "e-mail address.",
-        body=_body("ForgotPasswordRequest"),
-        responses={"202": {"description": "Accepted, whoever the address belongs to.",
-                           "headers": _no_store_headers(pragma=True),
-                           "content": {JSON: {"schema": _ref("Accepted")}}},
-                   **_failures(*BODY_FAILURES, InvalidAccountField, RateLimited)})
+        "e-mail address. Multipart and text/plain bodies are refused with json_required"
+        + ("; a form post (application/x-www-form-urlencoded) is the forgot-password page's, answered in "
+           "HTML (200, the same page whoever has the address), and needs the page's CSRF token."
+           if cfg.auth.sign_in_page else "."),
+        body=_with_form_body(cfg, _body("ForgotPasswordRequest"), form_forgot_password_body()),
+        responses=_with_form_answers(cfg, {"202": {"description": "Accepted, whoever the address belongs to.",
+                                                   "headers": _no_store_headers(pragma=True),
+                                                   "content": {JSON: {"schema": _ref("Accepted")}}},
+                                           **_failures(*BODY_FAILURES, InvalidAccountField, RateLimited)},
+                                     form_forgot_password_responses()))
 
 
 def _reset_password() -> dict[str, Any]:

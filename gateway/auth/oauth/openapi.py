@@ -1,11 +1,12 @@
-"""The browser endpoints in the OpenAPI document (auth/openapi.py): the sign-in page, its form post and
-delegated login's start and callback. They answer HTML (pages and 302s), never JSON errors."""
+"""The browser endpoints in the OpenAPI document (auth/openapi.py): the sign-in, signup and forgot-password
+pages, their form posts and delegated login's start and callback. They answer HTML (pages and 302s),
+never JSON errors."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...config.load import GatewayConfig
+from ...config.load import CredentialsUrlConfig, GatewayConfig
 
 HTML = "text/html"
 FORM = "application/x-www-form-urlencoded"
@@ -17,6 +18,10 @@ def browser_paths(cfg: GatewayConfig) -> dict[str, dict[str, Any]]:
     paths: dict[str, dict[str, Any]] = {}
     if cfg.auth.sign_in_page:
         paths[f"{p}/login"] = {"get": _sign_in_page()}
+        if not isinstance(cfg.auth.users, CredentialsUrlConfig):   # accounts this gateway can edit
+            if cfg.auth.signup:
+                paths[f"{p}/signup"] = {"get": _signup_page()}
+            paths[f"{p}/forgot-password"] = {"get": _forgot_password_page()}
     if cfg.auth.providers:
         provider = {"name": "provider", "in": "path", "required": True,
                     "schema": {"enum": sorted(cfg.auth.providers)}, "description": "The provider's name."}
@@ -29,8 +34,43 @@ def form_login_body() -> dict[str, Any]:
     """The sign-in page's form post, beside the JSON login's body."""
     return {FORM: {"schema": {"type": "object", "properties": {
         "username": {"type": "string"}, "password": {"type": "string"}, "rd": {"type": "string"},
-        "csrf_token": {"type": "string", "description": "The sign-in page's CSRF token (double submit with "
-                                                        "its cookie)."}}}}}
+        "csrf_token": _csrf_field("sign-in")}}}}
+
+
+def form_signup_body() -> dict[str, Any]:
+    """The signup page's form post, beside the JSON signup's body."""
+    return {FORM: {"schema": {"type": "object", "required": ["csrf_token", "username", "password"], "properties": {
+        "username": {"type": "string"}, "password": {"type": "string"},
+        "email": {"type": "string", "description": "Optional; empty means none."},
+        "rd": {"type": "string", "description": "Carried to the sign-in page."},
+        "csrf_token": _csrf_field("signup")}}}}
+
+
+def form_signup_responses() -> dict[str, Any]:
+    return {"302": _redirect("The account exists: to the sign-in page, with rd and the notice that the account "
+                             "was created."),
+            **{status: _page(text) for status, text in (
+                ("400", "The signup page again, naming the error: the form's CSRF token is missing or does not "
+                        "match its cookie (the form expired), the username or e-mail address breaks the rules, "
+                        "or the password is weak (with the reason)."),
+                ("409", "The signup page again: the username is taken."),
+                ("429", "The signup page again: too many attempts."),
+                ("503", "The signup page again: the accounts cannot be reached."))}}
+
+
+def form_forgot_password_body() -> dict[str, Any]:
+    """The forgot-password page's form post, beside the JSON request's body."""
+    return {FORM: {"schema": {"type": "object", "required": ["csrf_token", "email"], "properties": {
+        "email": {"type": "string"}, "rd": {"type": "string", "description": "Carried back to the sign-in page."},
+        "csrf_token": _csrf_field("forgot-password")}}}}
+
+
+def form_forgot_password_responses() -> dict[str, Any]:
+    return {status: _page(text) for status, text in (
+        ("200", "The one answer, whoever the address belongs to: if an account has it, a reset link is on its way."),
+        ("400", "The page again, naming the error: the form's CSRF token is missing or does not match its cookie "
+                "(the form expired), or the e-mail address is malformed."),
+        ("429", "The page again: too many attempts."), ("503", "The page again: the store cannot be reached."))}
 
 
 def form_login_responses() -> dict[str, Any]:
@@ -47,6 +87,23 @@ def _sign_in_page() -> dict[str, Any]:
                            "when it is a local path or an origin on auth.redirect_allowlist.",
             "parameters": [_query("rd", "Where to go after signing in.")], "security": [],
             "responses": {"200": _page("The sign-in page.")}}
+
+
+def _signup_page() -> dict[str, Any]:
+    return {"operationId": "signupPage", "summary": "The signup page (HTML)",
+            "description": "A form (username, optional e-mail, password) posting application/x-www-form-urlencoded "
+                           "to this path with the page's CSRF token; `rd` is carried to the sign-in page when it "
+                           "is a local path or an origin on auth.redirect_allowlist.",
+            "parameters": [_query("rd", "Where to go after signing in.")], "security": [],
+            "responses": {"200": _page("The signup page.")}}
+
+
+def _forgot_password_page() -> dict[str, Any]:
+    return {"operationId": "forgotPasswordPage", "summary": "The forgot-password page (HTML)",
+            "description": "An e-mail form posting application/x-www-form-urlencoded to this path with the page's "
+                           "CSRF token; `rd` is carried back to the sign-in page.",
+            "parameters": [_query("rd", "Where to go after signing in.")], "security": [],
+            "responses": {"200": _page("The forgot-password page.")}}
 
 
 def _start(provider: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +131,10 @@ def _callback(provider: dict[str, Any]) -> dict[str, Any]:
                               ("401", "The provider refused, the exchange failed or the ID token is invalid."),
                               ("403", "The account is disabled."), ("404", "No such provider."),
                               ("503", "The provider or the store cannot be reached."))}}}
+
+
+def _csrf_field(page: str) -> dict[str, Any]:
+    return {"type": "string", "description": f"The {page} page's CSRF token (double submit with its cookie)."}
 
 
 def _query(name: str, description: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The HTML pages of delegated login: the sign-in page and the error page, from autoescaped Jinja2
-templates, with one inline style allowed by its hash in a strict CSP. Views in, web.Response out.
+"""The gateway's HTML pages: sign-in, signup, forgot-password and the error page, from autoescaped
+Jinja2 templates, with one inline style allowed by its hash in a strict CSP. Views in, web.Response out.
 """
 
 from __future__ import annotations
@@ -48,8 +48,31 @@ class SignInView:
     rd: str                              # hidden field `rd` (checked by the caller; escaped here anyway)
     username: str = ""                   # refilled after a failed login
     error: str | None = None             # a sentence in words, e.g. "Wrong username or password."
-    signup_url: str | None = None
-    forgot_url: str | None = None
+    signup_url: str | None = None        # e.g. "/auth/signup?rd=%2Fdashboard"; None: no link
+    forgot_url: str | None = None        # e.g. "/auth/forgot-password?rd=%2Fdashboard"; None: no link
+    notice: str | None = None            # a fixed sentence of the gateway's, e.g. after a signup
+
+
+@dataclass(frozen=True, slots=True)
+class SignupView:
+    action: str                          # where the form posts, e.g. "/auth/signup"
+    sign_in_url: str                     # the way back, e.g. "/auth/login?rd=%2Fdashboard"
+    csrf_token: str                      # hidden field `csrf_token` (double submit)
+    rd: str                              # hidden field `rd`, carried to the sign-in page
+    username: str = ""                   # refilled after a refusal (never the password)
+    email: str = ""
+    error: str | None = None             # a sentence in words, e.g. "This username is taken. ..."
+
+
+@dataclass(frozen=True, slots=True)
+class ForgotView:
+    action: str                          # where the form posts, e.g. "/auth/forgot-password"
+    sign_in_url: str                     # the way back, e.g. "/auth/login?rd=%2Fdashboard"
+    csrf_token: str                      # hidden field `csrf_token` (double submit)
+    rd: str                              # hidden field `rd`, carried back to the sign-in page
+    email: str = ""                      # refilled after a refusal
+    error: str | None = None             # a sentence in words
+    sent: bool = False                   # the answer to a post: one sentence, whoever has the address
 
 
 def check_origin(origin: str) -> str:
@@ -102,6 +125,8 @@ class Pages:
                                  undefined=jinja2.StrictUndefined, finalize=_printable, auto_reload=False,
                                  trim_blocks=True, lstrip_blocks=True)
         self._sign_in = env.get_template("sign_in.html")
+        self._signup = env.get_template("signup.html")
+        self._forgot = env.get_template("forgot.html")
         self._error = env.get_template("error.html")
         self._style = _load_style()
         csp = "; ".join([
@@ -135,6 +160,19 @@ class Pages:
             if getattr(view, field) is not None:
                 check_local_path(field, getattr(view, field))
         return self._render(self._sign_in, status, view=view)
+
+    def signup(self, view: SignupView, *, status: int = 200) -> web.Response:
+        """The signup page; ValueError when a URL of the view is not a local path."""
+        check_local_path("action", view.action)
+        check_local_path("sign_in_url", view.sign_in_url)
+        return self._render(self._signup, status, view=view)
+
+    def forgot(self, view: ForgotView, *, status: int = 200) -> web.Response:
+        """The forgot-password page: the e-mail form, or (``sent``) the one answer to it; ValueError
+        when a URL of the view is not a local path."""
+        check_local_path("action", view.action)
+        check_local_path("sign_in_url", view.sign_in_url)
+        return self._render(self._forgot, status, view=view)
 
     def error(self, *, status: int, title: str, reason: str, sign_in_url: str,
               request_id: str | None = None) -> web.Response:

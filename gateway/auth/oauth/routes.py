@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,17 +30,15 @@ from ..ratelimit import RateLimiter, client_address
 from ..sessions import sessions_of
 from .accounts import account_for
 from .clients import GithubClient, OidcClient, ProviderClient, with_query
+from .forms import (CREATED_FLAG, CREATED_NOTICE, form_refusal, form_token, has_form_token, read_form, set_form_cookie,
+                    text_field)
 from .pages import Pages, ProviderButton, SignInView
 from .pending import PENDING_TTL_S, PendingLogin, Sealer, cookie_name
 from .redirects import safe_redirect
 
 log = logging.getLogger("tokengate.oauth")
 
-FORM_COOKIE = "tokengate_form"        # the sign-in form's CSRF double-submit cookie
-FORM_COOKIE_AGE_S = 3600
-MAX_FORM_BYTES = 16 * 1024
 _STATE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-_FORM_TOKEN_CHARS = 43                # secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -101,10 +97,8 @@ def delegation(request: web.Request) -> Delegation:
     browser, cfg = request.app[BROWSER], request.app[GATEWAY].config
     current = browser.current
     if current is None or current.auth is not cfg.auth:
-        old, browser.current = current, Delegation.build(cfg, browser.session)
-        if old is not None:
-            asyncio.ensure_future(old.close())
-        current = browser.current
+        # The clients it replaces hold nothing to release: they use the app's ClientSession.
+        current = browser.current = Delegation.build(cfg, browser.session)
     return current
 
 
@@ -119,17 +113,26 @@ async def sign_in_page(request: web.Request) -> web.StreamResponse:
 def render_sign_in(request: web.Request, d: Delegation, rd: str, *, username: str = "", error: str | None = None,
                    status: int = 200) -> web.Response:
     prefix = d.auth.prefix
-    token = request.cookies.get(FORM_COOKIE, "")
-    if len(token) != _FORM_TOKEN_CHARS or not set(token) <= _STATE:
-        token = secrets.token_urlsafe(32)
+    token = form_token(request)
     buttons = tuple(ProviderButton(name, _display_name(name, d), f"{prefix}/oauth/{name}/start?rd={quote(rd, safe='')}")
                     for name in d.clients)
+    # The notice is a fixed sentence: the query only says whether to show it.
+    notice = CREATED_NOTICE if request.query.get(CREATED_FLAG) == "1" else None
     view = SignInView(action=f"{prefix}/login", buttons=buttons, password_form=True, csrf_token=token, rd=rd,
-                      username=username, error=error)
+                      username=username, error=error, notice=notice, **_account_links(request, d, rd))
     resp = d.pages.sign_in(view, status=status)
-    resp.set_cookie(FORM_COOKIE, token, max_age=FORM_COOKIE_AGE_S, path=f"{prefix}/login", httponly=True,
-                    secure=d.auth.refresh_cookie.secure, samesite="Strict")
+    set_form_cookie(resp, d.auth, f"{prefix}/login", token)
     return resp
+
+
+def _account_links(request: web.Request, d: Delegation, rd: str) -> dict[str, str | None]:
+    """The signup and forgot-password pages' links (rd carried), when this gateway serves those pages:
+    accounts it can edit, and for signup ``auth.signup``."""
+    if not request.app[GATEWAY].users.editable:
+        return {"signup_url": None, "forgot_url": None}
+    back = quote(rd, safe="")
+    return {"signup_url": f"{d.auth.prefix}/signup?rd={back}" if d.auth.signup else None,
+            "forgot_url": f"{d.auth.prefix}/forgot-password?rd={back}"}
 
 
 def _display_name(name: str, d: Delegation) -> str:
@@ -143,16 +146,15 @@ async def form_login(request: web.Request) -> web.StreamResponse:
     """The sign-in page's form post: CSRF double submit, then the password login; 302 to ``rd`` with the
     session's cookies, or the page again with the error."""
     gw, d = request.app[GATEWAY], delegation(request)
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        return _failed(request, d, BrowserLoginFailed("form_too_large", "The form was too large.", 400))
-    form = await request.post()
-    field = form.get("csrf_token")
-    cookie = request.cookies.get(FORM_COOKIE, "")
-    rd = safe_redirect(_text(form.get("rd")), d.auth.redirect_allowlist) or "/"
-    if not isinstance(field, str) or not cookie or not hmac.compare_digest(field.encode(), cookie.encode()):
+    form = await read_form(request)   # None: too large, or not text in its charset
+    if form is None:
+        return _failed(request, d, BrowserLoginFailed("form_unreadable", form_refusal(form), 400),
+                       action="form_login")
+    rd = safe_redirect(text_field(form, "rd"), d.auth.redirect_allowlist) or "/"
+    if not has_form_token(request, form):
         return _failed(request, d, BrowserLoginFailed("form_expired", "The sign-in form expired. Please sign "
                                                       "in again.", 400), action="form_login")
-    username, password = _text(form.get("username"))[:255], _text(form.get("password"))[:1024]
+    username, password = text_field(form, "username")[:255], text_field(form, "password")[:1024]
     cfg = gw.config
     try:
         limiter = RateLimiter(gw.store)
@@ -173,10 +175,6 @@ async def form_login(request: web.Request) -> web.StreamResponse:
 _WORDS = {"rate_limited": "Too many sign-in attempts. Please wait a minute and try again.",
           "store_unavailable": "Signing in is not possible right now. Please try again in a moment.",
           "dependency_unavailable": "Signing in is not possible right now. Please try again in a moment."}
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
 
 
 # -- delegated login -------------------------------------------------------------------------------------
@@ -225,7 +223,8 @@ async def callback(request: web.Request) -> web.StreamResponse:
         _forget_pending(resp, d.auth, name, state)
         return resp
     data = {"provider": name, **({"id_token": user.id_token} if user.id_token else {})}
-    resp = await _signed_in(request, gw, account, pending.rd, "oauth_login", data, provider=name)
+    rd = safe_redirect(pending.rd, d.auth.redirect_allowlist) or "/"   # again: a reload may have narrowed it
+    resp = await _signed_in(request, gw, account, rd, "oauth_login", data, provider=name)
     _forget_pending(resp, d.auth, name, state)
     return resp
 

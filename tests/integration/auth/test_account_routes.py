@@ -19,8 +19,8 @@ from gateway.auth.accounts.remote import CredentialsUsers
 from gateway.auth.accounts.resets import CHANGED_SUBJECT, RESET_SUBJECT, hash_reset_token
 from tests.conftest import bearer
 from tests.integration.auth import test_auth_routes as shared
-from tests.integration.smtpserver import SmtpServer, smtp_server, text_of, token_in
 from tests.integration.auth.test_auth_routes import GENEROUS, PASSWORD, Auth, MakeAuth, claims_of, error_code, until
+from tests.integration.smtpserver import SmtpServer, smtp_server, text_of, token_in
 
 # The shared fixtures, by name: pytest finds fixtures among a module's globals.
 auth, backend, make_auth, store_url = shared.auth, shared.backend, shared.make_auth, shared.store_url
@@ -144,9 +144,10 @@ async def test_signup_with_a_bad_username_or_email_gets_400(accounts: Auth, body
     assert resp.status == 400 and await error_code(resp) == "invalid_account"
 
 
-async def test_signup_refuses_what_a_cross_site_form_could_post(accounts: Auth) -> None:
-    resp = await accounts.post("signup", data="username=dave&password=x",
-                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x"])
+async def test_signup_refuses_what_a_cross_site_form_could_post(accounts: Auth, content_type: str) -> None:
+    # A urlencoded post is the signup page's form, which needs the page's CSRF token (test_account_pages.py).
+    resp = await accounts.post("signup", data="username=dave&password=x", headers={"Content-Type": content_type})
     assert resp.status == 400 and await error_code(resp) == "json_required"
 
 
@@ -169,8 +170,9 @@ async def test_signup_over_the_limit_gets_429(make_accounts: MakeAccounts) -> No
 
 async def test_other_methods_on_account_endpoints_get_405(accounts: Auth) -> None:
     for endpoint in ("signup", "forgot-password", "reset-password", "change-password"):
-        resp = await accounts.client.get(f"/auth/{endpoint}")
-        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        resp = await accounts.client.put(f"/auth/{endpoint}")
+        allow = "GET, POST" if endpoint in ("signup", "forgot-password") else "POST"   # GET: their HTML pages
+        assert resp.status == 405 and resp.headers["Allow"] == allow
 
 
 async def test_accounts_kept_by_a_credentials_service_cannot_be_edited_here(accounts: Auth) -> None:

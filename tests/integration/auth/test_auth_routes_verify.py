@@ -195,7 +195,9 @@ async def test_browser_login_sets_access_and_csrf_cookies(browser: Auth) -> None
     jar = set_cookies(resp)
     access, csrf = jar["access_token"], jar["csrf_token"]
     assert access.value == (await resp.json())["access_token"]
-    assert access["httponly"] and access["secure"] and access["path"] == "/" and access["samesite"] == "Strict"
+    # Lax: a page reached from another site (a provider's login, a link in a mail) must arrive signed in.
+    assert access["httponly"] and access["secure"] and access["path"] == "/" and access["samesite"] == "Lax"
+    assert csrf["samesite"] == "Lax" and jar["refresh_token"]["samesite"] == "Strict"
     assert access["max-age"] == "900"
     assert not csrf["httponly"] and csrf["path"] == "/" and len(csrf.value) >= 43
 

@@ -62,8 +62,10 @@ OPERATIONS = {
     "changePassword": ("POST", "/change-password"),
     **{f"verify{m.capitalize()}": (m.upper(), "/verify") for m in VERIFY_METHODS},
     "jwks": ("GET", "/.well-known/jwks.json"), "openapi": ("GET", OPENAPI_PATH),
-    "signInPage": ("GET", "/login"),
+    "signInPage": ("GET", "/login"), "signupPage": ("GET", "/signup"),
+    "forgotPasswordPage": ("GET", "/forgot-password"),
 }
+PAGE_FORMS = ("/login", "/signup", "/forgot-password")   # the paths whose urlencoded posts are a page's form
 NEEDS_TOKEN = frozenset({"logout", "logoutAll", "changePassword",
                          *(op for op in OPERATIONS if op.startswith("verify"))})
 
@@ -285,10 +287,12 @@ def run_schemathesis(live: Live) -> list[str]:
             # a token endpoint answer 400 for that reason): a reset token nobody issued is 400
             # invalid_reset_token, as documented. Nor can it state the password policy's rules on a new
             # password (not a common one, not the username or e-mail): a well-formed signup may get 400
-            # weak_password. `only_refusals_no_schema_can_state` holds these 400s to exactly that.
+            # weak_password. Nor can it hold a page's CSRF token and its cookie: a generated form post to
+            # a page's path gets the page's 400. `only_refusals_no_schema_can_state` holds these 400s to
+            # exactly that.
             *({"include-path": f"{prefix}{path}", "checks": {"positive_data_acceptance": {
                 "expected-statuses": ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]}}}
-              for path in ("/reset-password", "/signup", "/login")),
+              for path in ("/reset-password", "/signup", "/login", "/forgot-password")),
         ],
     })
     schema = schemathesis.openapi.from_dict(openapi_document(live.cfg), config=config)
@@ -330,12 +334,15 @@ STATE_REFUSALS = StateRefusals(PasswordPolicy(), {})
 def only_refusals_no_schema_can_state(ctx: Any, response: Any, case: schemathesis.Case) -> None:
     """A well-formed request (positive mode) answered 400 must be one of the refusals the document
     cannot state as a schema: reset-password's invalid_reset_token (no generated token was ever issued),
-    signup's weak_password for a password the gateway's policy does refuse for that account, and the
-    sign-in form post's HTML page when the form's CSRF token does not match its cookie."""
+    signup's weak_password for a password the gateway's policy does refuse for that account, and a
+    page's form post (sign-in, signup, forgot-password) answered with the page when the form's CSRF token
+    does not match its cookie."""
     if case.meta is None or not case.meta.generation.mode.is_positive or response.status_code != 400:
         return
-    if case.path.endswith("/login") and response.text.lstrip().lower().startswith("<!doctype html"):
-        # The sign-in page's form post: no generated form carries the page's CSRF token and its cookie.
+    if case.path.endswith(PAGE_FORMS) and response.text.lstrip().lower().startswith("<!doctype html"):
+        # A page's form post: no generated form carries the page's CSRF token and its cookie.
+        assert case.media_type == "application/x-www-form-urlencoded", case.media_type
+        assert "form expired" in response.text, "a generated form post was refused for another reason"
         STATE_REFUSALS.seen["form_expired"] = STATE_REFUSALS.seen.get("form_expired", 0) + 1
         return
     code = response.json().get("code")
@@ -361,8 +368,10 @@ async def test_live_gateway_answers_only_what_the_document_says(live: Live) -> N
     # requests blocks: the run goes in a worker thread while this loop serves the gateway.
     STATE_REFUSALS.policy, STATE_REFUSALS.seen = PasswordPolicy.from_config(live.cfg.auth.password), {}
     assert await asyncio.to_thread(run_schemathesis, live) == []
-    # The check ran (the run is seeded: its reset tokens were refused; its signups' passwords may all pass).
+    # The check ran (the run is seeded: its reset tokens were refused, and its page form posts, which
+    # carry no page's token; its signups' passwords may all pass).
     assert STATE_REFUSALS.seen.get("invalid_reset_token", 0) > 0, STATE_REFUSALS.seen
+    assert STATE_REFUSALS.seen.get("form_expired", 0) > 0, STATE_REFUSALS.seen
 
 
 # --- well-formed requests: the 2xx answers ------------------------------------------------------
@@ -419,11 +428,37 @@ def walk_account_paths(live: Live, http: requests.Session, reset_token: str) -> 
          body={"current_password": PASSWORD, "new_password": "another long passphrase 43"}, **as_json)
 
 
+def page_form_token(page: schemathesis.Response) -> dict[str, str]:
+    """The page's CSRF token, as its form's field and as the Cookie header its cookie would be (the cookie
+    is Secure: requests keeps it from this http:// gateway)."""
+    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    return {"csrf_token": token, "Cookie": f"tokengate_form={token}"}
+
+
+def walk_page_forms(live: Live, http: requests.Session) -> None:
+    form = {"media_type": "application/x-www-form-urlencoded"}
+    page = page_form_token(call(live, http, "signupPage", status=200, query={"rd": "/after"}))
+    grace = {"username": "grace", "password": "a long enough passphrase 44", "rd": "/after",
+             "csrf_token": page["csrf_token"]}
+    created = call(live, http, "signup", status=302, body=grace, headers={"Cookie": page["Cookie"]}, **form)
+    assert created.headers["location"] == [f"{live.cfg.auth.prefix}/login?created=1&rd=%2Fafter"]
+    taken = call(live, http, "signup", status=409, body=grace, headers={"Cookie": page["Cookie"]}, **form)
+    assert "This username is taken" in taken.text
+    call(live, http, "signup", status=400, body={**grace, "username": "heidi", "password": "password"},
+         headers={"Cookie": page["Cookie"]}, **form)
+    page = page_form_token(call(live, http, "forgotPasswordPage", status=200))
+    for email in ("dave@example.test", "nobody@example.test"):
+        sent = call(live, http, "forgotPassword", status=200, body={"email": email, "csrf_token": page["csrf_token"]},
+                    headers={"Cookie": page["Cookie"]}, **form)
+        assert "a link to reset the password is on its way" in sent.text
+
+
 async def test_well_formed_requests_get_their_documented_answers(live: Live, http: requests.Session) -> None:
     reset_token = new_reset_token()   # as if bob had asked for a reset link
     await live.gw.store.put_reset("bob", hash_reset_token(reset_token), time.time() + 600)
     await asyncio.to_thread(walk_session_paths, live, http)
     await asyncio.to_thread(walk_account_paths, live, http, reset_token)
+    await asyncio.to_thread(walk_page_forms, live, http)
 
 
 # Valid JSON ("\\ud800" escapes) that is no UTF-8 text; hypothesis never generates lone surrogates.
@@ -458,7 +493,8 @@ async def test_trace_and_connect_get_method_refused_on_every_endpoint_as_on_prox
 
 async def test_other_undocumented_methods_get_method_not_allowed_with_allow(live: Live,
                                                                             http: requests.Session) -> None:
-    for path, allow in (("/login", "GET, POST"), ("/change-password", "POST"), (OPENAPI_PATH, "GET, HEAD")):
+    for path, allow in (("/login", "GET, POST"), ("/signup", "GET, POST"), ("/forgot-password", "GET, POST"),
+                        ("/change-password", "POST"), (OPENAPI_PATH, "GET, HEAD")):
         resp = await asyncio.to_thread(http.request, "PUT", f"{live.url}{live.cfg.auth.prefix}{path}", timeout=10)
         assert (resp.status_code, resp.json()["code"], resp.headers["Allow"]) == (405, "method_not_allowed", allow)
 

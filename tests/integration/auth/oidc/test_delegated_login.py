@@ -48,13 +48,14 @@ async def make_gw(make_config: Callable[..., GatewayConfig], aiohttp_server: Any
                 "roles": {"claim": "groups", "map": {"gateway-admins": ["admin"]}, "default": ["user"]}, **provider}
         other = {"issuer": oidc_op.issuer, "client_id": "tokengate-post", "client_secret": oidc_op.client_secret,
                  "client_auth": "client_secret_post"}
+        public = {"issuer": oidc_op.issuer, "client_id": "tokengate-public", "client_auth": "none"}
         upstream = str(echo_upstream.make_url("")).rstrip("/")
-        cfg = make_config(auth={"providers": {"corp": corp, "other": other}, "redirect_allowlist":
+        cfg = make_config(auth={"providers": {"corp": corp, "other": other, "public": public}, "redirect_allowlist":
                                 ["https://app.example.test"], "refresh_cookie": {"secure": True}},
                           upstreams={"accounts": {"url": upstream}, "orders": {"url": upstream}})
         server = await aiohttp_server(build_app(cfg))
         gw = Gw(server, cfg)
-        await oidc_op.allow_redirect_uris([gw.callback("corp"), gw.callback("other")],
+        await oidc_op.allow_redirect_uris([gw.callback(name) for name in ("corp", "other", "public")],
                                           [f"{gw.url}/auth/login"])
         return gw
 
@@ -148,6 +149,13 @@ async def test_the_client_secret_post_provider_signs_in_too(
     assert done.status == 302, await done.text()
     account = await gw.server.app[GATEWAY].users.get("other:carol")
     assert account is not None and account.roles == ("user",)
+
+
+async def test_a_public_client_signs_in_with_pkce_alone(
+        make_gw: MakeGw, make_user_agent: Callable[..., aiohttp.ClientSession]) -> None:
+    gw = await make_gw()
+    done = await sign_in(make_user_agent(gw.url), gw, "carol", provider="public")
+    assert done.status == 302 and "refresh_token" in done.cookies, await done.text()
 
 
 async def test_a_verified_email_links_to_the_local_account_only_when_allowed(
@@ -254,3 +262,17 @@ async def test_a_reload_that_changes_the_providers_is_used_by_the_next_request(
     assert "New SSO" in page and "Corp SSO" not in page and "/auth/oauth/other/" not in page
     assert (await start(ua, gw, "other")).status == 404   # gone with the reload
     assert (await sign_in(ua, gw, "alice")).status == 302
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"username=\xff\xfe&password=x&csrf_token=y", "application/x-www-form-urlencoded"),
+    (b"username=a&password=x", "application/x-www-form-urlencoded; charset=no-such-charset"),
+    (b"username=" + b"a" * 20000, "application/x-www-form-urlencoded"),
+])
+async def test_an_unreadable_sign_in_form_gets_a_page_never_a_500(
+        make_gw: MakeGw, make_user_agent: Callable[..., aiohttp.ClientSession], body: bytes, content_type: str) -> None:
+    gw = await make_gw()
+    ua = make_user_agent(gw.url)
+    resp = await ua.post(f"{gw.url}/auth/login", data=body, headers={"Content-Type": content_type},
+                         allow_redirects=False)
+    assert resp.status == 400 and resp.content_type == "text/html" and "refresh_token" not in resp.cookies

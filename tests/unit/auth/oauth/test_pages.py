@@ -1,6 +1,6 @@
-"""gateway.auth.oauth.pages: the structure of the sign-in and error pages (read with html.parser), every outside
-value escaped, the CSP's style hash against the style element as rendered, the security headers, and the
-checks on URLs and form targets."""
+"""gateway.auth.oauth.pages: the structure of the sign-in, signup, forgot-password and error pages (read with
+html.parser), every outside value escaped, the CSP's style hash against the style element as rendered, the
+security headers, and the checks on URLs and form targets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.auth.oauth.pages import TEMPLATES, Pages, ProviderButton, SignInView
+from gateway.auth.oauth.pages import TEMPLATES, ForgotView, Pages, ProviderButton, SignInView, SignupView
 
 CORP = ProviderButton("corp", "Corp SSO", "/auth/oauth/corp/start?rd=%2Fdashboard")
 GITHUB = ProviderButton("github", "GitHub", "/auth/oauth/github/start?rd=%2Fdashboard")
@@ -22,6 +22,13 @@ VIEW = SignInView(action="/auth/login", buttons=(CORP, GITHUB), password_form=Tr
                   rd="/dashboard")
 FULL = replace(VIEW, username="alice", error="Wrong username or password.", signup_url="/auth/signup",
                forgot_url="/auth/forgot-password")
+SIGNUP = SignupView(action="/auth/signup", sign_in_url="/auth/login?rd=%2Fdashboard", csrf_token="csrf-123",
+                    rd="/dashboard")
+SIGNUP_FULL = replace(SIGNUP, username="dave", email="dave@example.test", error="This username is taken.")
+FORGOT = ForgotView(action="/auth/forgot-password", sign_in_url="/auth/login?rd=%2Fdashboard", csrf_token="csrf-123",
+                    rd="/dashboard")
+FORGOT_FULL = replace(FORGOT, email="dave@example.test", error="An e-mail address looks like name@example.com.")
+SENT = "If an account has this address, a link to reset the password is on its way."
 
 HOSTILE = [
     "<script>alert(1)</script>",
@@ -103,6 +110,18 @@ def render_error(pages: Pages | None = None, **kwargs: Any) -> tuple[web.Respons
     args = {"status": 401, "title": "Sign-in failed", "reason": "The provider refused the sign-in.",
             "sign_in_url": "/auth/login?rd=%2Fdashboard", "request_id": "req-42", **kwargs}
     resp = (pages or Pages()).error(**args)
+    html = resp.body.decode("utf-8")
+    return resp, html, Page(html)
+
+
+def render_signup(view: SignupView = SIGNUP_FULL, pages: Pages | None = None) -> tuple[web.Response, str, Page]:
+    resp = (pages or Pages()).signup(view)
+    html = resp.body.decode("utf-8")
+    return resp, html, Page(html)
+
+
+def render_forgot(view: ForgotView = FORGOT_FULL, pages: Pages | None = None) -> tuple[web.Response, str, Page]:
+    resp = (pages or Pages()).forgot(view)
     html = resp.body.decode("utf-8")
     return resp, html, Page(html)
 
@@ -257,7 +276,8 @@ def style_hash(page: Page) -> str:
 
 
 def test_the_csp_allows_exactly_the_rendered_style_element_by_its_hash():
-    for resp, _, page in (render(), render(replace(VIEW, buttons=())), render_error()):
+    for resp, _, page in (render(), render(replace(VIEW, buttons=())), render_error(), render_signup(),
+                          render_forgot(), render_forgot(replace(FORGOT, sent=True))):
         csp = resp.headers["Content-Security-Policy"]
         assert re.fullmatch(r"default-src 'none'; style-src 'sha256-[A-Za-z0-9+/]{43}='; img-src 'self' data:; "
                             r"form-action 'self'; frame-ancestors 'none'; base-uri 'none'", csp)
@@ -269,7 +289,7 @@ SECURITY_HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
                     "Cache-Control": "no-store", "Content-Type": "text/html; charset=utf-8"}
 
 
-@pytest.mark.parametrize("make", [render, render_error])
+@pytest.mark.parametrize("make", [render, render_error, render_signup, render_forgot])
 def test_every_page_carries_the_security_headers(make):
     pages = Pages(form_targets=["https://app.example.test"])
     resp, _, _ = make(pages=pages)
@@ -282,7 +302,7 @@ def test_every_page_carries_the_security_headers(make):
         pages.headers["X-Frame-Options"] = "ALLOW"   # type: ignore[index]
 
 
-@pytest.mark.parametrize("make", [render, render_error])
+@pytest.mark.parametrize("make", [render, render_error, render_signup, render_forgot])
 def test_the_page_loads_nothing_from_elsewhere(make):
     _, html, page = make(pages=Pages(form_targets=["https://app.example.test"]))
     assert not re.search(r"https?:|//[a-z]", html, re.IGNORECASE)
@@ -344,6 +364,158 @@ def test_error_page_has_the_status_the_title_the_reason_and_a_way_back(status):
 def test_error_page_without_request_id_has_no_small_print():
     _, html, page = render_error(request_id=None)
     assert not page.find("p", class_="small") and "Request ID" not in html
+
+
+# --- the sign-in page's notice ------------------------------------------------------------------------
+
+def test_the_notice_is_a_status_above_the_form_and_absent_by_default():
+    _, _, page = render(replace(FULL, notice="Your account was created. Sign in below."))
+    status = page.one("p", role="status")
+    assert "class" not in status and page.texts("p")[0] == "Your account was created. Sign in below."
+    order = [tag for tag, attrs in page.tags if tag == "form" or attrs.get("role") in ("status", "alert")]
+    assert order == ["p", "p", "form"]   # the notice, then the error, then the form
+    _, _, quiet = render(FULL)
+    assert not quiet.find("p", role="status")
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_hostile_notice_is_only_ever_text(value):
+    _, html, page = render(replace(FULL, notice=value))
+    assert_inert(page)
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    assert page.texts("p")[0] == shown(value).strip()
+
+
+# --- the signup page ------------------------------------------------------------------------------------
+
+def test_signup_page_is_a_form_of_username_email_and_new_password():
+    resp, html, page = render_signup()
+    assert resp.status == 200 and html.startswith("<!doctype html>\n")
+    assert page.texts("title") == page.texts("h1") == ["Create an account"]
+    form = page.one("form")
+    assert form["method"] == "post" and form["action"] == "/auth/signup" and "enctype" not in form
+    assert page.one("input", name="csrf_token") == {"type": "hidden", "name": "csrf_token", "value": "csrf-123"}
+    assert page.one("input", name="rd") == {"type": "hidden", "name": "rd", "value": "/dashboard"}
+    username = page.one("input", name="username")
+    assert (username["type"], username["autocomplete"], username["value"]) == ("text", "username", "dave")
+    assert "required" in username
+    email = page.one("input", name="email")
+    assert (email["type"], email["autocomplete"], email["value"]) == ("email", "email", "dave@example.test")
+    assert "required" not in email   # optional
+    password = page.one("input", name="password")
+    assert (password["type"], password["autocomplete"]) == ("password", "new-password")
+    assert "required" in password and "value" not in password   # a password is never sent back
+    assert page.one("button")["type"] == "submit" and page.texts("button") == ["Create account"]
+    assert page.one("a")["href"] == "/auth/login?rd=%2Fdashboard"
+    assert_inert(page)
+
+
+def test_signup_fields_have_labels_bound_to_their_ids():
+    _, _, page = render_signup()
+    ids = [attrs["id"] for _, attrs in page.tags if "id" in attrs]
+    assert len(ids) == len(set(ids))
+    labelled = [label["for"] for label in page.find("label")]
+    assert labelled == ["username", "email", "password"]
+    assert [i["id"] for i in page.find("input") if i.get("type") != "hidden"] == labelled
+    assert page.texts("label")[0] == "Username" and page.texts("label")[2] == "Password"
+    assert page.texts("label")[1].startswith("E-mail") and "optional" in page.texts("label")[1]
+
+
+def test_signup_error_is_an_alert_the_fields_point_at():
+    _, _, page = render_signup()
+    alert = page.one("p", role="alert")
+    assert page.texts("p")[0] == "This username is taken."
+    assert all(page.one("input", name=n)["aria-describedby"] == alert["id"] for n in ("username", "email", "password"))
+    _, _, quiet = render_signup(SIGNUP)
+    assert not quiet.find("p", role="alert") and "aria-describedby" not in quiet.attr_names
+    assert quiet.one("input", name="username")["value"] == "" and quiet.one("input", name="email")["value"] == ""
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+@pytest.mark.parametrize("field", ["username", "email", "rd", "csrf_token", "error"])
+def test_hostile_values_on_the_signup_page_are_only_ever_text(field, value):
+    _, html, page = render_signup(replace(SIGNUP_FULL, **{field: value}))
+    assert_inert(page)
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    if field == "error":
+        assert page.texts("p")[0] == shown(value).strip()
+    else:
+        assert page.one("input", name=field)["value"] == shown(value)
+
+
+# --- the forgot-password page ---------------------------------------------------------------------------
+
+def test_forgot_page_is_an_email_form_with_a_way_back():
+    resp, _, page = render_forgot(FORGOT)
+    assert resp.status == 200
+    assert page.texts("title") == page.texts("h1") == ["Reset your password"]
+    form = page.one("form")
+    assert form["method"] == "post" and form["action"] == "/auth/forgot-password" and "enctype" not in form
+    assert page.one("input", name="csrf_token") == {"type": "hidden", "name": "csrf_token", "value": "csrf-123"}
+    assert page.one("input", name="rd") == {"type": "hidden", "name": "rd", "value": "/dashboard"}
+    email = page.one("input", name="email")
+    assert (email["type"], email["autocomplete"], email["value"]) == ("email", "email", "")
+    assert "required" in email and email["aria-describedby"] == "hint"
+    assert [label["for"] for label in page.find("label")] == ["email"] and page.texts("label") == ["E-mail"]
+    assert page.one("button")["type"] == "submit"
+    assert page.one("a")["href"] == "/auth/login?rd=%2Fdashboard" and page.texts("a") == ["Back to sign in"]
+    assert not page.find("p", role="alert") and SENT not in page.texts("p")
+    assert_inert(page)
+
+
+def test_forgot_error_is_an_alert_the_field_points_at():
+    _, _, page = render_forgot()
+    alert = page.one("p", role="alert")
+    assert page.texts("p")[0] == "An e-mail address looks like name@example.com."
+    assert alert["id"] in (page.one("input", name="email")["aria-describedby"] or "").split()
+    assert page.one("input", name="email")["value"] == "dave@example.test"
+
+
+def test_forgot_answer_says_one_sentence_and_shows_no_form_nor_the_address():
+    _, html, page = render_forgot(replace(FORGOT_FULL, sent=True, error=None))
+    assert page.one("p", role="status") is not None and page.texts("p") == [SENT]
+    assert not page.find("form") and not page.find("input") and "dave@example.test" not in html
+    assert page.one("a", class_="button primary")["href"] == "/auth/login?rd=%2Fdashboard"
+    assert_inert(page)
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+@pytest.mark.parametrize("field", ["email", "rd", "csrf_token", "error"])
+def test_hostile_values_on_the_forgot_page_are_only_ever_text(field, value):
+    _, html, page = render_forgot(replace(FORGOT_FULL, **{field: value}))
+    assert_inert(page)
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    if field == "error":
+        assert page.texts("p")[0] == shown(value).strip()
+    else:
+        assert page.one("input", name=field)["value"] == shown(value)
+
+
+# --- the account pages' URLs ----------------------------------------------------------------------------
+
+ACCOUNT_PAGES = {"signup": (render_signup, SIGNUP_FULL), "forgot": (render_forgot, FORGOT_FULL),
+                 "forgot-sent": (render_forgot, replace(FORGOT_FULL, sent=True))}
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+@pytest.mark.parametrize("field", ["action", "sign_in_url"])
+@pytest.mark.parametrize("which", sorted(ACCOUNT_PAGES))
+def test_hostile_paths_stay_inside_their_attribute_on_the_account_pages(which, field, path):
+    make, view = ACCOUNT_PAGES[which]
+    _, html, page = make(replace(view, **{field: path}))
+    assert_inert(page)
+    assert "<script" not in html
+    if which != "forgot-sent" or field == "sign_in_url":   # the answer has no form, so no action
+        assert path in [attrs.get("href") or attrs.get("action") for _, attrs in page.tags]
+
+
+@pytest.mark.parametrize("url", NOT_LOCAL)
+@pytest.mark.parametrize("field", ["action", "sign_in_url"])
+@pytest.mark.parametrize("which", sorted(ACCOUNT_PAGES))
+def test_an_account_page_url_that_is_not_a_local_path_is_refused(which, field, url):
+    make, view = ACCOUNT_PAGES[which]
+    with pytest.raises(ValueError, match="single '/'"):
+        make(replace(view, **{field: url}))
 
 
 # --- looks --------------------------------------------------------------------------------------------
