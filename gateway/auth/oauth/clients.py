@@ -118,6 +118,14 @@ class OidcClient:
         if metadata.authorization_endpoint is None or metadata.token_endpoint is None:
             raise BrowserLoginFailed("provider_misconfigured", "The sign-in provider does not offer the "
                                      "authorization code flow.", 503)
+        if self.cfg.client_auth not in metadata.token_auth_methods:
+            # Found before the browser leaves: a code the provider would refuse to hand over is no login.
+            log.warning("provider does not accept the configured client_auth",
+                        extra={"provider": self.name, "client_auth": self.cfg.client_auth,
+                               "accepted": list(metadata.token_auth_methods)})
+            raise BrowserLoginFailed("client_auth_unsupported", "The sign-in provider does not accept the way "
+                                     "this gateway identifies itself; an operator has to change its client_auth.",
+                                     503)
         # PKCE S256 always, even when the metadata does not list it: never a downgrade to plain or none.
         params = {"response_type": "code", "client_id": self.cfg.client_id, "redirect_uri": pending.redirect_uri,
                   "scope": " ".join(self.cfg.scopes), "state": pending.state, "nonce": pending.nonce,

@@ -150,6 +150,20 @@ async def test_the_client_authenticates_by_its_configured_method(make_gw: MakeGw
     assert s256(token.form["code_verifier"]) == rogue.authorize_requests[0]["code_challenge"]
 
 
+@pytest.mark.parametrize(("accepted", "client_auth", "secret"), [
+    (["client_secret_post"], "client_secret_basic", CLIENT_SECRET),
+    (OMIT, "client_secret_post", CLIENT_SECRET),      # RFC 8414: no list means client_secret_basic alone
+    (["client_secret_basic", "client_secret_post"], "none", None),
+])
+async def test_a_client_auth_the_metadata_does_not_allow_fails_at_the_start(
+        make_gw: MakeGw, rogue: RogueOp, accepted: Any, client_auth: str, secret: str | None) -> None:
+    rogue.metadata = {"token_endpoint_auth_methods_supported": accepted}
+    gw = await make_gw(client_auth=client_auth, client_secret=secret)
+    resp = await start(gw)
+    await assert_refused(gw, resp, 503, "client_auth_unsupported", action="oauth_start")
+    assert rogue.authorize_requests == []
+
+
 async def test_pkce_s256_is_sent_even_when_the_metadata_does_not_list_it(gw: Gw, rogue: RogueOp) -> None:
     rogue.metadata = {"code_challenge_methods_supported": OMIT}
     assert (await log_in(gw)).status == 302
