@@ -82,7 +82,7 @@ ensure_node() {   # Node and the OP's locked npm packages; `npm ci` again only a
 }
 
 ensure_chromium() {   # the browser tests drive this one through playwright (never `playwright install`)
-  if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+  if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then apt_install chromium; fi
 }
 
 case "${1:-}" in

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ("redis-server", "redis-cli", "wrk", "valgrind", "nginx")
+TOOLS = ("redis-server", "redis-cli", "wrk", "valgrind", "nginx", "node", "npm", "chromium")
 RECORDING_PYTHON = '#!/bin/sh\necho "$*" >> "$(dirname "$0")/../../calls.log"\n'
 
 
@@ -42,7 +42,8 @@ def dev_sh(checkout: Path, command: str) -> list[str]:
     """Run ``dev.sh command``; the pip installs it made."""
     log = checkout / "calls.log"
     before = log.read_text().splitlines() if log.exists() else []
-    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{checkout / 'bin'}:{os.environ['PATH']}"}
+    env = {**os.environ, "PYTHON": sys.executable, "PATH": f"{checkout / 'bin'}:{os.environ['PATH']}",
+           "CHROMIUM": str(checkout / "bin" / "chromium")}
     subprocess.run(["bash", str(checkout / "dev.sh"), command], env=env, check=True, timeout=60,
                    stdout=subprocess.DEVNULL)
     calls = log.read_text().splitlines()[len(before):]
