@@ -9,22 +9,20 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from gateway.auth.oauth import clients
 from gateway.auth.oauth.pending import COOKIE_PREFIX, PendingLogin, Sealer, cookie_name
 from gateway.config.load import GatewayConfig
-from gateway.metrics import METRICS
 from gateway.pipeline import GATEWAY
 from gateway.server.app import build_app
 
+from .gwkit import Gw
 from .rogue_op import OMIT, RogueOp, s256
 
 pytestmark = pytest.mark.integration
@@ -34,25 +32,6 @@ CLIENT_SECRET = "the rogue client's secret"
 OTHER_ISSUER = "http://127.0.0.1:9"
 SCRIPT = "<script>alert(1)</script>"
 RD = "/dashboard"
-
-
-@dataclass
-class Gw:
-    server: TestServer
-    cfg: GatewayConfig
-    ua: aiohttp.ClientSession   # the user's browser: keeps the pending-login cookie
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
-
-    @property
-    def callback(self) -> str:
-        return f"{self.url}/auth/oauth/rogue/callback"
-
-    def counted(self, action: str, outcome: str) -> int:
-        """How often ``_count`` recorded this outcome (the app's METRICS recorder; nothing folds it here)."""
-        return self.server.app[METRICS].auth.get((action, outcome), 0)
 
 
 MakeGw = Callable[..., Awaitable[Gw]]
@@ -74,7 +53,7 @@ async def make_gw(make_config: Callable[..., GatewayConfig], aiohttp_server: Any
         cfg = make_config(auth={"providers": {"rogue": rp}, "refresh_cookie": {"secure": True}})
         server = await aiohttp_server(build_app(cfg))
         url = str(server.make_url("")).rstrip("/")
-        return Gw(server, cfg, make_user_agent(url))
+        return Gw(server, cfg, "rogue", make_user_agent(url))
 
     yield make
 
@@ -111,8 +90,8 @@ async def assert_refused(gw: Gw, resp: aiohttp.ClientResponse, status: int, reas
     assert "Location" not in resp.headers
     assert gw.cfg.auth.refresh_cookie.name not in resp.cookies
     assert not [c for c in gw.ua.cookie_jar if c.key == gw.cfg.auth.refresh_cookie.name]
-    assert gw.counted(action, reason) == 1
-    assert gw.counted(action, "success") == successes
+    assert gw.counted(reason, action) == 1
+    assert gw.counted("success", action) == successes
     assert "<script" not in body.lower() and "alert(1)" not in body
     assert "/auth/login" in body   # the way back to the sign-in page
 
@@ -123,7 +102,7 @@ async def test_a_well_behaved_rogue_op_signs_the_user_in(gw: Gw, rogue: RogueOp)
     done = await log_in(gw)
     assert done.status == 302 and done.headers["Location"] == RD
     assert gw.cfg.auth.refresh_cookie.name in done.cookies
-    assert gw.counted("oauth_login", "success") == 1
+    assert gw.counted("success") == 1
     assert await gw.server.app[GATEWAY].users.get("rogue:rogue-user") is not None
 
 
@@ -132,7 +111,7 @@ async def test_the_code_is_exchanged_with_the_pkce_verifier_and_basic_client_aut
     [auth], [token] = rogue.authorize_requests, rogue.token_requests
     assert auth["code_challenge_method"] == "S256"
     assert s256(token.form["code_verifier"]) == auth["code_challenge"]
-    assert token.form["redirect_uri"] == auth["redirect_uri"] == gw.callback
+    assert token.form["redirect_uri"] == auth["redirect_uri"] == gw.callback()
     assert token.form["grant_type"] == "authorization_code"
     assert token.client_auth == "client_secret_basic"
     assert token.basic_credentials() == (CLIENT_ID, CLIENT_SECRET)
@@ -315,7 +294,7 @@ async def test_a_callback_with_an_unknown_state_gets_400(gw: Gw, rogue: RogueOp)
 
 
 async def test_a_state_with_script_is_not_echoed(gw: Gw, rogue: RogueOp) -> None:
-    resp = await gw.ua.get(f"{gw.callback}?{urlencode({'state': SCRIPT, 'code': SCRIPT})}", allow_redirects=False)
+    resp = await gw.ua.get(f"{gw.callback()}?{urlencode({'state': SCRIPT, 'code': SCRIPT})}", allow_redirects=False)
     await assert_refused(gw, resp, 400, "state_missing")
 
 
@@ -329,10 +308,10 @@ async def test_a_tampered_pending_login_cookie_gets_400(gw: Gw, rogue: RogueOp) 
 
 
 async def test_an_expired_pending_login_gets_400(gw: Gw, rogue: RogueOp) -> None:
-    pending = PendingLogin.begin("rogue", gw.callback, RD, time.time() - 601)   # sealed 10 minutes ago
+    pending = PendingLogin.begin("rogue", gw.callback(), RD, time.time() - 601)   # sealed 10 minutes ago
     sealed = Sealer.from_config(gw.cfg.tokens).seal(pending)
     authorize = URL(f"{rogue.issuer}/authorize").with_query(
-        response_type="code", client_id=CLIENT_ID, redirect_uri=gw.callback, state=pending.state,
+        response_type="code", client_id=CLIENT_ID, redirect_uri=gw.callback(), state=pending.state,
         nonce=pending.nonce, code_challenge=pending.challenge, code_challenge_method="S256")
     back = await at_rogue(gw, str(authorize))
     resp = await _callback_with(gw, back, {cookie_name(pending.state): sealed})
@@ -344,7 +323,7 @@ async def test_a_pending_login_sealed_by_another_gateway_gets_400(gw: Gw, rogue:
     started = await start(gw)
     state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
     back = await at_rogue(gw, started.headers["Location"])
-    forged = Sealer(b"k" * 32).seal(PendingLogin("rogue", state, "n", "v" * 43, gw.callback, RD, 2e9))
+    forged = Sealer(b"k" * 32).seal(PendingLogin("rogue", state, "n", "v" * 43, gw.callback(), RD, 2e9))
     resp = await _callback_with(gw, back, {cookie_name(state): forged})
     await assert_refused(gw, resp, 400, "state_invalid")
     assert rogue.token_requests == []

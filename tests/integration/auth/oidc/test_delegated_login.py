@@ -4,7 +4,6 @@ gateway app on a real socket, driven like a browser (cookies kept, redirects fol
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,22 +17,10 @@ from gateway.config.load import GatewayConfig
 from gateway.pipeline import GATEWAY
 from gateway.server.app import build_app
 
+from .gwkit import Gw
 from .opdriver import OpenIdProvider, sign_in_at_op
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Gw:
-    server: TestServer
-    cfg: GatewayConfig
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
-
-    def callback(self, provider: str = "corp") -> str:
-        return f"{self.url}/auth/oauth/{provider}/callback"
 
 
 MakeGw = Callable[..., Awaitable[Gw]]

@@ -22,6 +22,7 @@ from gateway.pipeline import GATEWAY
 from gateway.server.app import build_app
 
 from .github_standin import GithubStandIn, GithubUser, challenge_of, email
+from .gwkit import Gw
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +30,6 @@ CLIENT_ID = "Ov23liStandInClient01"
 CLIENT_SECRET = "standin-client-secret-0123456789abcdef"
 CALLBACK = "http://127.0.0.1/auth/oauth/github/callback"   # registered; on loopback GitHub allows any port
 UserAgent = Callable[..., aiohttp.ClientSession]
-
-
-@dataclass
-class Gw:
-    server: TestServer
-    cfg: GatewayConfig
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
-
-    @property
-    def callback(self) -> str:
-        return f"{self.url}/auth/oauth/github/callback"
 
 
 MakeGw = Callable[..., Awaitable[Gw]]
@@ -73,7 +60,7 @@ async def make_gw(make_config: Callable[..., GatewayConfig], aiohttp_server: Any
         cfg = make_config(auth={"providers": {"github": settings}, "redirect_allowlist": ["https://app.example.test"],
                                 "refresh_cookie": {"secure": True}},
                           upstreams={"accounts": {"url": upstream}, "orders": {"url": upstream}})
-        return Gw(await aiohttp_server(build_app(cfg)), cfg)
+        return Gw(await aiohttp_server(build_app(cfg)), cfg, "github")
 
     return make
 
@@ -117,7 +104,7 @@ async def test_the_start_sends_the_browser_to_github_with_state_pkce_s256_and_th
     location = urlsplit(started.headers["Location"])
     assert f"{location.scheme}://{location.netloc}{location.path}" == f"{github.url}/login/oauth/authorize"
     query = query_of(started.headers["Location"])
-    assert query["client_id"] == [CLIENT_ID] and query["redirect_uri"] == [gw.callback]
+    assert query["client_id"] == [CLIENT_ID] and query["redirect_uri"] == [gw.callback()]
     assert query["scope"] == ["read:user user:email"] and len(query["state"][0]) >= 32
     assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43
     assert "nonce" not in query and "client_secret" not in query
@@ -140,7 +127,7 @@ async def test_a_github_login_creates_the_account_by_numeric_id_and_issues_the_g
     assert exchange.client_auth == "client_secret_post" and exchange.basic is None
     assert exchange.form["client_id"] == CLIENT_ID and exchange.form["client_secret"] == CLIENT_SECRET
     assert challenge_of(exchange.form["code_verifier"]) == authorize["code_challenge"]
-    assert exchange.form["redirect_uri"] == authorize["redirect_uri"] == gw.callback
+    assert exchange.form["redirect_uri"] == authorize["redirect_uri"] == gw.callback()
     assert "application/json" in exchange.accept
     token = exchange.answer["access_token"]
     assert [(r.path, r.authorization) for r in github.api_requests] == [("/user", f"Bearer {token}"),
@@ -298,7 +285,7 @@ async def test_a_replayed_callback_is_refused_and_the_code_is_exchanged_once(
     sealed = {c.key: c.value for c in ua.cookie_jar if c.key.startswith(COOKIE_PREFIX)}
     assert (await ua.get(back, allow_redirects=False)).status == 302
     replay = make_user_agent(gw.url)   # the same answer again, with the pending-login cookie put back
-    replay.cookie_jar.update_cookies(sealed, response_url=URL(gw.callback))
+    replay.cookie_jar.update_cookies(sealed, response_url=URL(gw.callback()))
     again = await replay.get(back, allow_redirects=False)
     assert again.status == 400 and again.content_type == "text/html" and "refresh_token" not in again.cookies
     assert len(github.token_requests) == 1

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import jwt
 import pytest
-from aiohttp.test_utils import TestServer
 
 from gateway.config.load import GatewayConfig
-from gateway.metrics import METRICS
 from gateway.pipeline import GATEWAY
 from gateway.server.app import build_app
 
 from . import opdriver
+from .gwkit import Gw
 from .opdriver import CLIENT_ID, PUBLIC_CLIENT_ID, OpenIdProvider, sign_in_at_op
 
 pytestmark = pytest.mark.integration
@@ -32,27 +30,6 @@ ROLES = {"claim": "groups", "map": {"gateway-admins": ["admin"], "staff": ["staf
          "default": ["user"]}
 ROUTES = [{"path": "/api/admin", "upstream": "accounts", "roles": ["admin"]},
           {"path": "/api/staff", "upstream": "accounts", "roles": ["staff", "auditor", "user"]}]
-
-
-@dataclass
-class Gw:
-    server: TestServer
-    cfg: GatewayConfig
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
-
-    @property
-    def callback(self) -> str:
-        return f"{self.url}/auth/oauth/corp/callback"
-
-    def counted(self, outcome: str) -> int:
-        return self.server.app[METRICS].auth.get(("oauth_login", outcome), 0)
-
-    def reasons(self) -> dict[tuple[str, str], int]:
-        """Every outcome counted so far (a failed assertion shows why a login failed)."""
-        return dict(self.server.app[METRICS].auth)
 
 
 MakeGw = Callable[..., Awaitable[Gw]]
@@ -67,7 +44,7 @@ async def make_gw(make_config: Callable[..., GatewayConfig], aiohttp_server: Any
                 "scopes": ["openid", "email", "profile", "groups"], "roles": ROLES, **provider}
         cfg = make_config(auth={"providers": {"corp": corp}, "refresh_cookie": {"secure": True}}, routes=ROUTES)
         gw = Gw(await aiohttp_server(build_app(cfg)), cfg)
-        await op.allow_redirect_uris([gw.callback], [f"{gw.url}/auth/login"])
+        await op.allow_redirect_uris([gw.callback()], [f"{gw.url}/auth/login"])
         return gw
 
     yield make
@@ -133,7 +110,7 @@ async def test_a_callback_while_the_provider_is_down_gets_a_503_page_and_logins_
     authorization_url = await start(ua, gw)   # a start still works: from the cached metadata
 
     monkeypatch.setattr(opdriver, "free_port", lambda: op.port)
-    again = await start_oidc_op(redirect_uris=[gw.callback])
+    again = await start_oidc_op(redirect_uris=[gw.callback()])
     assert again.issuer == op.issuer
     back = await sign_in_at_op(make_user_agent(gw.url), authorization_url, "carol")
     done = await ua.get(str(back), allow_redirects=False)

@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.config.load import GatewayConfig
+from gateway.dev.echo import EchoState
 from gateway.server.app import build_app
 from gateway.steps import keys
-from gateway.dev.echo import EchoState
 
 from .opdriver import OpenIdProvider
 from .test_op import callback, sign_in_and_redeem
