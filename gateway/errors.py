@@ -133,6 +133,25 @@ class SessionEnded(InvalidRefreshToken):
     description = "the session of this refresh token has ended; log in again"
 
 
+class InvalidDpopProof(GatewayError):
+    """A DPoP proof (RFC 9449) that fails a check of section 4.3; the description names which.
+    400 at the token endpoints (RFC 9449 5); on a proxied request the caller raises ``for_resource()``:
+    401 (RFC 9449 7.1), whose answer carries the ``DPoP`` challenge."""
+
+    status, error, code, description = 400, "invalid_dpop_proof", "invalid_dpop_proof", "the DPoP proof is invalid"
+
+    def for_resource(self) -> InvalidDpopProof:
+        """The same refusal as a protected resource answers it: 401 (RFC 9449 7.1)."""
+        other = type(self)(self.description, headers=self.headers)
+        other.status = 401
+        return other
+
+
+class UseDpopNonce(InvalidDpopProof):
+    # RFC 9449 8 (token endpoint, 400) and 9 (resource, 401): the caller adds a fresh DPoP-Nonce header.
+    error, code, description = "use_dpop_nonce", "use_dpop_nonce", "the DPoP proof needs a fresh server nonce"
+
+
 class Forbidden(GatewayError):
     status, error, code, description = 403, "insufficient_scope", "forbidden", "a required role is missing"
 
@@ -170,6 +189,11 @@ class NoRoute(GatewayError):
 class AccountsNotEditable(NoRoute):
     code = "accounts_not_editable"
     description = "accounts are managed by an outside service (auth.users.credentials_url); this endpoint is off"
+
+
+class UnknownSession(GatewayError):
+    # One answer for an unknown id, an ended session and another user's: no session enumeration.
+    status, error, code, description = 404, "not_found", "session_not_found", "no such session"
 
 
 class UsernameTaken(GatewayError):

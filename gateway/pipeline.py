@@ -22,6 +22,7 @@ from .auth.accounts.passwords import PasswordHasher
 from .config.load import GatewayConfig
 from .config.rules import RuleSet
 from .errors import Handler, MethodRefused
+from .forward.client_cert import client_certificate
 from .forward.forwarder import Forwarder
 from .forward.lifetime import ConnectionWatcher
 from .forward.request_body import check_expectation
@@ -30,6 +31,7 @@ from .logs import ACCESS_NOTE, AccessLog, AccessNote
 from .metrics import METRICS
 from .paths import normalise
 from .steps.authorize import authorize
+from .steps.binding import CNF, check_certificate_binding
 from .steps.cookies import extract_access_token
 from .steps.denylist import Denylist
 from .steps.keys import KeyRing
@@ -155,6 +157,8 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
         token = extract_access_token(request, gw.config)       # MissingToken, BadRequest, CsrfFailed
         known = await gw.authenticator.authenticate(token, note)   # InvalidToken, RevokedToken -> 401; 503
         identity = known.identity
+        if CNF in identity.claims:   # RFC 8705: the certificate is the connection's, so checked cached or not
+            check_certificate_binding(identity.claims, client_certificate(request, gw.config.listen))   # 401
         if note is not None:
             note.subject, note.checked_at = identity.sub, time.perf_counter()
         authorize(rule, identity)                              # Forbidden -> 403

@@ -1,7 +1,8 @@
-"""`python -m loadtests.bench_mirror [--count N] [--json out.json]`: the revocation mirror at scale.
+"""`python -m loadtests.bench_mirror [--count N] [--sid-share F] [--json out.json]`: the revocation mirror
+at scale.
 
-Fills a real Denylist with N revoked token ids through its resync path (``_replace``, fed a list
-of Revocation objects decoded the way the Redis store decodes them) and a sample through single
+Fills a real Denylist with N revoked ids (token ids, and ended sessions' ids for a share F of them)
+through its resync path (``_replace``, fed a list of Revocation objects decoded the way the Redis store decodes them) and a sample through single
 ``_apply`` calls, then reports the memory it holds, the load and purge times, the longest event
 loop stall of a reload, µs per ``check()``, and correctness: every revoked id refused (false
 acceptance, must be 0) and random ids that were never revoked let through (false rejection).
@@ -44,13 +45,15 @@ def rss_bytes() -> int:
         return 0
 
 
-def make_live(count: int, now: float, seed: int) -> list[Revocation]:
+def make_live(count: int, now: float, seed: int, sid_share: float = 0.0) -> list[Revocation]:
     """What ``store.live_revocations`` hands over: one Revocation per id, each with its own
-    strings, decoded from JSON members as the Redis store decodes them."""
+    strings, decoded from JSON members as the Redis store decodes them; ``sid_share`` of them
+    are ended sessions (kind ``sid``), the rest token ids."""
     rnd = __import__("random").Random(seed)
     live = []
     for i in range(count):
-        member = json.dumps(["jti", ISSUER, f"{rnd.getrandbits(128):032x}"])
+        kind = "sid" if rnd.random() < sid_share else "jti"
+        member = json.dumps([kind, ISSUER, f"{rnd.getrandbits(128):032x}"])
         kind, iss, id_ = json.loads(member)
         expires_at = now + MIN_LIFE_S + (LIFE_S - MIN_LIFE_S) * (i / max(count - 1, 1))
         live.append(Revocation(kind, iss, id_, expires_at, expires_at))
@@ -58,8 +61,18 @@ def make_live(count: int, now: float, seed: int) -> list[Revocation]:
     return live
 
 
-def identity_of(jti: str) -> Identity:
-    return Identity(sub="bench", roles=frozenset(), jti=jti, iss=ISSUER, exp=0.0, iat=None, claims={})
+def identity_of(jti: str, sid: str | None = None) -> Identity:
+    claims = {} if sid is None else {"sid": sid}
+    return Identity(sub="bench", roles=frozenset(), jti=jti, iss=ISSUER, exp=0.0, iat=None, claims=claims)
+
+
+def identity_for(r: Revocation) -> Identity:
+    """A token that revocation names: its jti, or (an ended session) a fresh jti carrying its sid."""
+    return identity_of(r.id) if r.kind == "jti" else identity_of(r.id + "-token", sid=r.id)
+
+
+def held_nbytes(denylist: Denylist) -> int:
+    return denylist._jti.nbytes + denylist._sid.nbytes
 
 
 def refused(denylist: Denylist, identity: Identity) -> bool:
@@ -112,7 +125,7 @@ async def measure_memory(live: list[Revocation], now: float) -> dict[str, Any]:
     after, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"held_bytes": after - before, "peak_above_list_bytes": peak - before,
-            "nbytes": denylist._jti.nbytes}
+            "nbytes": held_nbytes(denylist)}
 
 
 def measure_dict_baseline(live: Sequence[Revocation]) -> float:
@@ -137,9 +150,9 @@ async def measure_applies(live: Sequence[Revocation], sample: int) -> dict[str, 
     for revocation in some:
         denylist._apply(revocation)
     took_s = time.perf_counter() - start
-    missed = sum(not refused(denylist, identity_of(r.id)) for r in some)
+    missed = sum(not refused(denylist, identity_for(r)) for r in some)
     return {"count": len(some), "us_per_apply": took_s / max(len(some), 1) * 1e6,
-            "bytes_per_entry": denylist._jti.nbytes / max(len(some), 1), "false_acceptances": missed}
+            "bytes_per_entry": held_nbytes(denylist) / max(len(some), 1), "false_acceptances": missed}
 
 
 class Phases:
@@ -152,11 +165,11 @@ class Phases:
         print(f"[{time.perf_counter() - self.started:6.1f}s] {what}", file=sys.stderr, flush=True)
 
 
-async def bench(count: int, probes: int, sample: int, seed: int) -> dict[str, Any]:
+async def bench(count: int, probes: int, sample: int, seed: int, sid_share: float = 0.0) -> dict[str, Any]:
     phase, now = Phases(), time.time()
     phase(f"decoding {count:,} revocations as the store hands them over")
     rss_start = rss_bytes()
-    live = make_live(count, now, seed)
+    live = make_live(count, now, seed, sid_share)
     gc.collect()
     rss_before = rss_bytes()
 
@@ -168,15 +181,16 @@ async def bench(count: int, probes: int, sample: int, seed: int) -> dict[str, An
     denylist.in_sync = True
 
     phase("check() timings")
-    revoked, clean = identity_of(live[0].id), identity_of("f" * 32 + "-never-revoked")
+    revoked, clean = identity_for(live[0]), identity_of("f" * 32 + "-never-revoked", sid="f" * 22)
     repeat = min(CHECK_REPEAT, 10 * count)
     check_revoked_us = us_per_call(lambda: refused(denylist, revoked), repeat)
     check_clean_us = us_per_call(lambda: refused(denylist, clean), repeat)
 
     phase("every revoked id, then random ids never revoked")
-    false_accepted = sum(not refused(denylist, identity_of(r.id)) for r in live)
+    false_accepted = sum(not refused(denylist, identity_for(r)) for r in live)
     rnd = __import__("random").Random(seed + 1)
-    false_rejected = sum(refused(denylist, identity_of(f"{rnd.getrandbits(128):032x}-probe"))
+    false_rejected = sum(refused(denylist, identity_of(f"{rnd.getrandbits(128):032x}-probe",
+                                                       sid=f"{rnd.getrandbits(128):032x}"))
                          for _ in range(probes))
 
     phase("purge, then every id not yet expired again")
@@ -185,7 +199,7 @@ async def bench(count: int, probes: int, sample: int, seed: int) -> dict[str, An
     denylist._purge(purge_now)
     purge_s = time.perf_counter() - start
     survivors = [r for r in live if r.expires_at > purge_now]
-    false_accepted += sum(not refused(denylist, identity_of(r.id)) for r in survivors)
+    false_accepted += sum(not refused(denylist, identity_for(r)) for r in survivors)
     purged, left = held - len(denylist), len(denylist)
     del denylist, survivors
 
@@ -197,6 +211,7 @@ async def bench(count: int, probes: int, sample: int, seed: int) -> dict[str, An
     phase("done")
     return {
         "count": count,
+        "sid_share": sid_share,
         "mirror_held_mb": memory["held_bytes"] / MB,
         "mirror_bytes_per_entry": memory["held_bytes"] / count,
         "mirror_nbytes_mb": memory["nbytes"] / MB,
@@ -221,7 +236,7 @@ async def bench(count: int, probes: int, sample: int, seed: int) -> dict[str, An
 def text(r: dict[str, Any]) -> str:
     a = r["applies"]
     return "\n".join([
-        f"revocation mirror, {r['count']:,} revoked token ids",
+        f"revocation mirror, {r['count']:,} revoked ids ({r['sid_share']:.0%} of them ended sessions' sids)",
         f"  held once loaded      {r['mirror_held_mb']:8.1f} MB  ({r['mirror_bytes_per_entry']:.1f} bytes/entry,"
         f" tracemalloc; nbytes says {r['mirror_nbytes_mb']:.1f} MB)",
         f"  RSS growth            {r['rss_growth_mb']:8.1f} MB  (resident set before/after the timed load; counts what"
@@ -245,12 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1_000_000, help="revoked ids in the mirror (default 1,000,000)")
     parser.add_argument("--probes", type=int, default=1_000_000, help="random never-revoked ids checked")
     parser.add_argument("--sample", type=int, default=100_000, help="ids added one by one through _apply")
+    parser.add_argument("--sid-share", type=float, default=0.0,
+                        help="share of the ids that are ended sessions (kind sid) rather than token ids (0 to 1)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
-    if args.count < 1 or args.probes < 0 or args.sample < 0:
-        parser.error("--count must be at least 1, --probes and --sample at least 0")
-    result = asyncio.run(bench(args.count, args.probes, args.sample, args.seed))
+    if args.count < 1 or args.probes < 0 or args.sample < 0 or not 0 <= args.sid_share <= 1:
+        parser.error("--count must be at least 1, --probes and --sample at least 0, --sid-share from 0 to 1")
+    result = asyncio.run(bench(args.count, args.probes, args.sample, args.seed, args.sid_share))
     print(text(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -35,7 +35,7 @@ from .oauth.routes import delegation, found
 from .ratelimit import RateLimiter, client_address
 from .revocation import apply_revocation, build_revocation
 from .routes import FORM_TYPE, NO_STORE, caller, read_json_object, refuse_form_post, string_field, token_response
-from .sessions import sessions_of
+from .sessions import origin_of, sessions_of
 
 log = logging.getLogger("tokengate.auth")
 
@@ -194,7 +194,8 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     await users.set_password(user.sub, new_password)
     sessions = sessions_of(gw)
     await sessions.logout_all(identity)   # every session, this one too; then a new one for the caller
-    pair = await sessions.issue(user)     # waits out the watermark's second, so the new pair is alive
+    # Waits out the watermark's second, so the new pair is alive.
+    pair = await sessions.issue(user, origin=origin_of(request, gw.config))
     notify_password_changed(gw.mailer, user.sub, user.email)
     log.info("password changed", extra={"sub": user.sub})
     return token_response(request, gw.config, pair)

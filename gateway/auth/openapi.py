@@ -20,7 +20,8 @@ from ..config.load import CredentialsUrlConfig, GatewayConfig
 from ..errors import (BadPath, BadRequest, BodyTooLarge, ConflictingHeaders, CsrfFailed, DependencyDown, ExpiredToken,
                       Forbidden, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidRefreshToken,
                       InvalidResetToken, InvalidToken, JsonRequired, MissingRefreshToken, MissingToken, NoRoute,
-                      RateLimited, RefreshTokenReused, RevokedToken, SessionEnded, UsernameTaken, WeakPasswordRefused)
+                      RateLimited, RefreshTokenReused, RevokedToken, SessionEnded, UnknownSession, UsernameTaken,
+                      WeakPasswordRefused)
 from ..pipeline import GATEWAY, JWKS_PATH
 from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER
 from .account_routes import MAX_EMAIL_CHARS
@@ -29,8 +30,8 @@ from .accounts.resets import MAX_RESET_TOKEN_CHARS
 from .endpoints import add_endpoint
 from .oauth.openapi import (browser_paths, form_forgot_password_body, form_forgot_password_responses, form_login_body,
                             form_login_responses, form_signup_body, form_signup_responses)
-from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS
-from .sessions import MAX_REFRESH_TOKEN_CHARS
+from .routes import MAX_BODY_BYTES, MAX_USERNAME_CHARS, SESSION_ID
+from .sessions import MAX_REFRESH_TOKEN_CHARS, MAX_USER_AGENT_CHARS
 
 OPENAPI_VERSION = "3.1.0"
 OPENAPI_PATH = "/openapi.json"          # under auth.prefix
@@ -65,6 +66,8 @@ def openapi_document(cfg: GatewayConfig) -> dict[str, Any]:
         f"{p}/refresh": {"post": _refresh(cfg)},
         f"{p}/logout": {"post": _logout(cfg)},
         f"{p}/logout-all": {"post": _logout_all(cfg)},
+        f"{p}/sessions": {"get": _list_sessions(cfg)},
+        f"{p}/sessions/{{id}}": {"delete": _end_session(cfg)},
     }
     # Accounts kept by a credentials service cannot be changed here: those endpoints answer 404 alone.
     if not isinstance(cfg.auth.users, CredentialsUrlConfig):
@@ -185,6 +188,31 @@ def _logout_all(cfg: GatewayConfig) -> dict[str, Any]:
         "the subject. The request body is not read. Clears the session cookies.",
         security=_access_security(cfg),
         responses={"204": _ended(), **_failures(*TOKEN_FAILURES, *_csrf(cfg))})
+
+
+def _list_sessions(cfg: GatewayConfig) -> dict[str, Any]:
+    return _operation(
+        "listSessions", "The caller's sessions",
+        "Every live session (login) of the access token's subject, oldest first: ended ones are not listed. "
+        "`current` marks the session of the token presented.",
+        security=_access_security(cfg),
+        responses={"200": {"description": "The sessions.", "headers": _no_store_headers(),
+                           "content": {JSON: {"schema": _ref("SessionList")}}},
+                   **_failures(*TOKEN_FAILURES)})
+
+
+def _end_session(cfg: GatewayConfig) -> dict[str, Any]:
+    session_id = {"name": "id", "in": "path", "required": True, "description": "A session's id (`sid`).",
+                  "schema": {"type": "string", "pattern": f"^{SESSION_ID.pattern}$"}}
+    return _operation(
+        "endSession", "End one of the caller's sessions",
+        "Its refresh tokens die (a refresh answers session_ended) and its access tokens are refused on every "
+        "instance. An unknown id, an ended session and another user's session answer the same 404. Ending "
+        "the caller's own session also clears the session cookies.",
+        parameters=[session_id], security=_access_security(cfg),
+        responses={"204": {"description": "The session has ended.", "headers": _no_store_headers()},
+                   # NoRoute: an id that is no path segment (a slash in it) names another path.
+                   **_failures(*TOKEN_FAILURES, *_csrf(cfg), UnknownSession, NoRoute)})
 
 
 def _signup(cfg: GatewayConfig) -> dict[str, Any]:
@@ -412,6 +440,7 @@ def _schemas(cfg: GatewayConfig) -> dict[str, Any]:
         "LoginRequest": _object({"username": _string(MAX_USERNAME_CHARS, "Case-sensitive."),
                                  "password": _string(MAX_PASSWORD_CHARS, "The password.")}, ["username", "password"]),
         "RefreshRequest": _object({"refresh_token": refresh}, []),
+        **_session_schemas(),
         **_account_schemas(cfg),
         "JwkSet": {"type": "object", "required": ["keys"], "additionalProperties": False,
                    "properties": {"keys": {"type": "array", "items": _ref("Jwk")}}},
@@ -422,6 +451,23 @@ def _schemas(cfg: GatewayConfig) -> dict[str, Any]:
                 # Public keys only: never a private or symmetric member (RFC 7518 6.2.2, 6.3.2, 6.4.1).
                 "not": {"anyOf": [{"required": [k]} for k in ("d", "p", "q", "dp", "dq", "qi", "k")]}},
     }
+
+
+def _session_schemas() -> dict[str, Any]:
+    seconds = {"type": "integer", "minimum": 0, "description": "Epoch seconds."}
+    session = {"type": "object", "additionalProperties": False,
+               "required": ["id", "created", "last_used", "user_agent", "client", "current", "method"],
+               "properties": {"id": {"type": "string", "description": "The session's id: the sid of its tokens."},
+                              "created": seconds, "last_used": {**seconds, "description": "Epoch seconds of "
+                                                                "its latest refresh (else its login)."},
+                              "user_agent": {"type": "string", "maxLength": MAX_USER_AGENT_CHARS,
+                                             "description": "The login's User-Agent, without control characters."},
+                              "client": {"type": "string", "description": "The login's client address."},
+                              "current": {"type": "boolean", "description": "The session of this access token."},
+                              "method": {"type": "string", "description": "password, or the provider's name."}}}
+    return {"Session": session,
+            "SessionList": {"type": "object", "required": ["sessions"], "additionalProperties": False,
+                            "properties": {"sessions": {"type": "array", "items": _ref("Session")}}}}
 
 
 def _account_schemas(cfg: GatewayConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The gateway's own endpoints under ``auth.prefix``: login, refresh, logout, logout-all, verify.
+"""The gateway's own endpoints under ``auth.prefix``: login, refresh, logout, logout-all, sessions, verify.
 
 JSON in, JSON out; failures are GatewayErrors (answers.py answers them). Token answers are never cached.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -14,20 +15,24 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from ..config.load import GatewayConfig
-from ..errors import BadRequest, BodyTooLarge, ConflictingHeaders, InvalidCredentials, JsonRequired, MissingRefreshToken
+from ..errors import (BadRequest, BodyTooLarge, ConflictingHeaders, InvalidCredentials, JsonRequired,
+                      MissingRefreshToken, UnknownSession)
+from ..forward.client_cert import client_certificate
 from ..forward.headers import fold
 from ..metrics import counted
 from ..paths import normalise
 from ..pipeline import GATEWAY, Gateway
 from ..steps.authorize import authorize
+from ..steps.binding import CNF, check_certificate_binding
 from ..steps.cookies import extract_access_token
 from ..steps.identity import Identity
+from ..store.base import SessionInfo
 from .accounts.directory import MAX_PASSWORD_CHARS
 from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
 from .endpoints import add_endpoint
 from .oauth.routes import add_browser_routes, end_session_url, form_login, found, sign_in_page
 from .ratelimit import RateLimiter, client_address
-from .sessions import MAX_REFRESH_TOKEN_CHARS, TokenPair, sessions_of
+from .sessions import MAX_REFRESH_TOKEN_CHARS, TokenPair, origin_of, sessions_of
 
 log = logging.getLogger("tokengate.auth")
 
@@ -41,6 +46,8 @@ FORWARDED_URI = frozenset({"x-forwarded-uri", "x-original-uri"})
 # What an HTML form on another site can send without a CORS preflight.
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
 FORM_TYPE = "application/x-www-form-urlencoded"   # what the sign-in page posts (with its own CSRF token)
+# What a session id can be (Sessions mints token_urlsafe ids): anything else is unknown without a store lookup.
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def add_auth_routes(app: web.Application, cfg: GatewayConfig) -> None:
@@ -51,6 +58,8 @@ def add_auth_routes(app: web.Application, cfg: GatewayConfig) -> None:
     for path, handler in ((f"{prefix}/refresh", refresh), (f"{prefix}/logout", logout),
                           (f"{prefix}/logout-all", logout_all)):
         add_endpoint(app, path, {"POST": handler})
+    add_endpoint(app, f"{prefix}/sessions", {"GET": list_sessions})
+    add_endpoint(app, f"{prefix}/sessions/{{id}}", {"DELETE": end_session})
     add_browser_routes(app, cfg)
     # Every method: nginx's auth_request subrequest keeps the original request's method.
     add_endpoint(app, f"{prefix}/verify", {"*": verify})
@@ -78,7 +87,7 @@ async def json_login(request: web.Request) -> web.StreamResponse:
     user = await gw.users.authenticate(username, password)
     if user is None:
         raise InvalidCredentials()
-    pair = await sessions_of(gw).issue(user)
+    pair = await sessions_of(gw).issue(user, origin=origin_of(request, cfg))
     log.info("login", extra={"sub": user.sub})
     return token_response(request, cfg, pair)
 
@@ -123,6 +132,35 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
     return _ended(gw.config)
 
 
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    """GET with the access token -> 200 {"sessions": [...]}: the caller's live sessions, oldest first."""
+    gw = request.app[GATEWAY]
+    identity = await caller(request, gw)
+    found = await sessions_of(gw).list_of(identity)
+    return web.json_response({"sessions": [session_body(s, s.id == identity.sid) for s in found]}, headers=NO_STORE)
+
+
+async def end_session(request: web.Request) -> web.StreamResponse:
+    """DELETE {prefix}/sessions/{id} with the access token -> 204: that session of the caller ends
+    everywhere. 404 session_not_found for an unknown id, an ended session or another user's alike."""
+    gw = request.app[GATEWAY]
+    identity = await caller(request, gw)
+    sid = request.match_info["id"]
+    if not SESSION_ID.fullmatch(sid) or not await sessions_of(gw).end(identity, sid):
+        raise UnknownSession()
+    log.info("session ended", extra={"sub": identity.sub})
+    if sid == identity.sid:   # the caller ended its own session: a browser's cookies go with it
+        return _ended(gw.config)
+    return web.Response(status=204, headers=NO_STORE)
+
+
+def session_body(session: SessionInfo, current: bool) -> dict[str, Any]:
+    """One session as GET {prefix}/sessions lists it (times in whole epoch seconds)."""
+    return {"id": session.id, "created": int(session.created), "last_used": int(session.last_used),
+            "user_agent": session.user_agent, "client": session.client, "current": current,
+            "method": session.method}
+
+
 async def verify(request: web.Request) -> web.StreamResponse:
     """Forward-auth: may the request described by X-Forwarded-Method/-Uri (or X-Original-*) pass?
     200 + identity headers; 400 (conflicting headers, bad path), 401, 403, 404 (no route), 503."""
@@ -136,6 +174,8 @@ async def verify(request: web.Request) -> web.StreamResponse:
     if rule.public:
         return web.Response(status=200, headers=NO_STORE)
     identity = await caller(request, gw, method)                    # 401 / CSRF 403
+    if CNF in identity.claims:   # a certificate-bound token: the certificate nginx's client presented
+        check_certificate_binding(identity.claims, client_certificate(request, gw.config.listen))
     authorize(rule, identity)                                       # Forbidden -> 403
     return web.Response(status=200, headers={**NO_STORE, **gw.passport.headers_for(identity, rule.upstream)})
 

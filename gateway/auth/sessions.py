@@ -15,31 +15,37 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..config.load import TokensConfig
+from ..config.load import GatewayConfig, TokensConfig
 from ..errors import DependencyDown, InvalidRefreshToken, RefreshTokenReused, RevokedToken, SessionEnded
 from ..pipeline import Gateway
 from ..steps.denylist import Denylist
-from ..steps.identity import Identity
+from ..steps.identity import SESSION_CLAIM, Identity
 from ..steps.tokens import Minter
 from ..store import store_reachable
-from ..store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, Store
+from ..store.base import ENDED, REUSED, EndReason, RefreshRecord, Revocation, Rotation, SessionInfo, Store
 from .accounts.directory import AuthenticatedUser, UserDirectory
+from .ratelimit import client_address
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("tokengate.sessions")
 
-SESSION_CLAIM = "sid"             # the refresh family of the session that minted an access token
 REFRESH_TOKEN_BYTES = 32          # 256 bits
 FAMILY_ID_BYTES = 16
 MAX_REFRESH_TOKEN_CHARS = 512
+MAX_USER_AGENT_CHARS = 256        # what a session list shows of the login's User-Agent
+PASSWORD_METHOD = "password"      # a session's method when no provider made it
 _SEAL_INFO = b"tokengate/refresh-grace-reply/v1"
 _NONCE_BYTES = 12
 _WATERMARK_TRIES = 2
@@ -104,6 +110,30 @@ def unseal(token: str, sealed: bytes) -> TokenPair:
 
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a login came from, as its session lists it: the User-Agent and the client's address."""
+
+    user_agent: str = ""
+    client: str = ""
+
+    @classmethod
+    def of(cls, user_agent: str | None, client: str) -> Origin:
+        return cls(clean_user_agent(user_agent or ""), client[:MAX_USER_AGENT_CHARS])
+
+
+def origin_of(request: web.Request, cfg: GatewayConfig) -> Origin:
+    """Where a login comes from (its User-Agent, its client as the rate limits count it)."""
+    return Origin.of(request.headers.get("User-Agent"), client_address(request, cfg.listen.trusted_proxies))
+
+
+def clean_user_agent(text: str) -> str:
+    """A User-Agent fit to show: control, format and unassigned characters (escape sequences, bidi
+    overrides, undecodable bytes) removed, at most MAX_USER_AGENT_CHARS."""
+    shown = "".join(ch for ch in text if not unicodedata.category(ch).startswith("C"))
+    return shown.strip()[:MAX_USER_AGENT_CHARS].strip()
+
+
 class Sessions:
     """Refresh-token families in the store, access tokens from the Minter.
 
@@ -116,16 +146,35 @@ class Sessions:
         self._issuer = tokens.issuer
         self._access_ttl_s, self._refresh_ttl_s, self._leeway_s = tokens.access_ttl, tokens.refresh_ttl, tokens.leeway
         self._longest_s = tokens.longest_life_s
+        self._access_life_s = tokens.access_ttl + tokens.leeway   # how long an access token minted now is accepted
         self._grace_s = grace_s
         self._clock = clock
 
-    async def issue(self, user: AuthenticatedUser, kept: Mapping[str, str] | None = None) -> TokenPair:
+    async def issue(self, user: AuthenticatedUser, kept: Mapping[str, str] | None = None,
+                    origin: Origin | None = None) -> TokenPair:
         """A new session (a new family) for an authenticated user. ``kept``: what the session remembers
-        of its login through every rotation (a delegated login's ``provider`` and ``id_token``)."""
+        of its login through every rotation (a delegated login's ``provider`` and ``id_token``);
+        ``origin``: where the login came from (what the session list shows)."""
         pair = await self._mint_pair(user.sub, user.roles, user.email, secrets.token_urlsafe(FAMILY_ID_BYTES))
+        origin, now = origin or Origin(), self._clock()
+        info = SessionInfo(pair.family, now, now, origin.user_agent, origin.client,
+                           (kept or {}).get("provider") or PASSWORD_METHOD)
         with store_reachable():
-            await self._store.add_refresh(self._record(pair, user.sub, user.roles, user.email, kept), self._issuer)
+            await self._store.add_refresh(self._record(pair, user.sub, user.roles, user.email, kept), self._issuer,
+                                          info)
         return pair
+
+    async def list_of(self, identity: Identity) -> list[SessionInfo]:
+        """The live sessions of the token's subject (of its issuer: another issuer's alice has none here)."""
+        with store_reachable():
+            return await self._store.list_sessions(identity.iss, identity.sub)
+
+    async def end(self, identity: Identity, sid: str) -> bool:
+        """End one session of the token's subject: its refresh tokens die and its access tokens are
+        denied on every instance. False when it is not a live session of this subject."""
+        with store_reachable():
+            return await end_session(self._store, identity.iss, identity.sub, sid, self._access_life_s,
+                                     self._denylist.revoke, self._clock())
 
     async def rotate(self, token: str) -> TokenPair:
         """The next pair for a live refresh token, which dies. Raises InvalidRefreshToken (unknown,
@@ -253,6 +302,19 @@ class Sessions:
                 kept: Mapping[str, str] | None = None) -> RefreshRecord:
         data = {**(kept or {}), "roles": list(roles), **({"email": email} if email else {})}
         return RefreshRecord(hash_refresh_token(pair.refresh_token), pair.family, sub, pair.refresh_exp, data)
+
+
+async def end_session(store: Store, iss: str, sub: str, sid: str, access_life_s: float,
+                      record: Callable[[Revocation], Awaitable[None]] | None = None, now: float | None = None) -> bool:
+    """End one live session of ``sub`` (False when it is none: unknown, another subject's, ended):
+    its family dies (a refresh then gets ``session_ended``), then its ``sid`` is denied (with ``record``,
+    e.g. a Denylist's revoke, else ``store.revoke``) for as long as an access token minted before now
+    is accepted. Ownership is settled first, so nobody can deny another subject's session."""
+    if not await store.end_session(iss, sub, sid):
+        return False
+    now = time.time() if now is None else now
+    await (record or store.revoke)(Revocation("sid", iss, sid, value=now, expires_at=now + access_life_s))
+    return True
 
 
 KEPT = ("provider", "id_token")   # what a session keeps of its login (Sessions.issue)

@@ -1,4 +1,5 @@
-"""The ``tokengate`` command: serve | check-config | mint | explain | keys generate | jwks | users | revoke.
+"""The ``tokengate`` command: serve | check-config | mint | explain | keys generate | jwks | users | revoke |
+sessions.
 
 Bad input of any kind ends with a clear message on stderr and a non-zero status, never a
 traceback (set TOKENGATE_DEBUG=1 to see one for an unexpected error).
@@ -21,6 +22,7 @@ from ..config.load import ConfigError, GatewayConfig
 from .args import EXIT_BAD_INPUT, UsageError, add_config_option, config_from, print_error
 from .keygen import GENERATABLE, KeyExists, default_kid, generate_key
 from .revoke import add_revoke_parser
+from .sessions import add_sessions_parser
 from .users import add_users_parser
 
 EXIT_NO_MATCH = 1
@@ -69,12 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--ttl", help="lifetime like 15m (default: tokens.access_ttl)")
     m.add_argument("--claim", action="append", default=[], metavar="K=V",
                    help="extra claim; V is read as JSON when it parses, else as a string")
+    m.add_argument("--cnf-x5t", type=Path, metavar="CERTFILE",
+                   help="bind the token to this client certificate (PEM): cnf.x5t#S256, RFC 8705")
     e = command("explain", _explain, "show which route a request matches and what it needs")
     e.add_argument("method")
     e.add_argument("urlpath")
     command("jwks", _jwks, "print the public JWKS")
     add_users_parser(sub)
     add_revoke_parser(sub)
+    add_sessions_parser(sub)
     keys = sub.add_parser("keys", help="key management").add_subparsers(dest="keys_command", required=True)
     g = keys.add_parser("generate", help="generate a signing key")
     g.add_argument("--alg", required=True, choices=GENERATABLE)
@@ -138,6 +143,8 @@ def _mint(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--ttl: {exc}") from None
     claims = dict(_claim(c) for c in args.claim)
+    if args.cnf_x5t is not None:
+        claims["cnf"] = _bound_to_certificate(claims.get("cnf"), args.cnf_x5t)
     try:
         token = Minter(cfg.tokens, cfg.identity).mint_access_token(args.sub, args.roles, ttl_s=ttl_s,
                                                                    extra_claims=claims)
@@ -155,6 +162,24 @@ def _claim(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except ValueError:
         return key, value
+
+
+def _bound_to_certificate(cnf: Any, cert_file: Path) -> dict[str, Any]:
+    """``cnf`` (from --claim, or None) with the ``x5t#S256`` of the PEM certificate in ``cert_file``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ..steps.binding import X5T_S256, certificate_thumbprint
+
+    if cnf is not None and not isinstance(cnf, dict):
+        raise UsageError("--claim cnf=... must be a JSON object to take --cnf-x5t as well")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())   # the first, when the file holds a chain
+    except OSError as exc:
+        raise UsageError(f"--cnf-x5t: cannot read {str(cert_file)!r}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise UsageError(f"--cnf-x5t: {str(cert_file)!r} holds no PEM certificate") from None
+    return {**(cnf or {}), X5T_S256: certificate_thumbprint(cert.public_bytes(serialization.Encoding.DER))}
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -28,13 +28,15 @@ from .providers import (GithubProviderConfig, OidcProviderConfig, ProviderConfig
 from .routes import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
 from .rules import RuleConflict, RuleSet
 from .source import Problem, Source, read_source
+from .tls import TlsConfig
 from .tokens import HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig, key_problems
 
 __all__ = ["AdminConfig", "Algorithm", "AuthConfig", "ConfigError", "CookieConfig", "CredentialsUrlConfig",
            "Duration", "GatewayConfig", "GithubProviderConfig", "HMAC_MIN_BYTES", "IdentityConfig", "KeyConfig",
            "KeyMaterial", "ListenConfig", "MailConfig", "OidcProviderConfig", "Problem", "ProviderConfig", "Rate",
            "RateLimitsConfig", "RolesMapConfig", "RouteConfig", "StoreConfig",
-           "StrList", "TokensConfig", "TrustedIssuerConfig", "UpstreamConfig", "UsersConfig", "UsersFileConfig",
+           "StrList", "TlsConfig", "TokensConfig", "TrustedIssuerConfig", "UpstreamConfig", "UsersConfig",
+           "UsersFileConfig",
            "load_config", "load_key_material"]
 
 # Headers that an identity mapping may never claim: they belong to HTTP itself or to the gateway.
@@ -88,6 +90,28 @@ class ListenConfig(Model):
                                              # not reading an answer)
     buffer_body: ByteSize = 64 * 1024        # bodies up to this size are read whole before an upstream is asked
     idle_timeout: Duration = 60.0            # a keep-alive connection with no request in flight closes after this
+    tls: TlsConfig | None = None             # serve the proxy port over TLS (the admin port stays plain HTTP)
+    client_cert_header: str | None = None    # a trusted proxy's header with the client's certificate (URL-encoded
+                                             # PEM, nginx's $ssl_client_escaped_cert), for certificate-bound tokens
+
+    @field_validator("client_cert_header")
+    @classmethod
+    def _cert_header_name(cls, value: str | None) -> str | None:
+        if value is not None and not TOKEN_CHARS.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid HTTP header name")
+        if value is not None and value.lower().replace("_", "-") in _RESERVED_HEADERS:
+            raise ValueError(f"{value!r} is managed by HTTP or by the gateway; name a header of its own, "
+                             "like X-Client-Cert")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_header_has_proxies(self) -> ListenConfig:
+        # Refused rather than warned about: the header would never be believed, and a bound token would be
+        # refused on every request with nothing in the config saying why.
+        if self.client_cert_header is not None and not self.trusted_proxies:
+            raise Invalid((("client_cert_header",), "the header is believed only from listen.trusted_proxies, "
+                                                     "which is empty: add the TLS-terminating proxy's address there"))
+        return self
 
     @field_validator("header_timeout", "body_timeout", "idle_timeout")
     @classmethod
@@ -241,6 +265,11 @@ class GatewayConfig(Model):
                           "the assertion is verified by upstreams with the public JWKS, so it needs an "
                           "asymmetric key that can sign: add an RS256, ES256 or EdDSA key with a "
                           "private_key_file to tokens.keys"))
+        cert_header = self.listen.client_cert_header
+        identity_headers = {name.replace("_", "-") for name in self.identity.header_names}
+        if cert_header and cert_header.lower().replace("_", "-") in identity_headers:
+            found.append((("listen", "client_cert_header"), f"{cert_header!r} is also an identity header, which the "
+                                                            "gateway sets itself; name another header"))
         found += self._unknown_mapped_roles()
         raise_found(found)
         return self

@@ -82,7 +82,7 @@ class Forwarder:
     def __init__(self, cfg: GatewayConfig, watcher: ConnectionWatcher | None = None, *, lean: bool = True) -> None:
         self._cfg = cfg
         self._lean = lean
-        self._policy = HeaderPolicy.from_config(cfg.identity, gateway_cookies(cfg.auth))
+        self._policy = HeaderPolicy.from_config(cfg.identity, gateway_cookies(cfg.auth), cfg.listen.client_cert_header)
         self._buffer_bytes = cfg.listen.buffer_body
         self._body_timeout_s = cfg.listen.body_timeout
         self._trusted = tuple(cfg.listen.trusted_proxies)

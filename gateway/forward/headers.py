@@ -54,17 +54,21 @@ class HeaderPolicy:
     gateway owns (``X_User_Id`` is ``X-User-Id`` to a CGI/WSGI upstream)."""
 
     trusted_drop: frozenset[str]
-    untrusted_drop: frozenset[str]   # + FORWARDING: only a trusted proxy may say who the client is
+    untrusted_drop: frozenset[str]   # + FORWARDING and the client certificate header: only a trusted
+                                     # proxy may say who the client is
     owned: frozenset[str]            # what a Connection header may never name; no other spelling of it passes
     gateway_cookies: frozenset[str]  # the gateway's own cookies, never forwarded in Cookie
 
     @classmethod
-    def from_config(cls, identity: IdentityConfig, gateway_cookies: Iterable[str] = ()) -> HeaderPolicy:
+    def from_config(cls, identity: IdentityConfig, gateway_cookies: Iterable[str] = (),
+                    client_cert_header: str | None = None) -> HeaderPolicy:
+        """``client_cert_header`` (listen's): like X-Forwarded-*, only a trusted proxy may state it."""
         drop = _NOT_FORWARDED | {fold(name) for name in identity.header_names}
         if identity.strip_authorization:
             drop |= {"authorization"}
-        owned = drop | FORWARDING | {REQUEST_ID.lower()}
-        return cls(frozenset(drop), frozenset(drop | FORWARDING), frozenset(owned), frozenset(gateway_cookies))
+        proxies_only = FORWARDING | ({fold(client_cert_header)} if client_cert_header else set())
+        owned = drop | proxies_only | {REQUEST_ID.lower()}
+        return cls(frozenset(drop), frozenset(drop | proxies_only), frozenset(owned), frozenset(gateway_cookies))
 
 
 class Peer(NamedTuple):

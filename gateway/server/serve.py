@@ -5,8 +5,9 @@ then exit 0. A supervisor's worker closes its proxy listener, then waits for its
 that every worker has closed its own before it answers anything with Connection: close: each
 worker listens on an SO_REUSEPORT socket of its own, and the kernel resets the connections waiting
 in the accept queue of a listener that closes, so a client told to reconnect must find every
-listener closed, not another worker's about to close. SIGHUP: reload (server/reload.py); a supervisor's
-worker asks its supervisor instead, which reloads every worker one after another.
+listener closed, not another worker's about to close. SIGHUP: reload (server/reload.py), and the proxy
+port's TLS certificate and key read again (server/tls.py); a supervisor's worker asks its supervisor
+instead, which reloads every worker one after another.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import pickle
 import signal
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -37,6 +39,7 @@ from ..pipeline import GATEWAY, Gateway
 from .app import GatewayRunner, build_app
 from .edge import EdgeRunner, edge_options
 from .reload import ReadConfig, apply_read, reload_config, watch_file
+from .tls import ListenerTls
 
 log = logging.getLogger("tokengate")
 # How long serve keeps the proxy port shut waiting for the revocation mirror's first load. A store that
@@ -83,6 +86,7 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
                     "set admin.token or bind it to 127.0.0.1", admin.host)
     ports = [*((app, bind, DEMO) for app, bind in extra_apps), (main_app, main, PROXY), (admin_app, admin, ADMIN)]
     runners: list[web.AppRunner] = []
+    tls = await _listener_tls(cfg, main)   # the proxy port's alone: the admin port stays plain HTTP
     try:
         for app, bind, what in ports:
             runner = runner_for(app, cfg, what)
@@ -90,16 +94,17 @@ async def serve(cfg: GatewayConfig, main: Bind, admin: Bind, *, reuse_port: bool
             runners.append(runner)
             if app is main_app:
                 await _await_first_revocation_load(main_app[GATEWAY], cfg)
-            await _start_site(runner, bind, reuse_port, what)
+            await _start_site(runner, bind, reuse_port, what,
+                              tls.listening if tls is not None and app is main_app else None)
         # Everything built so far (config, rules, keys) lives as long as the process: keep it out of
         # the garbage collector's full passes, which would otherwise walk it and stall requests.
         gc.freeze()
         admin_app[SERVING].accepting = True
-        log.info("tokengate serving on http://%s:%s, admin on http://%s:%s (pid %s)",
+        log.info("tokengate serving on %s://%s:%s, admin on http://%s:%s (pid %s)", "https" if tls else "http",
                  main.host, main.port, admin.host, admin.port, os.getpid())
         if started is not None:
             await started(main_app)
-        reloads = _Reloads(main_app, control)
+        reloads = _Reloads(main_app, control, tls)
         watcher = None
         if cfg.reload.watch and control is None:   # a supervisor watches for its workers
             watcher = asyncio.create_task(watch_file(cfg.source, cfg.reload.interval, reloads.here))
@@ -147,9 +152,22 @@ async def _await_first_revocation_load(gw: Gateway, cfg: GatewayConfig) -> None:
                     "applies until it is in sync", FIRST_LOAD_WAIT_S, cfg.store.on_error)
 
 
-async def _start_site(runner: web.AppRunner, bind: Bind, reuse_port: bool, what: str) -> None:
+async def _listener_tls(cfg: GatewayConfig, main: Bind) -> ListenerTls | None:
+    """``listen.tls``'s context, each worker its own. The files were checked when the config loaded;
+    one that changed since then is a port that cannot serve (ListenFailed: restarting would not help)."""
+    if cfg.listen.tls is None:
+        return None
     try:
-        await web.TCPSite(runner, bind.host, bind.port, reuse_port=reuse_port or None, backlog=1024).start()
+        return await ListenerTls.open(cfg.listen.tls)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ListenFailed(f"cannot serve TLS on {main.host}:{main.port} ({PROXY}): {exc}") from None
+
+
+async def _start_site(runner: web.AppRunner, bind: Bind, reuse_port: bool, what: str,
+                      ssl_context: ssl.SSLContext | None = None) -> None:
+    try:
+        await web.TCPSite(runner, bind.host, bind.port, reuse_port=reuse_port or None, backlog=1024,
+                          ssl_context=ssl_context).start()
     except OSError as exc:
         raise ListenFailed(_cannot_listen(bind, what, exc)) from None
 
@@ -182,8 +200,9 @@ class _Reloads:
     wait for bytes, and a reading of a 1,000-route config (~90 KB) arrives in several pieces. The
     framing is Connection.send_bytes', which the supervisor uses (MESSAGE_HEAD)."""
 
-    def __init__(self, app: web.Application, control: Connection | None) -> None:
+    def __init__(self, app: web.Application, control: Connection | None, tls: ListenerTls | None = None) -> None:
         self.app = app
+        self.tls = tls   # listen.tls: its files are read again on every reload
         self.supervised = control is not None
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -211,6 +230,8 @@ class _Reloads:
     async def here(self) -> None:
         async with self.lock:
             await reload(self.app)
+            if self.tls is not None:
+                await self.tls.reload()
 
     async def _follow(self, control: Connection) -> None:
         sock = socket.socket(fileno=os.dup(control.fileno()))   # the Connection's socketpair end
@@ -232,6 +253,8 @@ class _Reloads:
                 read: ReadConfig = pickle.loads(message)
                 applied = gw is not None and await apply_read(gw, read, arrived)
                 await reload_accounts(self.app)
+                if self.tls is not None:
+                    await self.tls.reload()
             self._tell(APPLIED if applied else REFUSED)
 
     def _tell(self, message: bytes) -> None:

@@ -1,10 +1,10 @@
 """Step 4: is this token revoked? Answered from a local mirror, never a store round trip.
 
-The mirror holds every live revocation (token ids and per-subject watermarks). It subscribes to
+The mirror holds every live revocation (token ids, ended sessions and per-subject watermarks). It subscribes to
 the store's revocation events first, then loads everything live, so nothing falls in between;
 after a lost connection it does both again. Until it is in sync, ``store.on_error`` decides:
-deny (503) or allow on the last known state. Token ids live in a RevokedIds (12 bytes each:
-a million revocations in ~12 MB); subject watermarks, one per subject, in a dict.
+deny (503) or allow on the last known state. Token ids and session ids live in a RevokedIds each
+(12 bytes an id: a million revocations in ~12 MB); subject watermarks, one per subject, in a dict.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Denylist:
         self._fail_open = fail_open
         self._clock = clock
         self._jti = RevokedIds()    # (iss, jti) until the entry may be forgotten (its expires_at)
+        self._sid = RevokedIds()    # (iss, sid) of ended sessions, likewise
         self._sub: dict[tuple[str, str], tuple[float, float]] = {}   # (iss, sub) -> (watermark, expires_at)
         self._listeners: list[RevocationListener] = []
         self._resync_listeners: list[ResyncListener] = []
@@ -49,7 +50,7 @@ class Denylist:
         self.lag_s: float | None = None   # the last revocation's delay from its publication to this mirror
 
     def __len__(self) -> int:
-        return len(self._jti) + len(self._sub)
+        return len(self._jti) + len(self._sid) + len(self._sub)
 
     def add_listener(self, listener: RevocationListener) -> None:
         """Called with every revocation the mirror learns (to end long-lived connections)."""
@@ -70,8 +71,12 @@ class Denylist:
         """Raises RevokedToken, or DependencyDown while out of sync with ``on_error: deny``."""
         if not self.in_sync and not self._fail_open:
             raise DependencyDown("the revocation list is not available; try again shortly")
-        if self._jti.contains(identity.iss, identity.jti, self._clock()):
+        now = self._clock()
+        if self._jti.contains(identity.iss, identity.jti, now):
             raise RevokedToken("the access token was revoked")
+        sid = identity.sid
+        if sid is not None and self._sid.contains(identity.iss, sid, now):
+            raise RevokedToken("the access token was revoked (its session was ended)")
         mark = self._sub.get((identity.iss, identity.sub))
         if mark is not None and (identity.iat is None or identity.iat < mark[0]):
             raise RevokedToken("the access token was revoked (all sessions of this subject were ended)")
@@ -140,22 +145,12 @@ class Denylist:
         swapped in at once."""
         self._applied_while_loading = pending = []
         try:
-            ids, subs = RevokedIds(), []
-            fingerprints, expiries, filled = np.empty(len(live), np.uint64), np.empty(len(live), np.uint32), 0
-            for start in range(0, len(live), LOAD_CHUNK):
-                chunk = live[start:start + LOAD_CHUNK]
-                jtis = [r for r in chunk if r.kind == "jti"]
-                subs += [r for r in chunk if r.kind != "jti"]
-                end = filled + len(jtis)
-                fingerprints[filled:end] = ids.fingerprints((r.iss, r.id) for r in jtis)
-                expiries[filled:end] = expiries_of(r.expires_at for r in jtis)
-                filled = end
-                await asyncio.sleep(0)
-            # The sort (~50-90 ms at 1M) runs in a thread: numpy lets go of the GIL meanwhile.
-            await asyncio.to_thread(ids.load, fingerprints[:filled], expiries[:filled])
+            subs = [r for r in live if r.kind == "sub"]
+            jtis = await _loaded([r for r in live if r.kind == "jti"])
+            sids = await _loaded([r for r in live if r.kind == "sid"])
         finally:
             self._applied_while_loading = None
-        self._jti, self._sub = ids, {}
+        self._jti, self._sid, self._sub = jtis, sids, {}
         # Also what was revoked here while the slices ran: ``live`` may predate it, and the
         # feed may bring it only after the mirror is back in sync.
         for revocation in [*subs, *pending]:
@@ -169,6 +164,8 @@ class Denylist:
             self._applied_while_loading.append(revocation)
         if revocation.kind == "jti":
             self._jti.add(revocation.iss, revocation.id, revocation.expires_at)
+        elif revocation.kind == "sid":
+            self._sid.add(revocation.iss, revocation.id, revocation.expires_at)
         else:
             key = (revocation.iss, revocation.id)
             old = self._sub.get(key)
@@ -180,5 +177,19 @@ class Denylist:
 
     def _purge(self, now: float) -> None:
         self._jti.purge(now)
+        self._sid.purge(now)
         self._sub = {k: v for k, v in self._sub.items() if v[1] > now}
 
+
+async def _loaded(revocations: list[Revocation]) -> RevokedIds:
+    """A RevokedIds of these ids, hashed in slices that let the event loop run in between."""
+    ids = RevokedIds()
+    fingerprints, expiries = np.empty(len(revocations), np.uint64), np.empty(len(revocations), np.uint32)
+    for start in range(0, len(revocations), LOAD_CHUNK):
+        chunk = revocations[start:start + LOAD_CHUNK]
+        fingerprints[start:start + len(chunk)] = ids.fingerprints((r.iss, r.id) for r in chunk)
+        expiries[start:start + len(chunk)] = expiries_of(r.expires_at for r in chunk)
+        await asyncio.sleep(0)
+    # The sort (~50-90 ms at 1M) runs in a thread: numpy lets go of the GIL meanwhile.
+    await asyncio.to_thread(ids.load, fingerprints, expiries)
+    return ids

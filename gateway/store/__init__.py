@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from ..errors import DependencyDown
-from .base import RefreshRecord, Revocation, RevocationFeed, Rotation, Store, StoreUnavailable, UserRecord
+from .base import RefreshRecord, Revocation, RevocationFeed, Rotation, SessionInfo, Store, StoreUnavailable, UserRecord
 from .memory import MemoryStore
 from .redis.url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
     from ..config.load import StoreConfig
 
-__all__ = ["MemoryStore", "RedisTarget", "store_reachable", "RefreshRecord", "Revocation", "RevocationFeed", "Rotation", "Store",
-           "StoreUnavailable", "UserRecord", "open_store", "parse_redis_url"]
+__all__ = ["MemoryStore", "RedisTarget", "store_reachable", "RefreshRecord", "Revocation", "RevocationFeed", "Rotation",
+           "SessionInfo", "Store", "StoreUnavailable", "UserRecord", "open_store", "parse_redis_url"]
 
 @contextlib.contextmanager
 def store_reachable(what: str = "the session store") -> Iterator[None]:

@@ -18,15 +18,19 @@ from typing import Any, ClassVar, Literal
 # deny:jti:{<iss>|<jti>}         "1", TTL = the token's remaining life            (revoked access token)
 # deny:sub:{<iss>|<sub>}         epoch seconds (float as text); tokens of <sub> with iat below are dead;
 #                                TTL = the longest life a token issued before it can still have
+# deny:sid:{<iss>|<sid>}         "1", TTL = the longest life of an access token of that session (ended session)
 # deny:index:{deny}              sorted set of '["<kind>","<iss>","<id>"]' (JSON) scored by expiry: lets a
-#                                mirror load every live revocation in one pass (kind: jti or sub)
-# deny:values:{deny}             hash: the same members -> Revocation.value (jti: exp; sub: watermark)
+#                                mirror load every live revocation in one pass (kind: jti, sub or sid)
+# deny:values:{deny}             hash: the same members -> Revocation.value (jti: exp; sub: watermark;
+#                                sid: when the session ended)
 # refresh:{<family>}:<hash>      hash: sub, exp, data (JSON), state (live|rotated), rotated_at, next
 #                                (hash of the successor), sealed (the winner's sealed_reply); TTL = exp
 # refresh:family-of:{<hash>}     the family id of a refresh token (lookup by hash alone); TTL = exp
 # family:{<family>}              hash: sub, iss, head (newest token), dead ("0" while live, else why it
 #                                ended: "ended" on purpose, "reused" by reuse detection; "1", written
-#                                by older versions, reads as "reused"); TTL = the latest exp of its tokens
+#                                by older versions, reads as "reused"); what lists the session (SessionInfo):
+#                                created, last_used (each rotation), user_agent, client, method;
+#                                TTL = the latest exp of its tokens
 # families:{<iss>|<sub>}         set of family ids of a subject (logout-all, password reset)
 # user:{<username>}              hash: the UserRecord fields, roles as JSON     (auth.users: store)
 # users:{users}                  set of usernames
@@ -45,6 +49,7 @@ from typing import Any, ClassVar, Literal
 # behind by a step cut short leads to a reset-of:{..} that does not hold its hash, which is no token.
 DENY_JTI = "deny:jti:"
 DENY_SUB = "deny:sub:"
+DENY_SID = "deny:sid:"
 DENY_INDEX = "deny:index:{deny}"
 DENY_VALUES = "deny:values:{deny}"
 REFRESH = "refresh:"
@@ -77,17 +82,23 @@ class StoreUnavailable(Exception):
         super().__init__(f"store {url} is unavailable: {reason}")
 
 
+RevocationKind = Literal["jti", "sub", "sid"]
+REVOCATION_KINDS: tuple[RevocationKind, ...] = ("jti", "sub", "sid")
+
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """One revocation: of a token id (``kind="jti"``) or of a subject's earlier tokens (``"sub"``).
+    """One revocation: of a token id (``kind="jti"``), of a subject's earlier tokens (``"sub"``) or of
+    every access token of one session (``"sid"``: the tokens whose ``sid`` claim names it).
 
     ``value``: for a jti, the token's exp (the entry's expiry); for a sub, the watermark (tokens
-    with iat below it are dead). ``expires_at``: when the entry may be forgotten (epoch seconds).
+    with iat below it are dead); for a sid, when the session ended. ``expires_at``: when the entry may be
+    forgotten (epoch seconds).
     ``published_at``: when the store announced it (on the feed only; what the mirror's lag is
     measured from). It takes no part in comparisons.
     """
 
-    kind: Literal["jti", "sub"]
+    kind: RevocationKind
     iss: str
     id: str
     value: float
@@ -142,6 +153,20 @@ class RefreshRecord:
     sub: str
     exp: float
     data: Mapping[str, Any] = field(default_factory=dict)   # what the next access token needs (roles ...)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a session (a refresh family) lists: ``id`` is the family (the ``sid`` of its access
+    tokens); ``created`` and ``last_used`` (its latest rotation) are epoch seconds; ``method`` is
+    ``password`` or the provider's name. A family written by an older version lists zeros and blanks."""
+
+    id: str
+    created: float = 0.0
+    last_used: float = 0.0
+    user_agent: str = ""
+    client: str = ""
+    method: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +232,9 @@ class Store(abc.ABC):
 
     # -- refresh tokens
     @abc.abstractmethod
-    async def add_refresh(self, record: RefreshRecord, iss: str) -> None:
-        """Store a new live refresh token (a new family when its family is new)."""
+    async def add_refresh(self, record: RefreshRecord, iss: str, session: SessionInfo | None = None) -> None:
+        """Store a new live refresh token (a new family when its family is new, listed with ``session``'s
+        created, user_agent, client and method; ``last_used`` starts at ``created``)."""
 
     @abc.abstractmethod
     async def rotate_refresh(self, token_hash: str, successor: RefreshRecord, now: float,
@@ -218,7 +244,8 @@ class Store(abc.ABC):
         ended (nothing changes). Already rotated less than grace_s ago -> grace (nothing changes).
         Already rotated otherwise, or family killed by reuse -> the family is killed (as reused), its
         newest token too -> reused. Missing/expired (``exp <= now``) -> unknown.
-        Of N concurrent calls with one live token, exactly one gets ok.
+        Of N concurrent calls with one live token, exactly one gets ok; it sets the family's
+        ``last_used`` to ``now``.
         The token is found by its hash alone: the successor is filed under the presented token's
         family (``Rotation.record.family``), whatever ``successor.family`` says, and is only stored
         on ok."""
@@ -231,6 +258,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def kill_families_of(self, iss: str, sub: str) -> int:
         """Every refresh family of that subject dies (ended on purpose); returns how many."""
+
+    @abc.abstractmethod
+    async def list_sessions(self, iss: str, sub: str) -> list[SessionInfo]:
+        """The subject's live sessions (families neither ended nor expired), oldest first."""
+
+    @abc.abstractmethod
+    async def end_session(self, iss: str, sub: str, family: str) -> bool:
+        """Atomically: when ``family`` is a live family of exactly this subject and issuer, it ends (on
+        purpose, like logout) -> True. Unknown, another subject's, or dead already -> False, nothing changes."""
 
     @abc.abstractmethod
     async def find_refresh(self, token_hash: str) -> RefreshRecord | None:

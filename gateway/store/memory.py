@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import time
 
-from .base import (ENDED, REUSED, EndReason, RefreshRecord, Revocation, RevocationFeed, Rotation, Store,
+from .base import (ENDED, REUSED, EndReason, RefreshRecord, Revocation, RevocationFeed, Rotation, SessionInfo, Store,
                    StoreUnavailable, UserRecord)
 
 SWEEP_EVERY_S = 60.0   # how often expired entries are dropped (each lookup checks expiry anyway)
@@ -33,6 +33,7 @@ class _Family:
     exp: float
     head: str = ""
     ended: EndReason | None = None   # why it died; None while it lives
+    session: SessionInfo | None = None   # what lists it (last_used moves with each rotation)
 
 
 @dataclass
@@ -149,11 +150,13 @@ class MemoryStore(Store):
         return MemoryFeed(self._feeds)
 
     # -- refresh tokens
-    async def add_refresh(self, record: RefreshRecord, iss: str) -> None:
+    async def add_refresh(self, record: RefreshRecord, iss: str, session: SessionInfo | None = None) -> None:
         s = self._open()
         family = self._live_family(record.family)
         if family is None:
-            family = s.families[record.family] = _Family(record.sub, iss, record.exp)
+            info = SessionInfo(record.family) if session is None else dataclasses.replace(
+                session, id=record.family, last_used=session.created)
+            family = s.families[record.family] = _Family(record.sub, iss, record.exp, session=info)
         family.exp, family.head = max(family.exp, record.exp), record.token_hash
         s.tokens[record.token_hash] = _Token(record)
         s.families_of.setdefault((iss, record.sub), set()).add(record.family)
@@ -171,6 +174,8 @@ class MemoryStore(Store):
             successor = dataclasses.replace(successor, family=record.family)
             s.tokens[successor.token_hash] = _Token(successor)
             family.exp, family.head = max(family.exp, successor.exp), successor.token_hash
+            if family.session is not None:
+                family.session = dataclasses.replace(family.session, last_used=now)
             return Rotation("ok", record)
         if family.ended is None and now - token.rotated_at < grace_s:
             return Rotation("grace", record, token.sealed)
@@ -197,6 +202,24 @@ class MemoryStore(Store):
                 family.ended = ENDED
                 killed += 1
         return killed
+
+    async def list_sessions(self, iss: str, sub: str) -> list[SessionInfo]:
+        s = self._open()
+        found = []
+        for name in s.families_of.get((iss, sub), ()):
+            family = self._live_family(name)
+            if family is not None and family.ended is None and family.sub == sub:
+                found.append(family.session or SessionInfo(name))
+        return sorted(found, key=lambda info: (info.created, info.id))
+
+    async def end_session(self, iss: str, sub: str, family: str) -> bool:
+        s = self._open()
+        found = self._live_family(family)
+        if found is None or found.ended is not None or (found.iss, found.sub) != (iss, sub):
+            return False
+        found.ended = ENDED
+        s.families_of.get((iss, sub), set()).discard(family)
+        return True
 
     async def find_refresh(self, token_hash: str) -> RefreshRecord | None:
         s = self._open()

@@ -30,3 +30,11 @@ def test_a_count_below_one_is_refused() -> None:
     with pytest.raises(SystemExit) as exc:
         bench_mirror.main(["--count", "0"])
     assert exc.value.code == 2
+
+
+def test_ended_sessions_in_the_mirror_are_refused_too(tmp_path: Path) -> None:
+    out = tmp_path / "mirror.json"
+    assert bench_mirror.main(["--count", "2000", "--probes", "2000", "--sample", "1000", "--sid-share", "0.5",
+                              "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["sid_share"] == 0.5 and figures["false_acceptances"] == 0

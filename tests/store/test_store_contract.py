@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections import Counter
 
 import pytest
 
-from gateway.store import RefreshRecord, Revocation, Store, UserRecord
+from gateway.store import RefreshRecord, Revocation, SessionInfo, Store, UserRecord
 
 from .conftest import ISS, Clock, MakeStore
 
@@ -235,6 +236,112 @@ async def test_kill_families_of_ends_every_family_of_that_subject_only(store: St
     assert await store.find_refresh(bob.token_hash) == bob
     assert await store.find_refresh(other_issuer.token_hash) == other_issuer
     assert await store.kill_families_of(ISS, "alice") == 0
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+def started(token: RefreshRecord, created: float, **fields: str) -> SessionInfo:
+    return SessionInfo(token.family, created, created, **{"user_agent": "curl/8", "client": "192.0.2.7",
+                                                          "method": "password", **fields})
+
+
+async def test_a_new_family_lists_as_a_session_with_what_its_login_recorded(store: Store, clock: Clock):
+    now = clock()
+    token = refresh(sub="alice", now=now)
+    await store.add_refresh(token, ISS, started(token, now - 5, method="github"))
+    await store.add_refresh(refresh(sub="bob", now=now), ISS, started(refresh(), now))
+    await store.add_refresh(refresh(sub="alice", now=now), "https://other", started(refresh(), now))
+    assert await store.list_sessions(ISS, "alice") == [started(token, now - 5, method="github")]
+    assert await store.list_sessions(ISS, "nobody") == []
+
+
+async def test_rotation_moves_last_used_and_keeps_the_rest(store: Store, clock: Clock):
+    now = clock()
+    first = refresh(now=now)
+    await store.add_refresh(first, ISS, started(first, now - 60))
+    successor = refresh(first.family, now=now)
+    assert (await store.rotate_refresh(first.token_hash, successor, now)).outcome == "ok"
+    assert await store.list_sessions(ISS, "alice") == [dataclasses.replace(started(first, now - 60), last_used=now)]
+
+
+async def test_a_token_added_to_a_live_family_does_not_restart_its_session(store: Store, clock: Clock):
+    now = clock()
+    first = refresh(now=now)
+    await store.add_refresh(first, ISS, started(first, now - 60))
+    await store.add_refresh(refresh(first.family, now=now), ISS, started(first, now, user_agent="other"))
+    assert await store.list_sessions(ISS, "alice") == [started(first, now - 60)]
+
+
+async def test_sessions_list_oldest_first_and_leave_out_ended_ones(store: Store, clock: Clock):
+    now = clock()
+    tokens = [refresh(now=now) for _ in range(4)]
+    for age, token in zip((10, 30, 20, 40), tokens):
+        await store.add_refresh(token, ISS, started(token, now - age))
+    await store.kill_family(tokens[3].family)                               # logout
+    await store.rotate_refresh(tokens[2].token_hash, refresh(now=now), now)
+    await store.rotate_refresh(tokens[2].token_hash, refresh(now=now), now + 1)   # reuse: dead
+    assert [s.id for s in await store.list_sessions(ISS, "alice")] == [tokens[1].family, tokens[0].family]
+    await store.kill_families_of(ISS, "alice")
+    assert await store.list_sessions(ISS, "alice") == []
+
+
+async def test_a_family_without_session_details_still_lists(store: Store, clock: Clock):
+    token = refresh(now=clock())
+    await store.add_refresh(token, ISS)
+    assert await store.list_sessions(ISS, "alice") == [SessionInfo(token.family)]
+
+
+async def test_an_expired_session_is_not_listed(store: Store, clock: Clock):
+    token = refresh(exp=clock() + 1)
+    await store.add_refresh(token, ISS, started(token, clock()))
+
+    async def forgotten() -> bool:
+        return await store.list_sessions(ISS, "alice") == []
+
+    await clock.expire(forgotten, at=token.exp)
+
+
+async def test_end_session_ends_one_live_family_of_that_subject_only(store: Store, clock: Clock):
+    now = clock()
+    mine, other, bobs = refresh(sub="alice", now=now), refresh(sub="alice", now=now), refresh(sub="bob", now=now)
+    for token in (mine, other, bobs):
+        await store.add_refresh(token, ISS, started(token, now))
+    assert await store.end_session(ISS, "bob", mine.family) is False         # not bob's
+    assert await store.end_session("https://other", "alice", mine.family) is False
+    assert await store.end_session(ISS, "alice", "no-such-family") is False
+    assert await store.end_session(ISS, "alice", mine.family) is True
+    assert await store.end_session(ISS, "alice", mine.family) is False       # ended already
+    assert (await store.rotate_refresh(mine.token_hash, refresh(now=now), now)).outcome == "ended"
+    assert [s.id for s in await store.list_sessions(ISS, "alice")] == [other.family]
+    assert await store.find_refresh(other.token_hash) == other
+    assert await store.find_refresh(bobs.token_hash) == bobs
+
+
+async def test_a_session_killed_for_reuse_cannot_be_ended(store: Store, clock: Clock):
+    now = clock()
+    first = refresh(now=now)
+    await store.add_refresh(first, ISS, started(first, now))
+    await store.rotate_refresh(first.token_hash, refresh(now=now), now)
+    await store.rotate_refresh(first.token_hash, refresh(now=now), now + 1)
+    assert await store.end_session(ISS, "alice", first.family) is False
+    assert (await store.rotate_refresh(first.token_hash, refresh(now=now), now + 2)).outcome == "reused"
+
+
+async def test_of_concurrent_ends_of_one_session_exactly_one_wins(store: Store, clock: Clock):
+    token = refresh(now=clock())
+    await store.add_refresh(token, ISS, started(token, clock()))
+    results = await asyncio.gather(*(store.end_session(ISS, "alice", token.family) for _ in range(10)))
+    assert Counter(results) == {True: 1, False: 9}
+
+
+async def test_a_revoked_sid_is_live_until_its_expiry_and_published(store: Store, clock: Clock):
+    now = clock()
+    revocation = Revocation("sid", ISS, "fam-1", now, now + 60)
+    async with store.revocation_events() as feed:
+        await store.revoke(revocation)
+        assert await asyncio.wait_for(anext(feed), 5) == revocation
+    assert await store.live_revocations(now) == [revocation]
+    assert await store.live_revocations(now + 61) == []
 
 
 # -- users -------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..accounts.directory import AuthenticatedUser
 from ..cookies import csrf_token_for, set_session_cookies
 from ..endpoints import add_endpoint
 from ..ratelimit import RateLimiter, client_address
-from ..sessions import sessions_of
+from ..sessions import origin_of, sessions_of
 from .accounts import account_for
 from .clients import GithubClient, OidcClient, ProviderClient, with_query
 from .forms import (CREATED_FLAG, CREATED_NOTICE, form_refusal, form_token, has_form_token, read_form, set_form_cookie,
@@ -314,7 +314,7 @@ async def end_session_url(request: web.Request, kept: dict[str, str]) -> str | N
 async def _signed_in(request: web.Request, gw: Gateway, user: AuthenticatedUser, rd: str, action: str,
                      data: dict[str, str], provider: str | None = None) -> web.StreamResponse:
     """Issue the session exactly as a password login does, then 302 to ``rd``."""
-    pair = await sessions_of(gw).issue(user, data)
+    pair = await sessions_of(gw).issue(user, data, origin_of(request, gw.config))
     now = time.time()
     resp = found(rd)
     cfg = gw.config

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import RedisCluster
 
-from ..base import REVOCATIONS_CHANNEL, Revocation, RevocationFeed, StoreUnavailable
+from ..base import REVOCATION_KINDS, REVOCATIONS_CHANNEL, Revocation, RevocationFeed, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def encode_revocation(r: Revocation, now: float | None = None) -> bytes:
 def decode_revocation(data: bytes) -> Revocation | None:
     try:
         m = json.loads(data)
-        if m["kind"] not in ("jti", "sub"):
+        if m["kind"] not in REVOCATION_KINDS:
             raise ValueError(m["kind"])
         at = m.get("at")   # absent from an older instance's messages
         return Revocation(m["kind"], str(m["iss"]), str(m["id"]), float(m["value"]), float(m["expires_at"]),

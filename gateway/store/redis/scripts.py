@@ -58,10 +58,12 @@ local function extend(key, exp_ms)
 end
 """
 
-# KEYS: refresh:{f}:<hash>, family:{f}   ARGV: sub, exp, exp_ms, data, iss, hash
+# KEYS: refresh:{f}:<hash>, family:{f}
+# ARGV: sub, exp, exp_ms, data, iss, hash, created, user_agent, client, method (the last four: a new family's)
 ADD_REFRESH = _EXTEND_FAMILY + """
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'sub', ARGV[1], 'iss', ARGV[5], 'dead', '0')
+  redis.call('HSET', KEYS[2], 'sub', ARGV[1], 'iss', ARGV[5], 'dead', '0', 'created', ARGV[7],
+             'last_used', ARGV[7], 'user_agent', ARGV[8], 'client', ARGV[9], 'method', ARGV[10])
 end
 redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'exp', ARGV[2], 'data', ARGV[4], 'state', 'live')
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
@@ -83,7 +85,7 @@ if t[1] == 'live' and live then
   redis.call('HSET', KEYS[1], 'state', 'rotated', 'rotated_at', ARGV[1], 'next', ARGV[4], 'sealed', ARGV[3])
   redis.call('HSET', KEYS[2], 'sub', ARGV[5], 'exp', ARGV[6], 'data', ARGV[8], 'state', 'live')
   redis.call('PEXPIREAT', KEYS[2], ARGV[7])
-  redis.call('HSET', KEYS[3], 'head', ARGV[4])
+  redis.call('HSET', KEYS[3], 'head', ARGV[4], 'last_used', ARGV[1])
   extend(KEYS[3], ARGV[7])
   return {'ok', t[4], t[2], t[5]}
 end
@@ -110,6 +112,14 @@ if not f[1] then return nil end
 if f[2] and f[2] ~= '0' then return {f[1], '0'} end
 redis.call('HSET', KEYS[1], 'dead', ARGV[1])
 return {f[1], '1'}
+"""
+
+# KEYS: family:{f}   ARGV: iss, sub  ->  1 when this call ended that live family of exactly this subject, else 0
+END_SESSION = """
+local f = redis.call('HMGET', KEYS[1], 'sub', 'iss', 'dead')
+if f[1] ~= ARGV[2] or f[2] ~= ARGV[1] or f[3] ~= '0' then return 0 end
+redis.call('HSET', KEYS[1], 'dead', 'ended')
+return 1
 """
 
 # KEYS: a set   ARGV: member, expires_at_ms  ->  the set lives as long as its latest member

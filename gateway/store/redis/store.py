@@ -17,17 +17,19 @@ from typing import Any
 from redis import exceptions as rx
 from redis.asyncio import RedisCluster
 
-from ..base import (DENY_INDEX, DENY_JTI, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, ONCE, RATE, REFRESH,
+from ..base import (DENY_INDEX, DENY_JTI, DENY_SID, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, ONCE, RATE, REFRESH,
                     REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
-                    Revocation, Rotation, Store, StoreUnavailable, UserRecord)
+                    Revocation, Rotation, SessionInfo, Store, StoreUnavailable, UserRecord)
 from .feed import RedisFeed, encode_revocation
-from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE, PUT_RESET,
-                      PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
+from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, END_SESSION, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE,
+                      PUT_RESET, PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
 
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
                 rx.TryAgainError, rx.ReadOnlyError, rx.OutOfMemoryError, rx.NoPermissionError, OSError)
 _UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "LOADING")   # plain ResponseErrors that mean "not now"
 MAX_REASON_CHARS = 200   # some errors carry a client's whole repr
+_ONE_ID = {"jti": DENY_JTI, "sid": DENY_SID}   # revocations of one id (not a watermark): a plain key each
+_SESSION_FIELDS = ("sub", "iss", "dead", "created", "last_used", "user_agent", "client", "method")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -69,7 +71,7 @@ class RedisStore(Store):
         scripts = {"watermark": WATERMARK, "index": INDEX, "live": LIVE, "add_refresh": ADD_REFRESH, "rotate": ROTATE,
                    "find_refresh": FIND_REFRESH, "kill_family": KILL_FAMILY, "add_member": ADD_MEMBER,
                    "add_user": ADD_USER, "put_user": PUT_USER, "hit": HIT, "put_reset": PUT_RESET,
-                   "take_reset": TAKE_RESET}
+                   "take_reset": TAKE_RESET, "end_session": END_SESSION}
         self._scripts = {name: client.register_script(script) for name, script in scripts.items()}
 
     def translate(self, exc: BaseException) -> StoreUnavailable | None:
@@ -121,8 +123,8 @@ class RedisStore(Store):
             return
         r, member = revocation, json.dumps([revocation.kind, revocation.iss, revocation.id], separators=(",", ":"))
         async with self._guard():
-            if r.kind == "jti":
-                await self._c.set(_tagged(DENY_JTI, r.iss, r.id), b"1", pxat=_ms(r.expires_at))
+            if r.kind in _ONE_ID:
+                await self._c.set(_tagged(_ONE_ID[r.kind], r.iss, r.id), b"1", pxat=_ms(r.expires_at))
             else:
                 await self._run("watermark", [_tagged(DENY_SUB, r.iss, r.id)], repr(r.value), _ms(r.expires_at))
             # The index has the last word (a later watermark may be in force): publish what it holds.
@@ -146,15 +148,16 @@ class RedisStore(Store):
         return RedisFeed(self._subscriber, self.safe_url, self.translate, self._feeds, self.feed_ping_s)
 
     # -- refresh tokens
-    async def add_refresh(self, record: RefreshRecord, iss: str) -> None:
+    async def add_refresh(self, record: RefreshRecord, iss: str, session: SessionInfo | None = None) -> None:
         if not record.family:
             raise ValueError("a refresh token needs a family id")   # an empty hash tag would split the slots
         fam, exp_ms = record.family, _ms(record.exp)
+        info = session or SessionInfo(fam)
         async with self._guard():
             await self._c.set(_tagged(REFRESH_FAMILY_OF, record.token_hash), fam, pxat=exp_ms)
             await self._run("add_refresh", [_refresh_key(fam, record.token_hash), _tagged(FAMILY, fam)],
                             record.sub, repr(record.exp), exp_ms, json.dumps(dict(record.data)), iss,
-                            record.token_hash)
+                            record.token_hash, repr(info.created), info.user_agent, info.client, info.method)
             await self._run("add_member", [_tagged(FAMILIES, iss, record.sub)], fam, exp_ms)
 
     async def rotate_refresh(self, token_hash: str, successor: RefreshRecord, now: float,
@@ -195,6 +198,27 @@ class RedisStore(Store):
             if families:
                 await self._c.srem(key, *families)
         return killed
+
+    async def list_sessions(self, iss: str, sub: str) -> list[SessionInfo]:
+        async with self._guard():
+            families = sorted(_text(f) for f in await self._c.smembers(_tagged(FAMILIES, iss, sub)))
+            # One read per family, each on its own slot; a family whose hash expired is simply gone.
+            async with self._c.pipeline(transaction=False) as pipe:
+                for family in families:
+                    pipe.hmget(_tagged(FAMILY, family), list(_SESSION_FIELDS))
+                found = await pipe.execute()
+        sessions = [_session(family, [None if v is None else _text(v) for v in fields])
+                    for family, fields in zip(families, found)
+                    if fields[0] is not None and _text(fields[0]) == sub and _text(fields[1]) == iss
+                    and _text(fields[2]) == "0"]
+        return sorted(sessions, key=lambda info: (info.created, info.id))
+
+    async def end_session(self, iss: str, sub: str, family: str) -> bool:
+        async with self._guard():
+            ended = await self._run("end_session", [_tagged(FAMILY, family)], iss, sub)
+            if ended == 1:   # tidy: the set is only a hint (list_sessions checks each family itself)
+                await self._c.srem(_tagged(FAMILIES, iss, sub), family)
+        return ended == 1
 
     async def find_refresh(self, token_hash: str) -> RefreshRecord | None:
         async with self._guard():
@@ -279,6 +303,13 @@ class RedisStore(Store):
             wait_ms = await self._run("hit", [_tagged(RATE, bucket)], limit, int(window_s))
         return int(wait_ms) / 1000
 
+
+
+def _session(family: str, fields: list[str | None]) -> SessionInfo:
+    """A SessionInfo from the HMGET of _SESSION_FIELDS (a family of an older version has only the first three)."""
+    _, _, _, created, last_used, user_agent, client, method = fields
+    return SessionInfo(family, float(created or 0), float(last_used or created or 0), user_agent or "", client or "",
+                       method or "")
 
 
 def encode_user(user: UserRecord) -> list[str]:

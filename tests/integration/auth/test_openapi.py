@@ -37,7 +37,7 @@ from gateway.paths import normalise
 from gateway.pipeline import GATEWAY, JWKS_PATH, Gateway
 from tests.conftest import bearer
 from tests.integration.auth import test_auth_routes as shared
-from tests.integration.auth.test_auth_routes import CHEAP, PASSWORD, add_accounts, until
+from tests.integration.auth.test_auth_routes import CHEAP, PASSWORD, add_accounts, claims_of, until
 from tests.integration.edge_kit import serve_gateway
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ RATE_LIMITS = {name: "100000/min" for name in RateLimitsConfig.model_fields}
 OPERATIONS = {
     "login": ("POST", "/login"), "refresh": ("POST", "/refresh"), "logout": ("POST", "/logout"),
     "logoutAll": ("POST", "/logout-all"), "signup": ("POST", "/signup"),
+    "listSessions": ("GET", "/sessions"), "endSession": ("DELETE", "/sessions/{id}"),
     "forgotPassword": ("POST", "/forgot-password"), "resetPassword": ("POST", "/reset-password"),
     "changePassword": ("POST", "/change-password"),
     **{f"verify{m.capitalize()}": (m.upper(), "/verify") for m in VERIFY_METHODS},
@@ -66,7 +67,7 @@ OPERATIONS = {
     "forgotPasswordPage": ("GET", "/forgot-password"),
 }
 PAGE_FORMS = ("/login", "/signup", "/forgot-password")   # the paths whose urlencoded posts are a page's form
-NEEDS_TOKEN = frozenset({"logout", "logoutAll", "changePassword",
+NEEDS_TOKEN = frozenset({"logout", "logoutAll", "changePassword", "listSessions", "endSession",
                          *(op for op in OPERATIONS if op.startswith("verify"))})
 
 
@@ -400,6 +401,12 @@ def walk_session_paths(live: Live, http: requests.Session) -> None:
     call(live, http, "verifyPost", status=403, headers={**bearer(fresh["access_token"]),
                                                         "X-Forwarded-Method": "POST", "X-Original-URI": "/api/orders"})
     call(live, http, "verifyGet", status=200, headers={"X-Forwarded-Uri": "/api/public/x"})
+    mine, other = (call(live, http, "login", status=200, **login).json() for _ in range(2))
+    listed = call(live, http, "listSessions", status=200, headers=bearer(mine["access_token"])).json()["sessions"]
+    assert [s["current"] for s in listed] == [True, False]   # fresh's session died of the reuse above
+    for status in (204, 404):   # the second time: ended already
+        call(live, http, "endSession", status=status, headers=bearer(mine["access_token"]),
+             path_parameters={"id": claims_of(other["access_token"])["sid"]})
     call(live, http, "logout", status=204, headers=bearer(fresh["access_token"]))
     call(live, http, "logoutAll", status=204, headers=bearer(call(live, http, "login", status=200,
                                                                   **login).json()["access_token"]))
@@ -479,7 +486,7 @@ async def test_lone_surrogates_get_a_documented_answer(live: Live, http: request
 # --- methods: one answer for TRACE and CONNECT everywhere ---------------------------------------
 
 OWN_PATHS = ("/login", "/refresh", "/logout", "/logout-all", "/verify", "/signup", "/forgot-password",
-             "/reset-password", "/change-password", OPENAPI_PATH)
+             "/reset-password", "/change-password", "/sessions", "/sessions/some-id", OPENAPI_PATH)
 
 
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT"])

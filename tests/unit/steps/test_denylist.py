@@ -179,3 +179,46 @@ def test_feed_messages_carry_their_publication_time_and_old_ones_still_decode() 
     assert stamped == r and stamped is not None and stamped.published_at == 1_800_000_000.0
     old = decode_revocation(b'{"kind":"jti","iss":"i","id":"j","value":1,"expires_at":2}')
     assert old is not None and old.published_at is None
+
+
+# -- ended sessions (sid) ---------------------------------------------------------------------------
+
+def of_session(sid: str, jti: str = "j-any", **claims: object) -> Identity:
+    return Identity(sub="alice", roles=frozenset(), jti=jti, iss=ISS, exp=1_700_000_900.0, iat=1_699_999_000.0,
+                    claims={"sid": sid, **claims})
+
+
+async def test_an_ended_session_refuses_every_token_naming_it_until_its_expiry(mirror: Denylist,
+                                                                             clock: FakeClock) -> None:
+    await mirror.start()
+    await until(lambda: mirror.in_sync)
+    await mirror.revoke(Revocation("sid", ISS, "s1", clock.now, clock.now + 60))
+    for jti in ("j1", "j2"):
+        with pytest.raises(RevokedToken):
+            mirror.check(of_session("s1", jti))
+    mirror.check(of_session("s2"))                  # another session
+    mirror.check(identity(jti="s1"))                # a token id equal to the sid is another thing
+    mirror.check(Identity(sub="alice", roles=frozenset(), jti="j1", iss="https://other", exp=0.0, iat=None,
+                          claims={"sid": "s1"}))    # another issuer's session
+    clock.now += 61
+    mirror.check(of_session("s1"))
+
+
+async def test_a_sid_revoked_as_a_jti_refuses_no_session(mirror: Denylist, clock: FakeClock) -> None:
+    await mirror.start()
+    await until(lambda: mirror.in_sync)
+    await mirror.revoke(jti_revocation("s1", clock.now + 60))
+    mirror.check(of_session("s1"))
+
+
+async def test_ended_sessions_survive_a_reload_and_arrive_by_the_feed(mirror: Denylist, store: MemoryStore,
+                                                                      clock: FakeClock) -> None:
+    await store.revoke(Revocation("sid", ISS, "before", clock.now, clock.now + 60))
+    await mirror.start()
+    await until(lambda: mirror.in_sync)
+    await store.revoke(Revocation("sid", ISS, "after", clock.now, clock.now + 60))   # as another instance would
+    await until(lambda: len(mirror) == 2)
+    await mirror._replace(await store.live_revocations(clock.now), clock.now)
+    for sid in ("before", "after"):
+        with pytest.raises(RevokedToken):
+            mirror.check(of_session(sid))

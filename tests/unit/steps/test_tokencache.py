@@ -289,3 +289,28 @@ async def _caught_up(follower: Denylist, leader: Denylist) -> None:
     while len(follower) != len(leader):
         assert time.monotonic() < deadline, "the second mirror did not catch up"
         await asyncio.sleep(0.005)
+
+
+async def test_ending_a_session_refuses_its_cached_tokens_only(world: Callable[..., Any],
+                                                               mint: Callable[..., str]) -> None:
+    auth, denylist, _ = await world()
+    first, second, other = mint(sid="s1"), mint(sid="s1"), mint(sid="s2")
+    for token in (first, second, other):
+        await auth.authenticate(token)
+    now = time.time()
+    await denylist.revoke(Revocation("sid", ISSUER, "s1", now, now + 3600))
+    for token in (first, second):
+        with pytest.raises(RevokedToken):
+            await auth.authenticate(token)
+    assert (await auth.authenticate(other)).identity.sid == "s2"
+
+
+def test_a_sid_revocation_drops_exactly_the_cached_tokens_of_that_session() -> None:
+    cache = TokenCache(10, leeway_s=30)
+    exp = time.time() + 600
+    for n, sid in enumerate(("s1", "s1", "s2", None)):
+        ident = _identity(n, exp)
+        cache.put(f"t{n}", Identity(**{**{f: getattr(ident, f) for f in ident.__slots__},
+                                       "claims": {"sid": sid} if sid else {}}))
+    assert cache.revoke(Revocation("sid", ISSUER, "s1", 0.0, exp)) == 2
+    assert sorted(t for t in ("t0", "t1", "t2", "t3") if cache.get(t, time.time())) == ["t2", "t3"]
