@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from .errors import GatewayError, Handler, error_response
+from .forward.dpop_request import DPOP_ALGS
 from .forward.request_id import REQUEST_ID, request_id_of
 from .logs import ACCESS_NOTE
 
@@ -39,7 +40,7 @@ def answer_for(request: web.Request, exc: Exception) -> web.Response:
     else:
         log.error("unhandled error", exc_info=exc, extra={"method": request.method, "path": request.rel_url.path})
         exc = GatewayError()
-    resp = error_response(exc)
+    resp = error_response(exc, request.get(DPOP_ALGS))
     if REQUEST_ID not in resp.headers:
         resp.headers[REQUEST_ID] = request_id_of(request)
     if not request.content.is_eof():

@@ -125,6 +125,12 @@ class RefreshTokenReused(InvalidRefreshToken):
     code = "refresh_token_reused"
     description = "the refresh token was used already; its session has been revoked"
 
+    def __init__(self, description: str | None = None, *, subject: str | None = None,
+                 session: str | None = None) -> None:
+        super().__init__(description)
+        # Whose session died, for the audit line the refresh endpoint writes (never in the answer).
+        self.subject, self.session = subject, session
+
 
 class SessionEnded(InvalidRefreshToken):
     """The token's session was ended on purpose (logout, password reset, revocation): no reuse alarm."""
@@ -254,10 +260,26 @@ def challenge(exc: GatewayError) -> str:
     return f'Bearer realm="{REALM}", error="invalid_token", error_description="{_quote(exc.description)}"'
 
 
-def error_response(exc: GatewayError) -> web.Response:
+def dpop_challenge(exc: GatewayError, algs: str) -> str:
+    """RFC 9449 7.1: the ``DPoP`` challenge of a 401 where DPoP-bound tokens are accepted."""
+    came = not isinstance(exc, MissingToken) and type(exc) is not Unauthenticated
+    if isinstance(exc, InvalidDpopProof) or (came and exc.error == "invalid_token"):
+        return f'DPoP error="{exc.error}", algs="{algs}", error_description="{_quote(exc.description)}"'
+    return f'DPoP algs="{algs}"'   # no credentials came: no error code (as for Bearer)
+
+
+def error_response(exc: GatewayError, dpop_algs: str | None = None) -> web.Response:
+    """The answer for ``exc``. ``dpop_algs``: the request's route accepts DPoP (RFC 9449), so a 401
+    carries a DPoP challenge beside the Bearer one (first when the proof was what failed)."""
     body = {"error": exc.error, "error_description": exc.description, "code": exc.code}
     headers = {"Cache-Control": "no-store", **exc.headers}
     if exc.status in (401, 403):
         headers["WWW-Authenticate"] = challenge(exc)
-    return web.Response(status=exc.status, text=json.dumps(body), content_type="application/json",
+    resp = web.Response(status=exc.status, text=json.dumps(body), content_type="application/json",
                         headers=headers)
+    if dpop_algs is not None and exc.status == 401:
+        bearer = resp.headers.popall("WWW-Authenticate")
+        dpop = [dpop_challenge(exc, dpop_algs)]
+        for value in (dpop + bearer if isinstance(exc, InvalidDpopProof) else bearer + dpop):
+            resp.headers.add("WWW-Authenticate", value)
+    return resp

@@ -21,6 +21,7 @@ from aiohttp import web
 from .config.load import LogConfig
 
 ACCESS_LOGGER = "tokengate.access"
+AUDIT_LOGGER = "tokengate.audit"
 _json_string = json.encoder.encode_basestring_ascii   # C: a JSON string literal, quotes and escapes included
 FLUSH_EVERY_S = 0.05        # access lines wait at most this long before they are written
 FLUSH_BYTES = 64 * 1024     # ... or until this much is pending
@@ -42,6 +43,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, separators=(",", ":"))
 
 
+class TextFormatter(logging.Formatter):
+    """The text format: the message, then the record's ``extra`` fields as ``key=value`` (the same
+    fields the JSON line has, so an audit line reads whole in either format)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        pairs = " ".join(f"{key}={value}" for key, value in record.__dict__.items()
+                         if key not in _RECORD_FIELDS and not key.startswith("_"))
+        if not pairs:
+            return text
+        head, newline, rest = text.partition("\n")   # a traceback stays below the line
+        return f"{head} {pairs}{newline}{rest}"
+
+
 def _utc(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
@@ -52,10 +67,49 @@ def configure_logging(cfg: LogConfig) -> None:
     if cfg.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
+
+
+# -- the audit log -----------------------------------------------------------------------------------
+
+# Events (DESIGN "Sessions and sender-constrained tokens"; the README lists them).
+LOGIN = "login"
+LOGIN_FAILED = "login_failed"
+REFRESH = "refresh"
+REFRESH_REUSE = "refresh_reuse"
+LOGOUT = "logout"
+LOGOUT_ALL = "logout_all"
+SESSION_END = "session_end"
+PASSWORD_CHANGE = "password_change"
+PASSWORD_RESET = "password_reset"
+OAUTH_LOGIN = "oauth_login"
+ADMIN_REVOKE = "admin_revoke"
+AUDIT_EVENTS = frozenset({LOGIN, LOGIN_FAILED, REFRESH, REFRESH_REUSE, LOGOUT, LOGOUT_ALL, SESSION_END,
+                          PASSWORD_CHANGE, PASSWORD_RESET, OAUTH_LOGIN, ADMIN_REVOKE})
+SUCCESS = "success"   # an event's outcome when it went through; otherwise the error code that stopped it
+# A field named like one of these would be a secret in the line: refused before anything is written.
+_SECRET_WORDS = ("token", "password", "cookie", "proof", "secret", "authorization", "csrf")
+
+_audit_log = logging.getLogger(AUDIT_LOGGER)
+
+
+def audit(event: str, *, subject: str | None, session: str | None, client: str | None, request_id: str | None,
+          outcome: str, **fields: str | int | None) -> None:
+    """One INFO line on ``tokengate.audit``: ``event``, ``subject`` (a failed login's: the username
+    tried), ``session`` (the family id, None when unknown), ``client`` (its address), ``request_id``,
+    ``outcome`` (SUCCESS or an error code), and any plain ``fields`` (a provider's name, a revocation's
+    kind). Callers pass identifiers only; a field named like a secret is a bug (ValueError), so that a
+    token can't ride along under a harmless-looking call."""
+    if event not in AUDIT_EVENTS:
+        raise ValueError(f"unknown audit event {event!r}")
+    for name in fields:
+        if any(word in name.lower() for word in _SECRET_WORDS):
+            raise ValueError(f"audit field {name!r} would carry a secret")
+    _audit_log.info(event, extra={"event": event, "subject": subject, "session": session, "client": client,
+                                  "request_id": request_id, "outcome": outcome, **fields})
 
 
 # Codes the access line (and the metrics' ``reason``) give a forwarded answer that did not end well;

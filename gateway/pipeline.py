@@ -23,6 +23,7 @@ from .config.load import GatewayConfig
 from .config.rules import RuleSet
 from .errors import Handler, MethodRefused
 from .forward.client_cert import client_certificate
+from .forward.dpop_request import DPOP_ALGS, DpopGuard
 from .forward.forwarder import Forwarder
 from .forward.lifetime import ConnectionWatcher
 from .forward.request_body import check_expectation
@@ -32,8 +33,9 @@ from .metrics import METRICS
 from .paths import normalise
 from .steps.authorize import authorize
 from .steps.binding import CNF, check_certificate_binding
-from .steps.cookies import extract_access_token
+from .steps.cookies import extract_presented_token
 from .steps.denylist import Denylist
+from .steps.extract import BEARER
 from .steps.keys import KeyRing
 from .steps.passport import Passport
 from .steps.tokencache import Authenticator, TokenCache
@@ -62,6 +64,7 @@ class Gateway:
     users: UserDirectory
     mailer: Mailer
     authenticator: Authenticator
+    dpop: DpopGuard
     retiring: set[asyncio.Task[None]] = field(default_factory=set)   # what a reload replaced, closing
 
     @classmethod
@@ -76,7 +79,7 @@ class Gateway:
         watcher = ConnectionWatcher(leeway_s=cfg.tokens.leeway)
         denylist.add_listener(watcher.revoke)   # revoked tokens' WebSockets and streams end too
         try:
-            parts = _from_config(cfg, denylist, watcher)
+            parts = _from_config(cfg, store, denylist, watcher)
         except BaseException:
             hasher.close()
             await store.close()
@@ -91,7 +94,7 @@ class Gateway:
         ``tokens``. Everything is built before the swap, which happens without an await, so no
         request sees half of each; requests in flight finish on what they started with (the old
         Forwarder closes once its last one has ended). Raises ValueError for a key that cannot be used."""
-        parts = _from_config(cfg, self.denylist, self.forwarder.watcher)
+        parts = _from_config(cfg, self.store, self.denylist, self.forwarder.watcher)
         old_forwarder, old_verifier, old_authenticator = self.forwarder, self.verifier, self.authenticator
         for name, value in parts.items():
             setattr(self, name, value)
@@ -118,7 +121,7 @@ class Gateway:
         await self.store.close()
 
 
-def _from_config(cfg: GatewayConfig, denylist: Denylist, watcher: ConnectionWatcher) -> dict[str, Any]:
+def _from_config(cfg: GatewayConfig, store: Store, denylist: Denylist, watcher: ConnectionWatcher) -> dict[str, Any]:
     """The Gateway's parts that the config alone decides, which a reload builds anew. Raises
     ValueError for a key that cannot be used (before the Authenticator listens to ``denylist``)."""
     keyring = KeyRing.from_config(cfg.tokens)
@@ -126,7 +129,8 @@ def _from_config(cfg: GatewayConfig, denylist: Denylist, watcher: ConnectionWatc
     return {"config": cfg, "rules": cfg.rules, "verifier": verifier,
             "authenticator": Authenticator(verifier, denylist, TokenCache(cfg.tokens.cache_size, cfg.tokens.leeway)),
             "passport": Passport.from_config(cfg), "minter": Minter(cfg.tokens, cfg.identity),
-            "forwarder": Forwarder(cfg, watcher=watcher), "jwks_body": json.dumps(keyring.public_jwks()).encode()}
+            "forwarder": Forwarder(cfg, watcher=watcher), "jwks_body": json.dumps(keyring.public_jwks()).encode(),
+            "dpop": DpopGuard(cfg, store)}
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -154,11 +158,15 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
         note.route, note.upstream, note.routed_at = rule.label, rule.upstream, time.perf_counter()
     headers, identity = gw.passport.anonymous, None
     if not rule.public:
-        token = extract_access_token(request, gw.config)       # MissingToken, BadRequest, CsrfFailed
+        request[DPOP_ALGS] = gw.dpop.algs                      # its 401s carry a DPoP challenge too
+        scheme, token = extract_presented_token(request, gw.config)   # MissingToken, BadRequest, CsrfFailed
         known = await gw.authenticator.authenticate(token, note)   # InvalidToken, RevokedToken -> 401; 503
         identity = known.identity
         if CNF in identity.claims:   # RFC 8705: the certificate is the connection's, so checked cached or not
             check_certificate_binding(identity.claims, client_certificate(request, gw.config.listen))   # 401
+        if CNF in identity.claims or scheme != BEARER or rule.dpop_required or gw.dpop.required:
+            # RFC 9449: the proof is the request's own, so checked cached or not (InvalidToken, InvalidDpopProof -> 401)
+            await gw.dpop.check_resource(request, scheme, token, identity.claims, rule.dpop_required)
         if note is not None:
             note.subject, note.checked_at = identity.sub, time.perf_counter()
         authorize(rule, identity)                              # Forbidden -> 403

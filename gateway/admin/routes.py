@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..answers import error_middleware
+from ..auth.audit import audit_request
 from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..errors import BadRevokeRequest, Handler, InvalidToken, StoreDown
+from ..logs import ADMIN_REVOKE
 from ..metrics import METRICS, add_metrics
 from ..pipeline import GATEWAY
 from ..steps.extract import bearer_credentials
@@ -80,6 +82,8 @@ async def _revoke(request: web.Request) -> web.Response:
     except StoreUnavailable:
         raise StoreDown("the store is unavailable; nothing was revoked") from None
     r = outcome.revocation
+    audit_request(request, gw, ADMIN_REVOKE, subject=r.id if r.kind == "sub" else None,
+                  session=r.id if r.kind == "sid" else None, kind=r.kind, target=r.id)
     return web.Response(text=json.dumps({"revoked": {"kind": r.kind, "iss": r.iss, "id": r.id},
                                          "expires_at": r.expires_at,
                                          "families_killed": outcome.families_killed}),

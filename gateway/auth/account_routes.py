@@ -22,12 +22,14 @@ from aiohttp import web
 from ..config.load import GatewayConfig
 from ..errors import (AccountsNotEditable, ForeignAccount, GatewayError, InvalidAccountField, InvalidCredentials,
                       InvalidResetToken, NoRoute, UsernameTaken, WeakPasswordRefused)
+from ..logs import PASSWORD_CHANGE, PASSWORD_RESET
 from ..pipeline import GATEWAY, Gateway
 from ..store import store_reachable
 from .accounts.directory import MAX_PASSWORD_CHARS, InvalidAccount, UserDirectory, check_email, check_username
 from .accounts.policy import PasswordPolicy, WeakPassword
 from .accounts.resets import (MAX_RESET_TOKEN_CHARS, BackgroundTasks, hash_reset_token, notify_password_changed,
                               send_reset_links)
+from .audit import audit_request
 from .endpoints import add_endpoint
 from .oauth.forms import (CREATED_FLAG, form_refusal, has_form_token, in_words, page_rd, read_form, render_forgot,
                           render_not_editable, render_signup, text_field)
@@ -169,6 +171,7 @@ async def reset_password(request: web.Request) -> web.StreamResponse:
     await end_every_session(gw, account.username)
     notify_password_changed(gw.mailer, account.username, account.email)
     log.info("password reset", extra={"sub": account.username})
+    audit_request(request, gw, PASSWORD_RESET, subject=account.username, session=None)
     return web.Response(status=204, headers=NO_STORE)
 
 
@@ -189,6 +192,8 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     new_password = string_field(body, "new_password", MAX_PASSWORD_CHARS)
     user = await users.authenticate(identity.sub, current)
     if user is None:
+        audit_request(request, gw, PASSWORD_CHANGE, subject=identity.sub, session=identity.sid,
+                      outcome=InvalidCredentials.code)
         raise InvalidCredentials()
     check_new_password(request, new_password, user.sub, user.email)
     await users.set_password(user.sub, new_password)
@@ -198,6 +203,7 @@ async def change_password(request: web.Request) -> web.StreamResponse:
     pair = await sessions.issue(user, origin=origin_of(request, gw.config))
     notify_password_changed(gw.mailer, user.sub, user.email)
     log.info("password changed", extra={"sub": user.sub})
+    audit_request(request, gw, PASSWORD_CHANGE, subject=user.sub, session=identity.sid, new_session=pair.family)
     return token_response(request, gw.config, pair)
 
 

@@ -18,10 +18,10 @@ from aiohttp import web
 from .. import __version__
 from ..config.load import CredentialsUrlConfig, GatewayConfig
 from ..errors import (BadPath, BadRequest, BodyTooLarge, ConflictingHeaders, CsrfFailed, DependencyDown, ExpiredToken,
-                      Forbidden, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidRefreshToken,
-                      InvalidResetToken, InvalidToken, JsonRequired, MissingRefreshToken, MissingToken, NoRoute,
-                      RateLimited, RefreshTokenReused, RevokedToken, SessionEnded, UnknownSession, UsernameTaken,
-                      WeakPasswordRefused)
+                      Forbidden, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidDpopProof,
+                      InvalidRefreshToken, InvalidResetToken, InvalidToken, JsonRequired, MissingRefreshToken,
+                      MissingToken, NoRoute, RateLimited, RefreshTokenReused, RevokedToken, SessionEnded,
+                      UnknownSession, UsernameTaken, WeakPasswordRefused)
 from ..pipeline import GATEWAY, JWKS_PATH
 from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER
 from .account_routes import MAX_EMAIL_CHARS
@@ -128,9 +128,10 @@ def _login(cfg: GatewayConfig) -> dict[str, Any]:
         "(application/x-www-form-urlencoded) is the sign-in page's, answered in HTML, and needs the page's CSRF "
         "token. Rate limited per client address "
         "and per username.",
-        body=_with_form_body(cfg, _body("LoginRequest"), form_login_body()),
+        body=_with_form_body(cfg, _body("LoginRequest"), form_login_body()), parameters=[_dpop_param()],
         responses=_with_form_answers(cfg, {"200": _tokens(cfg),
-                                           **_failures(*BODY_FAILURES, InvalidCredentials, RateLimited)},
+                                           **_failures(*BODY_FAILURES, InvalidDpopProof, InvalidCredentials,
+                                                       RateLimited)},
                                      form_login_responses()))
 
 
@@ -162,12 +163,13 @@ def _refresh(cfg: GatewayConfig) -> dict[str, Any]:
         "refresh", "Rotate a refresh token",
         "Takes the refresh token from the JSON body, else from the refresh cookie (the body wins when both "
         "come) and answers a new pair; the presented token dies (rotation). Presenting a dead one again ends "
-        "its whole session (refresh_token_reused). Rate limited per client address.",
-        body=_body("RefreshRequest", required=False),
+        "its whole session (refresh_token_reused). A DPoP-bound refresh token needs a DPoP proof by its key "
+        "(invalid_dpop_proof otherwise, and the token stays usable). Rate limited per client address.",
+        body=_body("RefreshRequest", required=False), parameters=[_dpop_param()],
         security=[{"refreshCookie": []}, {}],
         responses={"200": _tokens(cfg),
-                   **_failures(BadRequest, MissingRefreshToken, InvalidRefreshToken, RefreshTokenReused,
-                               SessionEnded, BodyTooLarge, RateLimited, DependencyDown)})
+                   **_failures(BadRequest, InvalidDpopProof, MissingRefreshToken, InvalidRefreshToken,
+                               RefreshTokenReused, SessionEnded, BodyTooLarge, RateLimited, DependencyDown)})
 
 
 def _logout(cfg: GatewayConfig) -> dict[str, Any]:
@@ -346,6 +348,13 @@ def _body(schema: str, *, required: bool = True) -> dict[str, Any]:
 
 def _header_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "header", "required": False, "description": description, "schema": schema}
+
+
+def _dpop_param() -> dict[str, Any]:
+    return _header_param("DPoP", "A DPoP proof (RFC 9449) for this request, without ath: the tokens answered are "
+                                 "bound to its key (token_type DPoP, cnf.jkt); a bad or replayed proof is a 400 "
+                                 "invalid_dpop_proof.",
+                         {"type": "string", "pattern": r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"})
 
 
 def _access_security(cfg: GatewayConfig) -> list[dict[str, list[str]]]:
@@ -538,7 +547,7 @@ def _class_char(c: int) -> str:
 def _token_response(cfg: GatewayConfig) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "access_token": {"type": "string", "description": "A JWT (compact JWS)."},
-        "token_type": {"const": "Bearer"},
+        "token_type": {"enum": ["Bearer", "DPoP"], "description": "DPoP when a DPoP proof came (RFC 9449 5)."},
         "expires_in": {"type": "integer", "minimum": 0, "description": "Seconds until the access token expires."},
     }
     required = ["access_token", "token_type", "expires_in"]

@@ -16,18 +16,22 @@ from multidict import CIMultiDictProxy
 
 from ..config.load import GatewayConfig
 from ..errors import (BadRequest, BodyTooLarge, ConflictingHeaders, InvalidCredentials, JsonRequired,
-                      MissingRefreshToken, UnknownSession)
+                      MissingRefreshToken, RefreshTokenReused, UnknownSession)
 from ..forward.client_cert import client_certificate
+from ..forward.dpop_request import bound_key
 from ..forward.headers import fold
+from ..logs import LOGIN, LOGIN_FAILED, LOGOUT, LOGOUT_ALL, REFRESH, REFRESH_REUSE, SESSION_END
 from ..metrics import counted
 from ..paths import normalise
 from ..pipeline import GATEWAY, Gateway
 from ..steps.authorize import authorize
 from ..steps.binding import CNF, check_certificate_binding
-from ..steps.cookies import extract_access_token
+from ..steps.cookies import extract_presented_token
+from ..steps.extract import BEARER
 from ..steps.identity import Identity
 from ..store.base import SessionInfo
 from .accounts.directory import MAX_PASSWORD_CHARS
+from .audit import audit_request
 from .cookies import clear_session_cookies, csrf_token_for, read_refresh_cookie, set_session_cookies
 from .endpoints import add_endpoint
 from .oauth.routes import add_browser_routes, end_session_url, form_login, found, sign_in_page
@@ -74,20 +78,24 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 @counted("login")
 async def json_login(request: web.Request) -> web.StreamResponse:
-    """POST {"username", "password"} -> 200 token answer + cookies; 400, 401 invalid_grant, 429, 503."""
+    """POST {"username", "password"} (+ a DPoP proof: bound tokens) -> 200 token answer + cookies; 400,
+    401 invalid_grant, 429, 503."""
     gw = request.app[GATEWAY]
     cfg = gw.config
     limiter = RateLimiter(gw.store)
     await limiter.hit("login", "ip:" + client_address(request, cfg.listen.trusted_proxies), cfg.auth.rate_limits.login)
     refuse_form_post(request)
+    jkt = await gw.dpop.key_to_bind(request)                     # a DPoP proof: bound tokens (400 if bad)
     body = await read_json_object(request)
     username = string_field(body, "username", MAX_USERNAME_CHARS)
     password = string_field(body, "password", MAX_PASSWORD_CHARS)
     await limiter.hit("login", "user:" + username, cfg.auth.rate_limits.login)
     user = await gw.users.authenticate(username, password)
     if user is None:
+        audit_request(request, gw, LOGIN_FAILED, subject=username, session=None, outcome=InvalidCredentials.code)
         raise InvalidCredentials()
-    pair = await sessions_of(gw).issue(user, origin=origin_of(request, cfg))
+    pair = await sessions_of(gw).issue(user, origin=origin_of(request, cfg), jkt=jkt)
+    audit_request(request, gw, LOGIN, subject=user.sub, session=pair.family)
     log.info("login", extra={"sub": user.sub})
     return token_response(request, cfg, pair)
 
@@ -103,7 +111,13 @@ async def refresh(request: web.Request) -> web.StreamResponse:
     token = await presented_refresh_token(request, cfg)
     if token is None:
         raise MissingRefreshToken()
-    pair = await sessions_of(gw).rotate(token)
+    jkt = await gw.dpop.key_to_bind(request)   # a bound refresh token needs a proof by its key (400)
+    try:
+        pair = await sessions_of(gw).rotate(token, jkt)
+    except RefreshTokenReused as exc:   # the family is dead now: a thief or its victim presented it
+        audit_request(request, gw, REFRESH_REUSE, subject=exc.subject, session=exc.session, outcome=exc.code)
+        raise
+    audit_request(request, gw, REFRESH, subject=pair.subject, session=pair.family)
     return token_response(request, cfg, pair)
 
 
@@ -115,6 +129,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     identity = await caller(request, gw)
     kept = await sessions_of(gw).logout(identity, await presented_refresh_token(request, gw.config))
+    audit_request(request, gw, LOGOUT, subject=identity.sub, session=identity.sid)
     if "text/html" in request.headers.get("Accept", ""):   # a browser: end the provider's session too
         location = await end_session_url(request, kept)
         if location is not None:
@@ -129,6 +144,7 @@ async def logout_all(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     identity = await caller(request, gw)
     await sessions_of(gw).logout_all(identity)
+    audit_request(request, gw, LOGOUT_ALL, subject=identity.sub, session=identity.sid)
     return _ended(gw.config)
 
 
@@ -149,6 +165,7 @@ async def end_session(request: web.Request) -> web.StreamResponse:
     if not SESSION_ID.fullmatch(sid) or not await sessions_of(gw).end(identity, sid):
         raise UnknownSession()
     log.info("session ended", extra={"sub": identity.sub})
+    audit_request(request, gw, SESSION_END, subject=identity.sub, session=sid)
     if sid == identity.sid:   # the caller ended its own session: a browser's cookies go with it
         return _ended(gw.config)
     return web.Response(status=204, headers=NO_STORE)
@@ -181,9 +198,15 @@ async def verify(request: web.Request) -> web.StreamResponse:
 
 
 async def caller(request: web.Request, gw: Gateway, method: str | None = None) -> Identity:
-    """The verified, unrevoked identity of the request's access token (bearer, or cookie in browser mode)."""
-    token = extract_access_token(request, gw.config, method)
-    return (await gw.authenticator.authenticate(token)).identity
+    """The verified, unrevoked identity of the request's access token (bearer, DPoP with its proof, or the
+    cookie in browser mode). A DPoP-bound token is never taken as a bare bearer token here either: a copy
+    of it could otherwise end its owner's sessions or pass forward-auth (where, behind nginx, the proof
+    names the original request's URL, not this one's: bound tokens are refused there for now)."""
+    scheme, token = extract_presented_token(request, gw.config, method)
+    identity = (await gw.authenticator.authenticate(token)).identity
+    if scheme != BEARER or bound_key(identity.claims) is not None:
+        await gw.dpop.check_resource(request, scheme, token, identity.claims, required=False)
+    return identity
 
 
 def token_response(request: web.Request, cfg: GatewayConfig, pair: TokenPair) -> web.Response:

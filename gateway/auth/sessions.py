@@ -17,7 +17,7 @@ import secrets
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config.load import GatewayConfig, TokensConfig
-from ..errors import DependencyDown, InvalidRefreshToken, RefreshTokenReused, RevokedToken, SessionEnded
+from ..errors import (DependencyDown, InvalidDpopProof, InvalidRefreshToken, RefreshTokenReused, RevokedToken,
+                      SessionEnded)
 from ..pipeline import Gateway
 from ..steps.denylist import Denylist
 from ..steps.identity import SESSION_CLAIM, Identity
@@ -60,20 +61,23 @@ class TokenPair:
     refresh_token: str
     refresh_exp: float
     family: str
+    subject: str | None = None   # whose session (for the audit line); not sealed in a grace reply
+    jkt: str | None = None       # the DPoP key (RFC 9449) both tokens are bound to, if any
 
     def body(self, now: float) -> dict[str, Any]:
-        """The JSON answer of RFC 6749 5.1."""
-        return {"access_token": self.access_token, "token_type": "Bearer",
+        """The JSON answer of RFC 6749 5.1 (RFC 9449 5: token_type DPoP for bound tokens)."""
+        return {"access_token": self.access_token, "token_type": "DPoP" if self.jkt else "Bearer",
                 "expires_in": max(0, round(self.access_exp - now)), "refresh_token": self.refresh_token}
 
     def to_json(self) -> bytes:
         return json.dumps([self.access_token, self.access_exp, self.refresh_token, self.refresh_exp,
-                           self.family]).encode()
+                           self.family, self.jkt]).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> TokenPair:
-        access_token, access_exp, refresh_token, refresh_exp, family = json.loads(raw)
-        return cls(access_token, float(access_exp), refresh_token, float(refresh_exp), family)
+        access_token, access_exp, refresh_token, refresh_exp, family, *jkt = json.loads(raw)
+        return cls(access_token, float(access_exp), refresh_token, float(refresh_exp), family,
+                   jkt=jkt[0] if jkt else None)
 
 
 def new_refresh_token() -> str:
@@ -151,11 +155,12 @@ class Sessions:
         self._clock = clock
 
     async def issue(self, user: AuthenticatedUser, kept: Mapping[str, str] | None = None,
-                    origin: Origin | None = None) -> TokenPair:
+                    origin: Origin | None = None, jkt: str | None = None) -> TokenPair:
         """A new session (a new family) for an authenticated user. ``kept``: what the session remembers
         of its login through every rotation (a delegated login's ``provider`` and ``id_token``);
-        ``origin``: where the login came from (what the session list shows)."""
-        pair = await self._mint_pair(user.sub, user.roles, user.email, secrets.token_urlsafe(FAMILY_ID_BYTES))
+        ``origin``: where the login came from (what the session list shows); ``jkt``: the DPoP key
+        (RFC 9449) the session's tokens are bound to, for good."""
+        pair = await self._mint_pair(user.sub, user.roles, user.email, secrets.token_urlsafe(FAMILY_ID_BYTES), jkt)
         origin, now = origin or Origin(), self._clock()
         info = SessionInfo(pair.family, now, now, origin.user_agent, origin.client,
                            (kept or {}).get("provider") or PASSWORD_METHOD)
@@ -176,19 +181,25 @@ class Sessions:
             return await end_session(self._store, identity.iss, identity.sub, sid, self._access_life_s,
                                      self._denylist.revoke, self._clock())
 
-    async def rotate(self, token: str) -> TokenPair:
+    async def rotate(self, token: str, jkt: str | None = None) -> TokenPair:
         """The next pair for a live refresh token, which dies. Raises InvalidRefreshToken (unknown,
         expired, account gone or disabled), SessionEnded (its session was ended on purpose: logout,
         logout-all, password reset or change, a revoked subject), RefreshTokenReused (rotated before:
         the family dies).
-        Within ``grace_s`` of its rotation a token gets the very pair its rotation produced."""
+        Within ``grace_s`` of its rotation a token gets the very pair its rotation produced. ``jkt``:
+        the key of the request's DPoP proof; a bound token needs its own (InvalidDpopProof, and the
+        token stays live: checked before it rotates); an unbound one with a proof becomes bound."""
         token_hash = hash_refresh_token(token)
         with store_reachable():
             record = await self._store.find_refresh(token_hash)
         if record is None:
-            return await self._replay(token, token_hash)
+            pair = await self._replay(token, token_hash)
+            _check_same_key(pair.jkt, jkt)
+            return pair
+        bound = _bound_key(record.data)
+        _check_same_key(bound, jkt)
         roles, email = await self._account(record)
-        pair = await self._mint_pair(record.sub, roles, email, record.family)
+        pair = await self._mint_pair(record.sub, roles, email, record.family, bound or jkt)
         sealed = seal(token, pair) if self._grace_s > 0 else b""
         with store_reachable():
             rotation = await self._store.rotate_refresh(token_hash, self._record(pair, record.sub, roles, email,
@@ -244,10 +255,10 @@ class Sessions:
     async def _settle(self, token: str, rotation: Rotation) -> TokenPair:
         if rotation.outcome == "grace" and rotation.record is not None:
             try:
-                return unseal(token, rotation.sealed_reply)
+                return replace(unseal(token, rotation.sealed_reply), subject=rotation.record.sub)
             except ValueError:   # no reply to repeat (an instance without grace rotated it): end it
                 await self._kill(rotation.record.family, REUSED)
-                raise RefreshTokenReused() from None
+                raise RefreshTokenReused(subject=rotation.record.sub, session=rotation.record.family) from None
         if rotation.outcome == "ended":   # logged out, reset, revoked: a client that kept its token, no thief
             log.info("refresh token of an ended session presented",
                      extra={"sub": rotation.record.sub if rotation.record else None})
@@ -255,7 +266,8 @@ class Sessions:
         if rotation.outcome in ("reused", "grace"):
             log.warning("refresh token reused; session revoked",
                         extra={"sub": rotation.record.sub if rotation.record else None})
-            raise RefreshTokenReused()
+            record = rotation.record
+            raise RefreshTokenReused(subject=record.sub if record else None, session=record.family if record else None)
         raise InvalidRefreshToken()
 
     async def _account(self, record: RefreshRecord) -> tuple[tuple[str, ...], str | None]:
@@ -273,13 +285,16 @@ class Sessions:
         with store_reachable():
             await self._store.kill_family(family, reason)
 
-    async def _mint_pair(self, sub: str, roles: tuple[str, ...], email: str | None, family: str) -> TokenPair:
+    async def _mint_pair(self, sub: str, roles: tuple[str, ...], email: str | None, family: str,
+                         jkt: str | None = None) -> TokenPair:
         await self._clear_watermark(sub)
         now = self._clock()
         claims: dict[str, Any] = {SESSION_CLAIM: family, **({"email": email} if email else {})}
+        if jkt is not None:
+            claims["cnf"] = {BOUND_KEY: jkt}   # RFC 9449 6.1
         access_token = self._minter.mint_access_token(sub, roles, extra_claims=claims)
         return TokenPair(access_token, now + self._access_ttl_s, new_refresh_token(), now + self._refresh_ttl_s,
-                         family)
+                         family, sub, jkt)
 
     async def _clear_watermark(self, sub: str) -> None:
         """Wait (at most a second) until a token minted now is not below a logout-all watermark.
@@ -300,7 +315,8 @@ class Sessions:
 
     def _record(self, pair: TokenPair, sub: str, roles: tuple[str, ...], email: str | None,
                 kept: Mapping[str, str] | None = None) -> RefreshRecord:
-        data = {**(kept or {}), "roles": list(roles), **({"email": email} if email else {})}
+        data = {**(kept or {}), "roles": list(roles), **({"email": email} if email else {}),
+                **({BOUND_KEY: pair.jkt} if pair.jkt else {})}
         return RefreshRecord(hash_refresh_token(pair.refresh_token), pair.family, sub, pair.refresh_exp, data)
 
 
@@ -322,6 +338,20 @@ KEPT = ("provider", "id_token")   # what a session keeps of its login (Sessions.
 
 def _kept(data: Mapping[str, Any]) -> dict[str, str]:
     return {key: data[key] for key in KEPT if isinstance(data.get(key), str)}
+
+
+BOUND_KEY = "jkt"   # a refresh record's DPoP key thumbprint, as cnf.jkt (RFC 9449 5: the refresh token is bound too)
+
+
+def _bound_key(data: Mapping[str, Any]) -> str | None:
+    jkt = data.get(BOUND_KEY)
+    return jkt if isinstance(jkt, str) and jkt else None
+
+
+def _check_same_key(bound: str | None, jkt: str | None) -> None:
+    """A refresh token bound to a DPoP key refreshes only with a proof by that key (400)."""
+    if bound is not None and bound != jkt:
+        raise InvalidDpopProof("this refresh token is DPoP-bound: a proof by its key must come with it")
 
 
 def _roles_of(data: Mapping[str, Any]) -> tuple[str, ...]:

@@ -29,10 +29,10 @@ from .routes import RouteConfig, UpstreamConfig, UpstreamName, upstream_problems
 from .rules import RuleConflict, RuleSet
 from .source import Problem, Source, read_source
 from .tls import TlsConfig
-from .tokens import HMAC_MIN_BYTES, Algorithm, KeyConfig, TokensConfig, TrustedIssuerConfig, key_problems
+from .tokens import HMAC_MIN_BYTES, Algorithm, DpopConfig, KeyConfig, TokensConfig, TrustedIssuerConfig, key_problems
 
 __all__ = ["AdminConfig", "Algorithm", "AuthConfig", "ConfigError", "CookieConfig", "CredentialsUrlConfig",
-           "Duration", "GatewayConfig", "GithubProviderConfig", "HMAC_MIN_BYTES", "IdentityConfig", "KeyConfig",
+           "DpopConfig", "Duration", "GatewayConfig", "GithubProviderConfig", "HMAC_MIN_BYTES", "IdentityConfig", "KeyConfig",
            "KeyMaterial", "ListenConfig", "MailConfig", "OidcProviderConfig", "Problem", "ProviderConfig", "Rate",
            "RateLimitsConfig", "RolesMapConfig", "RouteConfig", "StoreConfig",
            "StrList", "TlsConfig", "TokensConfig", "TrustedIssuerConfig", "UpstreamConfig", "UsersConfig",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -48,6 +48,7 @@ class RouteConfig(Model):
     roles: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
     public: bool = False
     name: str | None = None
+    dpop: Literal["required"] | None = None   # required: only DPoP-bound tokens (RFC 9449) pass here
 
     @field_validator("path")
     @classmethod
@@ -83,6 +84,8 @@ class RouteConfig(Model):
     def _public_or_roles(self) -> RouteConfig:
         if self.public and self.roles:
             raise Invalid((("roles",), "a public route needs no token, so it cannot require roles"))
+        if self.public and self.dpop:
+            raise Invalid((("dpop",), "a public route takes no token, so it cannot require a DPoP-bound one"))
         if self.roles == ():
             raise Invalid((("roles",), "`roles: []` would let no one in; leave it out to allow any "
                                        "authenticated caller"))

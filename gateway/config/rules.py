@@ -35,12 +35,14 @@ class Rule:
     public: bool
     roles: frozenset[str] | None     # None: any authenticated caller
     label: str
+    dpop_required: bool = False      # route `dpop: required`: unbound tokens are refused here
 
     @classmethod
     def from_route(cls, index: int, route: RouteConfig) -> Rule:
         return cls(index=index, path=route.path, upstream=route.upstream, public=route.public,
                    methods=frozenset(route.methods) if route.methods is not None else None,
-                   roles=frozenset(route.roles) if route.roles is not None else None, label=route.label)
+                   roles=frozenset(route.roles) if route.roles is not None else None, label=route.label,
+                   dpop_required=route.dpop == "required")
 
     def describe(self) -> str:
         named = "" if self.label.endswith(f" {self.path}") else f" ({self.label})"   # label is the name if set

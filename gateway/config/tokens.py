@@ -139,6 +139,39 @@ def key_problems(keys: list[tuple[Any, bool]], signing_key: Any) -> list[tuple[K
     return found
 
 
+DpopAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class DpopConfig(Model):
+    """``tokens.dpop``: DPoP proofs (RFC 9449) at login, refresh and on proxied requests."""
+
+    max_age: Duration = 60.0        # a proof's iat is accepted this far from now, either way
+    required: bool = False          # true: an unbound token is refused on every route
+    nonce: bool = False             # server nonces (DPoP-Nonce): not served yet, so only false is accepted
+    algorithms: tuple[DpopAlgorithm, ...] = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
+
+    @field_validator("max_age")
+    @classmethod
+    def _sane_age(cls, value: float) -> float:
+        if not 1 <= value <= 600:
+            raise ValueError("must be between 1s and 10m: a proof is meant to be used at once")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _some_algorithm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one algorithm (asymmetric only) that DPoP proofs may use")
+        return value
+
+    @field_validator("nonce")
+    @classmethod
+    def _no_nonce_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("DPoP server nonces are not supported yet (issue 15); leave `nonce` out")
+        return value
+
+
 class TokensConfig(Model):
     issuer: str = Field(min_length=1)
     audience: StrList
@@ -149,6 +182,7 @@ class TokensConfig(Model):
     keys: tuple[KeyConfig, ...] = ()
     trusted_issuers: tuple[TrustedIssuerConfig, ...] = ()
     cache_size: int = Field(default=10_000, ge=0, le=10_000_000)   # verified tokens kept per worker; 0: off
+    dpop: DpopConfig = DpopConfig()
 
     @field_validator("audience")
     @classmethod

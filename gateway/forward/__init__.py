@@ -6,7 +6,8 @@ the answer both give back), lean (most requests: h1client on the keep-alive conn
 general (aiohttp's client: HEAD, chunked bodies, WebSocket upgrades with websocket), answer_head
 (the checks every upstream answer head passes), relay (times the exchange, sends the answer back to
 the client), lifetime (a connection's token expiry and revocation), client_cert (the client certificate
-a request came with: its TLS connection's, or a trusted proxy's header).
+a request came with: its TLS connection's, or a trusted proxy's header), dpop_request (the URL a request
+was sent to, its DPoP proof checked for the token endpoints and for proxied requests).
 
 May import: config, store, steps, errors and the top-level modules below them (logs, metrics, paths);
 never server, auth, admin, cli or dev.

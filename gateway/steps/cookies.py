@@ -16,7 +16,7 @@ from multidict import MultiMapping
 
 from ..config.load import AuthConfig, GatewayConfig
 from ..errors import CsrfFailed, MissingToken
-from .extract import AUTHORIZATION, bearer_credentials
+from .extract import AUTHORIZATION, BEARER, bearer_credentials, token_credentials
 
 ACCESS_COOKIE = "access_token"
 CSRF_COOKIE = "csrf_token"
@@ -77,6 +77,14 @@ def extract_access_token(request: Asking, cfg: GatewayConfig, method: str | None
     if token is None:
         raise MissingToken()
     return token
+
+
+def extract_presented_token(request: Asking, cfg: GatewayConfig, method: str | None = None) -> tuple[str, str]:
+    """(scheme, token): ``Authorization: Bearer`` or ``DPoP`` (RFC 9449 7.1), else the access cookie as
+    BEARER (a cookie is a bearer credential). Raises as ``extract_access_token``."""
+    if AUTHORIZATION in request.headers:
+        return token_credentials(request.headers)
+    return BEARER, extract_access_token(request, cfg, method)
 
 
 def _check_csrf(cookie: str, sent: list[str]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from ..errors import BadRequest, InvalidToken, MissingToken
 
 AUTHORIZATION = "Authorization"
+BEARER, DPOP = "bearer", "dpop"   # the schemes a token may come with (folded); DPoP: RFC 9449 7.1
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")   # RFC 6750 2.1 b64token
 
 
@@ -35,15 +36,25 @@ def check_b64token(token: str) -> str:
 def bearer_credentials(headers: Mapping[str, str]) -> str:
     """``extract_bearer`` without the token's syntax check, for a caller that makes it only when it
     does not know the exact string already (a verified-token cache: every token in it is a JWS)."""
+    scheme, credentials = token_credentials(headers)
+    if scheme != BEARER:
+        raise MissingToken()
+    return credentials
+
+
+def token_credentials(headers: Mapping[str, str]) -> tuple[str, str]:
+    """(scheme, token) of ``Authorization: Bearer <token>`` or ``Authorization: DPoP <token>``: the
+    scheme folded (BEARER or DPOP), the token unchecked. Raises as ``bearer_credentials``."""
     values = _all_values(headers, AUTHORIZATION)
     if len(values) > 1:
         raise BadRequest("more than one Authorization header")
     if not values or not values[0].strip():
         raise MissingToken()
     scheme, _, credentials = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
+    scheme = scheme.lower()
+    if scheme not in (BEARER, DPOP):
         raise MissingToken()
-    return credentials.lstrip(" ")   # RFC 7235 2.1: 1*SP between scheme and credentials
+    return scheme, credentials.lstrip(" ")   # RFC 7235 2.1: 1*SP between scheme and credentials
 
 
 def _all_values(headers: Mapping[str, str], name: str) -> list[str]:

@@ -14,7 +14,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.config.load import ConfigError, LogConfig, load_config
-from gateway.logs import ACCESS_LOGGER, AccessLog, AccessNote, JsonFormatter, configure_logging
+from gateway.logs import (ACCESS_LOGGER, AUDIT_LOGGER, LOGIN_FAILED, AccessLog, AccessNote, JsonFormatter,
+                          TextFormatter, audit, configure_logging)
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +49,33 @@ def test_json_line_has_the_message_the_extras_and_a_traceback() -> None:
     assert (data["code"], data["status"]) == ("token_expired", 401)
     assert data["time"].endswith("Z") and "ValueError: boom" in data["traceback"]
     assert "args" not in data and "msg" not in data
+
+
+def test_an_audit_line_has_exactly_its_six_fields_in_json_and_reads_whole_as_text(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
+        audit(LOGIN_FAILED, subject="mallory", session=None, client="192.0.2.7", request_id="r-1",
+              outcome="invalid_credentials")
+    [record] = caplog.records
+    assert (record.name, record.levelno) == (AUDIT_LOGGER, logging.INFO)
+    data = json.loads(JsonFormatter().format(record))
+    assert set(data) == {"time", "level", "logger", "message", "event", "subject", "session", "client",
+                         "request_id", "outcome"}
+    assert (data["event"], data["subject"], data["session"], data["outcome"]) == (
+        "login_failed", "mallory", None, "invalid_credentials")
+    text = TextFormatter("%(name)s %(message)s").format(record)
+    assert text.startswith("tokengate.audit login_failed ") and "subject=mallory" in text and "client=192.0.2.7" in text
+
+
+@pytest.mark.parametrize("field", ["refresh_token", "password", "cookie", "dpop_proof", "csrf"])
+def test_audit_refuses_a_field_named_like_a_secret(field: str) -> None:
+    with pytest.raises(ValueError):
+        audit(LOGIN_FAILED, subject="a", session=None, client=None, request_id=None, outcome="x", **{field: "v"})
+
+
+def test_audit_refuses_an_unknown_event() -> None:
+    with pytest.raises(ValueError):
+        audit("signed_in", subject="a", session=None, client=None, request_id=None, outcome="success")
 
 
 def test_configure_sets_level_and_format() -> None:

@@ -20,10 +20,12 @@ from ...config.load import AuthConfig, GatewayConfig, GithubProviderConfig
 from ...errors import BrowserLoginFailed, DependencyDown, GatewayError, RateLimited
 from ...forward.headers import is_trusted
 from ...forward.request_id import request_id_of
+from ...logs import LOGIN, LOGIN_FAILED, OAUTH_LOGIN
 from ...metrics import METRICS
 from ...pipeline import GATEWAY, Gateway
 from ...store import store_reachable
 from ..accounts.directory import AuthenticatedUser
+from ..audit import audit_request
 from ..cookies import csrf_token_for, set_session_cookies
 from ..endpoints import add_endpoint
 from ..ratelimit import RateLimiter, client_address
@@ -168,6 +170,7 @@ async def form_login(request: web.Request) -> web.StreamResponse:
     if user is None:
         _count(request, "form_login", "invalid_credentials")
         log.info("login refused", extra={"code": "invalid_credentials"})
+        audit_request(request, gw, LOGIN_FAILED, subject=username, session=None, outcome="invalid_credentials")
         return render_sign_in(request, d, rd, username=username, error="Wrong username or password.", status=401)
     return await _signed_in(request, gw, user, rd, "form_login", {})
 
@@ -321,6 +324,8 @@ async def _signed_in(request: web.Request, gw: Gateway, user: AuthenticatedUser,
     set_session_cookies(resp, cfg.auth, pair, now, csrf_token_for(request) if cfg.auth.access_cookie else "")
     _count(request, action, "success")
     log.info("login", extra={"sub": user.sub, "provider": provider or "password"})
+    audit_request(request, gw, OAUTH_LOGIN if provider else LOGIN, subject=user.sub, session=pair.family,
+                  **({"provider": provider} if provider else {}))
     return resp
 
 
@@ -328,6 +333,9 @@ def _failed(request: web.Request, d: Delegation, exc: BrowserLoginFailed, *, act
             provider: str | None = None) -> web.Response:
     _count(request, action, exc.code)
     log.info("browser login failed", extra={"code": exc.code, "provider": provider, "status": exc.status})
+    if action == "oauth_login":   # a delegated login that did not finish (a form's refusals are no login tried)
+        audit_request(request, request.app[GATEWAY], OAUTH_LOGIN, subject=None, session=None, outcome=exc.code,
+                      provider=provider)
     titles = {400: "Sign-in could not continue", 401: "Sign-in failed", 403: "Sign-in refused",
               404: "Not found", 429: "Too many attempts", 503: "Sign-in unavailable"}
     return d.pages.error(status=exc.status, title=titles.get(exc.status, "Sign-in failed"), reason=exc.description,
