@@ -147,7 +147,7 @@ class DpopConfig(Model):
 
     max_age: Duration = 60.0        # a proof's iat is accepted this far from now, either way
     required: bool = False          # true: an unbound token is refused on every route
-    nonce: bool = False             # server nonces (DPoP-Nonce): not served yet, so only false is accepted
+    nonce: bool = False             # server nonces (DPoP-Nonce, RFC 9449 8 and 9): proofs must carry a fresh one
     algorithms: tuple[DpopAlgorithm, ...] = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 
     @field_validator("max_age")
@@ -162,13 +162,6 @@ class DpopConfig(Model):
     def _some_algorithm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("list at least one algorithm (asymmetric only) that DPoP proofs may use")
-        return value
-
-    @field_validator("nonce")
-    @classmethod
-    def _no_nonce_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("DPoP server nonces are not supported yet (issue 15); leave `nonce` out")
         return value
 
 

@@ -1,6 +1,7 @@
 """DPoP (RFC 9449) at the request: the URL the client used (``htu``), the ``DPoP`` header it sent, and
 the checks of the token endpoints (login, refresh: which key to bind to) and of proxied requests (a
-bound token needs a fresh proof by its key). Out: a key thumbprint, nothing, or InvalidDpopProof /
+bound token needs a fresh proof by its key), with server nonces when ``tokens.dpop.nonce`` is on. Out:
+a key thumbprint, nothing, or InvalidDpopProof / UseDpopNonce (with a fresh DPoP-Nonce header) /
 InvalidToken. The proof and the token are never logged.
 """
 
@@ -13,15 +14,17 @@ from typing import Any
 from aiohttp import web
 
 from ..config.load import GatewayConfig
-from ..errors import InvalidDpopProof, InvalidToken
+from ..errors import InvalidDpopProof, InvalidToken, UseDpopNonce
 from ..steps.binding import CNF
 from ..steps.dpop import DpopProof, check_binding, check_proof
+from ..steps.dpop_nonce import NonceMaker
 from ..steps.extract import DPOP
 from ..steps.proofreplay import ProofReplay
 from ..store.base import Store
 from .headers import is_trusted
 
 DPOP_HEADER = "DPoP"   # RFC 9449 4.1: the proof's request header
+NONCE_HEADER = "DPoP-Nonce"   # RFC 9449 8.1 and 9: a server nonce the next proof must carry
 JKT = "jkt"            # RFC 9449 6.1: cnf member, the thumbprint of the key a token is bound to
 _BAD_HOST = frozenset("/\\@?# ")
 # Set on a request whose route accepts DPoP: the algorithms its 401 answers' DPoP challenge names.
@@ -65,6 +68,8 @@ class DpopGuard:
         self._public_url, self._trusted = cfg.auth.public_url, cfg.listen.trusted_proxies
         self._replay = ProofReplay(store, dpop.max_age)
         self._clock = clock
+        # tokens.dpop.nonce: proofs must carry a nonce of ours (RFC 9449 8, 9); None: no nonces.
+        self.nonces = NonceMaker.from_config(cfg.tokens, clock=clock) if dpop.nonce else None
 
     async def key_to_bind(self, request: web.BaseRequest) -> str | None:
         """At login or refresh: the thumbprint of the key of the request's valid proof, None when no
@@ -104,8 +109,13 @@ class DpopGuard:
         if base is None:
             raise InvalidDpopProof("the gateway cannot tell the URL this request was sent to")
         url = base + request.raw_path.partition("?")[0]
-        return check_proof(text, method=request.method, url=url, now=self._clock(), max_age_s=self._max_age_s,
-                           algorithms=self._algorithms, access_token=token)
+        nonce_ok = self.nonces.accepts if self.nonces is not None else None
+        try:
+            return check_proof(text, method=request.method, url=url, now=self._clock(), max_age_s=self._max_age_s,
+                               algorithms=self._algorithms, access_token=token, nonce_ok=nonce_ok)
+        except UseDpopNonce as exc:   # RFC 9449 8 and 9: the refusal hands out the nonce to use
+            assert self.nonces is not None
+            raise UseDpopNonce(exc.description, headers={NONCE_HEADER: self.nonces.fresh()}) from exc
 
 
 def _proof_text(request: web.BaseRequest) -> str | None:

@@ -76,16 +76,20 @@ async def test_the_store_follows_a_sentinel_failover_to_the_promoted_replica(tmp
         async with Redis(port=setup.master.port) as master:
             assert await master.execute_command("WAIT", 1, 5000) == 1   # the replica holds it too
         feed = store.revocation_events()
-        await feed.ready()
+        await asyncio.wait_for(feed.ready(), 10)   # bounded: a wait that never ends fails here, with its place
         await asyncio.to_thread(setup.master.kill)
         with pytest.raises(StoreUnavailable):   # the feed breaks: its mirror reloads and subscribes again
             await asyncio.wait_for(anext(feed), 10)
         await until_answers(store, FAILOVER_LIMIT_S)
         assert await asyncio.to_thread(setup.current_master_port) == setup.replica.port
         after = Revocation("jti", ISS, "after", time.time() + 60, time.time() + 60)
-        async with store.revocation_events() as again:
-            await store.revoke(after)
+        again = store.revocation_events()
+        try:
+            await asyncio.wait_for(again.ready(), 10)   # a subscription after the failover: bounded too
+            await asyncio.wait_for(store.revoke(after), 10)
             assert await asyncio.wait_for(anext(again), 5) == after
+        finally:
+            await asyncio.wait_for(again.aclose(), 10)
         assert {r.id for r in await store.live_revocations(time.time())} == {"before", "after"}
     finally:
         await store.close()

@@ -20,6 +20,7 @@ from gateway.auth.accounts.passwords import PasswordHasher
 from gateway.config.load import GatewayConfig
 from gateway.pipeline import GATEWAY
 from gateway.steps.dpop import thumbprint
+from gateway.steps.dpop_nonce import SLOT_S
 from tests.conftest import CHEAP_ARGON2, bearer
 from tests.integration.auth import test_auth_routes as shared
 from tests.integration.auth.test_auth_routes import (GENEROUS, Auth, add_accounts, assemble_app, claims_of, error_code,
@@ -282,3 +283,82 @@ async def test_a_bound_token_with_its_proof_logs_out(auth: Auth) -> None:
     assert resp.status == 204
     after = await auth.client.get("/api/orders", headers=dpop_headers(auth, token))
     assert after.status == 401
+
+
+# --- server nonces (tokens.dpop.nonce: true) ------------------------------------------------------
+
+@pytest.fixture
+async def nonce_auth(make_dpop_auth: MakeDpopAuth) -> Auth:
+    return await make_dpop_auth(nonce=True)
+
+
+def login_proof(auth: Auth, **changes: Any) -> str:
+    return proof_for(auth, "POST", f"{auth.cfg.auth.prefix}/login", **changes)
+
+
+async def nonce_from_a_refusal(auth: Auth) -> str:
+    resp = await auth.login(headers={"DPoP": login_proof(auth)})
+    assert resp.status == 400 and await error_code(resp) == "use_dpop_nonce"
+    return resp.headers["DPoP-Nonce"]
+
+
+async def test_login_without_a_nonce_gets_400_use_dpop_nonce_and_one_to_use(nonce_auth: Auth) -> None:
+    resp = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth)})
+    assert resp.status == 400 and (await resp.json())["error"] == "use_dpop_nonce"
+    nonce = resp.headers["DPoP-Nonce"]
+    again = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=nonce)})
+    assert again.status == 200, await again.text()
+    body = await again.json()
+    assert body["token_type"] == "DPoP" and claims_of(body["access_token"])["cnf"] == {"jkt": jkt_of("ec256")}
+
+
+async def test_refresh_needs_a_nonce_too(nonce_auth: Auth) -> None:
+    nonce = await nonce_from_a_refusal(nonce_auth)
+    resp = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=nonce)})
+    refresh_token = (await resp.json())["refresh_token"]
+    path = f"{nonce_auth.cfg.auth.prefix}/refresh"
+    refused = await nonce_auth.refresh(refresh_token, headers={"DPoP": proof_for(nonce_auth, "POST", path)})
+    assert refused.status == 400 and await error_code(refused) == "use_dpop_nonce" and refused.headers["DPoP-Nonce"]
+    fresh = refused.headers["DPoP-Nonce"]
+    ok = await nonce_auth.refresh(refresh_token, headers={"DPoP": proof_for(nonce_auth, "POST", path, nonce=fresh)})
+    assert ok.status == 200, await ok.text()
+
+
+@pytest.mark.parametrize("forged", ["0.AAAAAAAAAAAAAAAAAAAAAA", "not-a-nonce", ""])
+async def test_a_forged_nonce_is_refused(nonce_auth: Auth, forged: str) -> None:
+    real = await nonce_from_a_refusal(nonce_auth)
+    slot = real.partition(".")[0]
+    for nonce in (forged, f"{slot}.AAAAAAAAAAAAAAAAAAAAAA", real + "x"):
+        resp = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=nonce)})
+        assert resp.status == 400 and await error_code(resp) == "use_dpop_nonce", nonce
+        assert nonce_auth.gw.dpop.nonces.accepts(resp.headers["DPoP-Nonce"])   # type: ignore[union-attr]
+
+
+async def test_a_nonce_from_two_slots_ago_is_refused(nonce_auth: Auth) -> None:
+    maker = nonce_auth.gw.dpop.nonces
+    assert maker is not None
+    nonce = await nonce_from_a_refusal(nonce_auth)
+    maker._clock = lambda: time.time() + SLOT_S   # the next slot: still accepted
+    assert (await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=nonce)})).status == 200
+    maker._clock = lambda: time.time() + 2 * SLOT_S + 1   # two slots on: stale
+    resp = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=nonce)})
+    assert resp.status == 400 and await error_code(resp) == "use_dpop_nonce"
+    assert resp.headers["DPoP-Nonce"] != nonce
+
+
+async def test_proxied_request_without_a_nonce_gets_401_use_dpop_nonce(nonce_auth: Auth) -> None:
+    nonce = await nonce_from_a_refusal(nonce_auth)
+    resp = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=nonce)})
+    token = (await resp.json())["access_token"]
+    refused = await nonce_auth.client.get("/api/orders", headers=dpop_headers(nonce_auth, token))
+    assert refused.status == 401 and await error_code(refused) == "use_dpop_nonce"
+    assert challenges(refused)[0].startswith('DPoP error="use_dpop_nonce", algs="ES256 ES384 EdDSA RS256 PS256"')
+    assert any(c.startswith("Bearer ") for c in challenges(refused))
+    fresh = refused.headers["DPoP-Nonce"]
+    ok = await nonce_auth.client.get("/api/orders", headers=dpop_headers(nonce_auth, token, nonce=fresh))
+    assert ok.status == 200, await ok.text()
+
+
+async def test_without_nonces_no_nonce_is_asked_for_or_handed_out(auth: Auth) -> None:
+    resp = await auth.login(headers={"DPoP": login_proof(auth)})
+    assert resp.status == 200 and "DPoP-Nonce" not in resp.headers

@@ -30,12 +30,16 @@ def test_dpop_settings_are_read(make_config: Callable[..., GatewayConfig]) -> No
     ({"algorithms": []}, "tokens.dpop.algorithms"),
     ({"max_age": "0s"}, "tokens.dpop.max_age"),
     ({"max_age": "1h"}, "tokens.dpop.max_age"),
-    ({"nonce": True}, "tokens.dpop.nonce"),
+    ({"nonce": "maybe"}, "tokens.dpop.nonce"),
     ({"requierd": True}, "tokens.dpop.requierd"),
 ])
 def test_bad_dpop_settings_are_refused(write_config: Callable[..., Path], dpop: dict[str, Any], key: str) -> None:
     found = problems_of(write_config(tokens={"dpop": dpop}))
     assert key in {p.key.split("[")[0] for p in found}, found
+
+
+def test_dpop_nonces_can_be_turned_on(make_config: Callable[..., GatewayConfig]) -> None:
+    assert make_config(tokens={"dpop": {"nonce": True}}).tokens.dpop.nonce is True
 
 
 def test_route_dpop_required_reaches_the_rule(make_config: Callable[..., GatewayConfig]) -> None:
