@@ -13,10 +13,8 @@ import os
 import time
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from ..config.tokens import TokensConfig
+from .tokens import derived_key
 
 SLOT_S = 30                       # a nonce's time slot: a fresh nonce every 30 s
 _INFO = b"tokengate/dpop-nonce/v1"
@@ -34,16 +32,8 @@ class NonceMaker:
     def from_config(cls, tokens: TokensConfig, *, clock: Callable[[], float] = time.time) -> NonceMaker:
         """Keyed from the signing key's secret or private key (as oauth/pending.py's Sealer); with no key
         that can sign, a random key: then each instance accepts only its own nonces."""
-        signer = tokens.signer
-        if signer is None:
-            return cls(os.urandom(32), clock=clock)
-        material = signer.material
-        if material.secret is not None:
-            secret = material.secret
-        else:
-            secret = material.private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption())
-        return cls(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret), clock=clock)
+        key = derived_key(tokens, _INFO)
+        return cls(key if key is not None else os.urandom(32), clock=clock)
 
     def slot(self) -> int:
         return int(self._clock() // self._slot_s)

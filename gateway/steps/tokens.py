@@ -12,6 +12,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from ..config.load import IdentityConfig, TokensConfig
 from ..errors import NoSigningKey
 from .identity import Identity
@@ -107,3 +110,18 @@ def _role_list(roles: Sequence[str]) -> list[str]:
     if isinstance(roles, str) or not all(isinstance(role, str) and role for role in roles):
         raise ValueError("roles must be a sequence of non-empty strings")
     return list(dict.fromkeys(roles))
+
+
+def derived_key(tokens: TokensConfig, info: bytes) -> bytes | None:
+    """A 32-byte key for ``info``'s use, derived (HKDF-SHA256) from the signing key's secret or private
+    key: the one secret every instance of a fleet already shares. None when no key can sign."""
+    signer = tokens.signer
+    if signer is None:
+        return None
+    material = signer.material
+    if material.secret is not None:
+        secret = material.secret
+    else:
+        secret = material.private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)

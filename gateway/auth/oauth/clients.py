@@ -172,7 +172,8 @@ class OidcClient:
             raise BrowserLoginFailed("provider_unreachable", "The sign-in provider's keys cannot be fetched "
                                      "right now. Please try again in a moment.", 503) from None
         except (InvalidToken, jwt.PyJWTError) as exc:
-            log.info("id token refused", extra={"provider": self.name, "reason": str(exc)})
+            # The error's class, never its text: no part of the token is ever written out.
+            log.info("id token refused", extra={"provider": self.name, "reason": type(exc).__name__})
             raise refused("id_token_invalid", "The provider's ID token is not valid.") from None
         _check_id_token_claims(claims, self.cfg.client_id, pending, self._clock(), self._leeway_s)
         return claims

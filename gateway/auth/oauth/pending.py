@@ -14,11 +14,10 @@ import secrets
 from dataclasses import asdict, dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...config.load import TokensConfig
+from ...steps.tokens import derived_key
 
 PENDING_TTL_S = 600           # DESIGN: the pending-login cookie lives 10 minutes
 COOKIE_PREFIX = "tokengate_login_"
@@ -68,16 +67,9 @@ class Sealer:
     def from_config(cls, tokens: TokensConfig) -> Sealer:
         """A key derived (HKDF-SHA256) from the signing key's secret or private key: the one secret every
         instance already shares. ValueError when no key can sign (then nobody can log in anyway)."""
-        signer = tokens.signer
-        if signer is None:
+        key = derived_key(tokens, _SEAL_INFO)
+        if key is None:
             raise ValueError("no signing key")
-        material = signer.material
-        if material.secret is not None:
-            secret = material.secret
-        else:
-            secret = material.private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption())
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(secret)
         return cls(key)
 
     def seal(self, pending: PendingLogin) -> str:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ...config.load import AuthConfig, GatewayConfig, GithubProviderConfig
 from ...errors import BrowserLoginFailed, DependencyDown, GatewayError, RateLimited
-from ...forward.headers import is_trusted
+from ...forward.dpop_request import request_base
 from ...forward.request_id import request_id_of
 from ...logs import LOGIN, LOGIN_FAILED, OAUTH_LOGIN
 from ...metrics import METRICS
@@ -274,16 +274,11 @@ def redirect_uri(request: web.Request, auth: AuthConfig, name: str) -> str:
 
 
 def public_base(request: web.Request, auth: AuthConfig) -> str:
-    if auth.public_url:
-        return auth.public_url
-    scheme, host = request.scheme, request.headers.get("Host", "")
-    trusted = request.app[GATEWAY].config.listen.trusted_proxies
-    if is_trusted(request.remote, trusted):
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
-        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
-    if scheme not in ("http", "https") or not host or any(c in host for c in "/\\@?# "):
+    """How the browser reached the gateway (forward/dpop_request.request_base); a page when it cannot be told."""
+    base = request_base(request, auth.public_url, request.app[GATEWAY].config.listen.trusted_proxies)
+    if base is None:
         raise BrowserLoginFailed("bad_host", "The gateway cannot tell its own address from this request.", 400)
-    return f"{scheme}://{host}"
+    return base
 
 
 def _forget_pending(resp: web.StreamResponse, auth: AuthConfig, name: str, state: str) -> None:
