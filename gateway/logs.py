@@ -57,6 +57,10 @@ class TextFormatter(logging.Formatter):
         return f"{head} {pairs}{newline}{rest}"
 
 
+def _formatter(cfg: LogConfig) -> logging.Formatter:
+    return JsonFormatter() if cfg.format == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def _utc(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
@@ -64,10 +68,7 @@ def _utc(created: float) -> str:
 def configure_logging(cfg: LogConfig) -> None:
     """Send every logger to stderr in the configured format, at the configured level."""
     handler = logging.StreamHandler(sys.stderr)
-    if cfg.format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(_formatter(cfg))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())
@@ -110,6 +111,26 @@ def audit(event: str, *, subject: str | None, session: str | None, client: str |
             raise ValueError(f"audit field {name!r} would carry a secret")
     _audit_log.info(event, extra={"event": event, "subject": subject, "session": session, "client": client,
                                   "request_id": request_id, "outcome": outcome, **fields})
+
+
+def operator_audit(cfg: LogConfig, event: str, *, subject: str | None, session: str | None,
+                   **fields: str | int | None) -> None:
+    """The audit line of a change an operator made with a ``tokengate`` command: on stderr, in the
+    configured format and level, with ``via: cli`` and no client or request id. Only this line: the
+    command's other loggers and the process's logging set-up stay as they were."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_formatter(cfg))
+    level, propagate = _audit_log.level, _audit_log.propagate
+    _audit_log.addHandler(handler)
+    _audit_log.setLevel(cfg.level.upper())
+    _audit_log.propagate = False
+    try:
+        audit(event, subject=subject, session=session, client=None, request_id=None, outcome=SUCCESS, via="cli",
+              **fields)
+    finally:
+        _audit_log.removeHandler(handler)
+        _audit_log.setLevel(level)
+        _audit_log.propagate = propagate
 
 
 # Codes the access line (and the metrics' ``reason``) give a forwarded answer that did not end well;

@@ -323,13 +323,16 @@ class Sessions:
 async def end_session(store: Store, iss: str, sub: str, sid: str, access_life_s: float,
                       record: Callable[[Revocation], Awaitable[None]] | None = None, now: float | None = None) -> bool:
     """End one live session of ``sub`` (False when it is none: unknown, another subject's, ended):
-    its family dies (a refresh then gets ``session_ended``), then its ``sid`` is denied (with ``record``,
-    e.g. a Denylist's revoke, else ``store.revoke``) for as long as an access token minted before now
-    is accepted. Ownership is settled first, so nobody can deny another subject's session."""
-    if not await store.end_session(iss, sub, sid):
+    its ``sid`` is denied (with ``record``, e.g. a Denylist's revoke, else ``store.revoke``) for as long
+    as an access token minted before now is accepted, then its family dies (a refresh then gets
+    ``session_ended``). Ownership is settled first, so nobody can deny another subject's session.
+    Denied before it ends: a store failure between the two steps leaves a session that is still
+    listed, so asking again finishes the job, and whose tokens are refused meanwhile."""
+    if not any(session.id == sid for session in await store.list_sessions(iss, sub)):
         return False
     now = time.time() if now is None else now
     await (record or store.revoke)(Revocation("sid", iss, sid, value=now, expires_at=now + access_life_s))
+    await store.end_session(iss, sub, sid)   # False only when another call ended it meanwhile: ended either way
     return True
 
 

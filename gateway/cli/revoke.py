@@ -12,6 +12,7 @@ from typing import Any
 from ..auth.revocation import NothingToRevoke, apply_revocation, build_revocation
 from ..config.load import GatewayConfig
 from ..errors import InvalidToken
+from ..logs import ADMIN_REVOKE, operator_audit
 from ..store.base import StoreUnavailable
 from .args import UsageError, add_config_option, config_from, fail
 
@@ -56,5 +57,8 @@ async def _record(cfg: GatewayConfig, args: argparse.Namespace, token: str | Non
         outcome = await apply_revocation(store, revocation)
     finally:
         await store.close()
+    r = outcome.revocation
+    operator_audit(cfg.log, ADMIN_REVOKE, subject=r.id if r.kind == "sub" else None, session=None, kind=r.kind,
+                   target=r.id)
     print(outcome.describe())
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..auth.sessions import end_session
 from ..config.load import GatewayConfig
+from ..logs import SESSION_END, operator_audit
 from ..store.base import SessionInfo, Store, StoreUnavailable
 from .args import add_config_option, config_from, fail
 
@@ -65,6 +66,7 @@ async def _end(store: Store, cfg: GatewayConfig, args: argparse.Namespace) -> in
     access_life_s = cfg.tokens.access_ttl + cfg.tokens.leeway
     if not await end_session(store, cfg.tokens.issuer, args.username, args.id, access_life_s):
         return fail(f"not found: {args.username} has no live session {args.id}")
+    operator_audit(cfg.log, SESSION_END, subject=args.username, session=args.id)
     print(f"ended session {args.id} of {args.username}: its refresh tokens are dead and its access tokens "
           "are refused")
     return 0

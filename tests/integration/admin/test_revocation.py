@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -86,6 +87,11 @@ async def test_cli_revoke_by_subject_ends_every_earlier_token_on_every_instance(
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert b"carol" in out
+    (line,) = [json.loads(text) for text in err.decode().splitlines()]   # the operator's change is audited
+    assert {k: line[k] for k in ("logger", "event", "subject", "session", "client", "request_id", "outcome",
+                                 "kind", "target", "via")} == {
+        "logger": "tokengate.audit", "event": "admin_revoke", "subject": "carol", "session": None, "client": None,
+        "request_id": None, "outcome": "success", "kind": "sub", "target": "carol", "via": "cli"}
     for gw in (first, second):
         await until_refused(http, gw, token)
     later = mint(sub="carol", roles=["user"], iat=int(time.time()) + 2)   # issued after the watermark

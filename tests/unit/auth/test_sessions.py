@@ -22,7 +22,7 @@ from gateway.errors import DependencyDown, InvalidRefreshToken, RefreshTokenReus
 from gateway.steps.denylist import Denylist
 from gateway.steps.tokens import Minter
 from gateway.steps.verify import Verifier
-from gateway.store import MemoryStore, Revocation
+from gateway.store import MemoryStore, Revocation, StoreUnavailable
 from tests.conftest import CHEAP_ARGON2 as CHEAP, HS_SECRET, ISSUER
 
 ALICE = AuthenticatedUser("alice", ("user",), "alice@example.test")
@@ -267,6 +267,33 @@ async def test_a_revoked_subject_or_a_password_reset_ends_sessions_without_an_al
     with caplog.at_level(logging.INFO, logger="tokengate.sessions"), pytest.raises(SessionEnded):
         await sessions.rotate(first.refresh_token)
     assert alarms(caplog) == []
+
+
+@pytest.mark.parametrize("failing", ["revoke", "end_session"])
+async def test_a_session_end_cut_short_by_the_store_can_be_retried_and_leaves_no_token_alive(
+        world: World, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """Ending a session is two store steps (deny the sid, end the family). When the store fails at
+    either, the caller gets a 503 and asks again; the retry must still find the session and end it,
+    and no access token of it may stay valid in between."""
+    sessions = world.sessions()
+    pair = await sessions.issue(ALICE)
+    identity = await identity_of(world, pair.access_token)
+    real = getattr(world.store, failing)
+
+    async def down_once(*args: Any) -> Any:
+        monkeypatch.setattr(world.store, failing, real)
+        raise StoreUnavailable("memory://", "the store went away")
+
+    monkeypatch.setattr(world.store, failing, down_once)
+    with pytest.raises(DependencyDown):
+        await sessions.end(identity, identity.sid)
+    assert await sessions.end(identity, identity.sid) is True
+    with pytest.raises(RevokedToken):
+        world.denylist.check(identity)
+    with pytest.raises(SessionEnded):
+        await sessions.rotate(pair.refresh_token)
+    assert await sessions.list_of(identity) == []
+    assert await sessions.end(identity, identity.sid) is False
 
 
 async def test_store_down_is_dependency_down(world: World) -> None:

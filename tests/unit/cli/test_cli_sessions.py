@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 
 import pytest
@@ -78,7 +79,13 @@ def test_sessions_are_listed_and_one_is_ended_through_a_real_redis(run, write_co
     assert run("sessions", "end", "--config", config, "alice", "fam-bob-1")[0] == 1   # bob's: not found
     status, _, err = run("sessions", "end", "--config", config, "alice", "no-such-id")
     assert status == 1 and "not found" in err
-    assert run("sessions", "end", "--config", config, "alice", "fam-alice-1")[0] == 0
+    status, _, err = run("sessions", "end", "--config", config, "alice", "fam-alice-1")
+    assert status == 0
+    (line,) = [json.loads(text) for text in err.splitlines()]   # the operator's session end is audited
+    assert {k: line[k] for k in ("logger", "event", "subject", "session", "client", "request_id", "outcome",
+                                 "via")} == {
+        "logger": "tokengate.audit", "event": "session_end", "subject": "alice", "session": "fam-alice-1",
+        "client": None, "request_id": None, "outcome": "success", "via": "cli"}
     record, revoked = asyncio.run(_state(redis_url, mine))
     assert record is None and [(r.kind, r.id) for r in revoked] == [("sid", "fam-alice-1")]
     assert run("sessions", "list", "--config", config, "alice")[1].splitlines()[1:] == []
