@@ -1,7 +1,7 @@
 """The audit log (DESIGN "Sessions and sender-constrained tokens"): every password flow run through the
 app on a real socket, on the embedded store and on a real Redis. Each flow writes exactly one
 ``tokengate.audit`` line with its fields, and no log line of the whole run, of any logger, carries a
-token, a password, a cookie value, a CSRF token or a reset token. (The delegated login's lines are
+token, a DPoP proof, a password, a cookie value, a CSRF token or a reset token. (The delegated login's lines are
 checked in oidc/test_audit_oauth.py, next to the provider fixture.)
 """
 
@@ -22,6 +22,7 @@ from tests.integration.auth import test_account_routes as accounts_shared, test_
 from tests.integration.auth.test_account_pages import open_page, post_form
 from tests.integration.auth.test_account_routes import NEW_PASSWORD, change, reset, reset_mail
 from tests.integration.auth.test_auth_routes import PASSWORD, Auth, claims_of
+from tests.integration.auth.test_dpop_routes import proof_for
 from tests.integration.smtpserver import SmtpServer, smtp_server, token_in
 
 # The shared fixtures, by name: pytest finds fixtures among a module's globals.
@@ -110,6 +111,23 @@ async def test_every_flow_writes_its_audit_line_once_and_no_log_carries_a_secret
     assert (await reset(auth, reset_token, "yet another fine passphrase")).status == 204
     seen.values.add("yet another fine passphrase")
 
+    # DPoP: a bound login and refresh, the sessions list with a proof; a replayed proof is refused.
+    login_proof = proof_for(auth, "POST", f"{prefix}/login")
+    bound = seen.pair(await (await login("bob", headers={"DPoP": login_proof})).json())
+    assert bound["token_type"] == "DPoP"
+    sid6 = claims_of(bound["access_token"])["sid"]
+    replayed = await login("bob", headers={"DPoP": login_proof})
+    assert (replayed.status, (await replayed.json())["error"]) == (400, "invalid_dpop_proof")
+    refresh_proof = proof_for(auth, "POST", f"{prefix}/refresh")
+    rebound_answer = await auth.refresh(bound["refresh_token"], headers={"DPoP": refresh_proof})
+    seen.cookies(rebound_answer)
+    rebound = seen.pair(await rebound_answer.json())
+    list_proof = proof_for(auth, "GET", f"{prefix}/sessions", token=rebound["access_token"])
+    listed = await auth.client.get(f"{prefix}/sessions", headers={"Authorization": f"DPoP {rebound['access_token']}",
+                                                                  "DPoP": list_proof})
+    assert listed.status == 200, await listed.text()
+    seen.values.update((login_proof, refresh_proof, list_proof))
+
     admin = await aiohttp_client(build_admin_app(auth.client.app))
     assert (await admin.post("/admin/revoke", json={"sub": "bob"})).status == 200
 
@@ -121,6 +139,7 @@ async def test_every_flow_writes_its_audit_line_once_and_no_log_carries_a_secret
                 (SESSION_END, "alice", sid2, SUCCESS), (LOGOUT, "alice", sid3, SUCCESS),
                 (LOGIN, "alice", sid4, SUCCESS), (PASSWORD_CHANGE, "alice", sid4, SUCCESS),
                 (LOGOUT_ALL, "alice", sid5, SUCCESS), (PASSWORD_RESET, "alice", None, SUCCESS),
+                (LOGIN, "bob", sid6, SUCCESS), (REFRESH, "bob", sid6, SUCCESS),
                 (ADMIN_REVOKE, "bob", None, SUCCESS)]
     got = [(line["event"], line["subject"], "*" if exp[2] == "*" and line["session"] else line["session"],
             line["outcome"]) for line, exp in zip(lines, expected, strict=True)]
