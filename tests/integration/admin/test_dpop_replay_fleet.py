@@ -1,5 +1,6 @@
 """A DPoP proof is spent once across the fleet: two `tokengate serve` processes share one real Redis and
-one public URL (so a proof's htu fits both); a proof used on one instance is refused by the other."""
+one public URL (so a proof's htu fits both); a proof used on one instance is refused by the other.
+On Redis Cluster and Sentinel: test_fleet_topologies.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Ending a session at fleet speed: two `tokengate serve` processes share one real Redis; a session ended
 on one (DELETE {prefix}/sessions/{id}) has its access token refused by the other within a second, cached
 or not, and its refresh token answers session_ended on both. Collected again on Cluster and Sentinel by
-test_session_end_fleet_topologies.py."""
+test_fleet_topologies.py."""
 
 from __future__ import annotations
 
