@@ -11,6 +11,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from ..errors import (BadPath, BadRequest, BodyTooLarge, ConflictingHeaders, Csr
                       Forbidden, ForeignAccount, InvalidAccountField, InvalidCredentials, InvalidDpopProof,
                       InvalidRefreshToken, InvalidResetToken, InvalidToken, JsonRequired, MissingRefreshToken,
                       MissingToken, NoRoute, RateLimited, RefreshTokenReused, RevokedToken, SessionEnded,
-                      UnknownSession, UsernameTaken, WeakPasswordRefused)
+                      UnknownSession, UseDpopNonce, UsernameTaken, WeakPasswordRefused)
 from ..pipeline import GATEWAY, JWKS_PATH
 from ..steps.cookies import ACCESS_COOKIE, CSRF_COOKIE, CSRF_HEADER
 from .account_routes import MAX_EMAIL_CHARS
@@ -51,8 +52,22 @@ class Failure(Protocol):
     description: str
 
 
+@dataclass(frozen=True)
+class AtResource:
+    """A proof refusal as a protected resource answers it: 401, not the token endpoints' 400 (RFC 9449 7.1)."""
+
+    status: int
+    error: str
+    code: str
+    description: str
+
+    @classmethod
+    def of(cls, failure: Failure) -> AtResource:
+        return cls(401, failure.error, failure.code, failure.description)
+
+
 TOKEN_FAILURES: tuple[Failure, ...] = (MissingToken, InvalidToken, ExpiredToken, RevokedToken, BadRequest,
-                                       DependencyDown)
+                                       DependencyDown, AtResource.of(InvalidDpopProof))
 # What any JSON-body endpoint may refuse before it looks at the fields' meaning.
 BODY_FAILURES: tuple[Failure, ...] = (BadRequest, JsonRequired, BodyTooLarge, DependencyDown)
 
@@ -130,7 +145,7 @@ def _login(cfg: GatewayConfig) -> dict[str, Any]:
         "and per username.",
         body=_with_form_body(cfg, _body("LoginRequest"), form_login_body()), parameters=[_dpop_param()],
         responses=_with_form_answers(cfg, {"200": _tokens(cfg),
-                                           **_failures(*BODY_FAILURES, InvalidDpopProof, InvalidCredentials,
+                                           **_failures(*BODY_FAILURES, *_proof_failures(cfg), InvalidCredentials,
                                                        RateLimited)},
                                      form_login_responses()))
 
@@ -168,7 +183,7 @@ def _refresh(cfg: GatewayConfig) -> dict[str, Any]:
         body=_body("RefreshRequest", required=False), parameters=[_dpop_param()],
         security=[{"refreshCookie": []}, {}],
         responses={"200": _tokens(cfg),
-                   **_failures(BadRequest, InvalidDpopProof, MissingRefreshToken, InvalidRefreshToken,
+                   **_failures(BadRequest, *_proof_failures(cfg), MissingRefreshToken, InvalidRefreshToken,
                                RefreshTokenReused, SessionEnded, BodyTooLarge, RateLimited, DependencyDown)})
 
 
@@ -180,7 +195,7 @@ def _logout(cfg: GatewayConfig) -> dict[str, Any]:
         body=_body("RefreshRequest", required=False),
         security=_access_security(cfg),
         responses={"204": _ended(),
-                   **_failures(*TOKEN_FAILURES, BodyTooLarge, *_csrf(cfg))})
+                   **_failures(*_token_failures(cfg), BodyTooLarge, *_csrf(cfg))})
 
 
 def _logout_all(cfg: GatewayConfig) -> dict[str, Any]:
@@ -189,7 +204,7 @@ def _logout_all(cfg: GatewayConfig) -> dict[str, Any]:
         "Every token of the access token's subject issued before now is dead, and every refresh family of "
         "the subject. The request body is not read. Clears the session cookies.",
         security=_access_security(cfg),
-        responses={"204": _ended(), **_failures(*TOKEN_FAILURES, *_csrf(cfg))})
+        responses={"204": _ended(), **_failures(*_token_failures(cfg), *_csrf(cfg))})
 
 
 def _list_sessions(cfg: GatewayConfig) -> dict[str, Any]:
@@ -200,7 +215,7 @@ def _list_sessions(cfg: GatewayConfig) -> dict[str, Any]:
         security=_access_security(cfg),
         responses={"200": {"description": "The sessions.", "headers": _no_store_headers(),
                            "content": {JSON: {"schema": _ref("SessionList")}}},
-                   **_failures(*TOKEN_FAILURES)})
+                   **_failures(*_token_failures(cfg))})
 
 
 def _end_session(cfg: GatewayConfig) -> dict[str, Any]:
@@ -214,7 +229,7 @@ def _end_session(cfg: GatewayConfig) -> dict[str, Any]:
         parameters=[session_id], security=_access_security(cfg),
         responses={"204": {"description": "The session has ended.", "headers": _no_store_headers()},
                    # NoRoute: an id that is no path segment (a slash in it) names another path.
-                   **_failures(*TOKEN_FAILURES, *_csrf(cfg), UnknownSession, NoRoute)})
+                   **_failures(*_token_failures(cfg), *_csrf(cfg), UnknownSession, NoRoute)})
 
 
 def _signup(cfg: GatewayConfig) -> dict[str, Any]:
@@ -271,7 +286,7 @@ def _change_password(cfg: GatewayConfig) -> dict[str, Any]:
         body=_body("ChangePasswordRequest"),
         security=_access_security(cfg),
         responses={"200": _tokens(cfg),
-                   **_failures(*TOKEN_FAILURES, *_csrf(cfg), ForeignAccount, *BODY_FAILURES, InvalidCredentials,
+                   **_failures(*_token_failures(cfg), *_csrf(cfg), ForeignAccount, *BODY_FAILURES, InvalidCredentials,
                                WeakPasswordRefused, RateLimited)})
 
 
@@ -295,7 +310,7 @@ def _verify(cfg: GatewayConfig, method: str) -> dict[str, Any]:
         security=[*_access_security(cfg), {}],
         responses={"200": {"description": "Allowed.",
                            "headers": {**_no_store_headers(pragma=True), **_identity_headers(cfg)}},
-                   **_failures(*TOKEN_FAILURES, ConflictingHeaders, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
+                   **_failures(*_token_failures(cfg), ConflictingHeaders, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
 
 
 def _uri_pattern() -> str:
@@ -358,8 +373,20 @@ def _dpop_param() -> dict[str, Any]:
 
 
 def _access_security(cfg: GatewayConfig) -> list[dict[str, list[str]]]:
-    # Browser mode: the access cookie works too, with the CSRF double-submit header on unsafe methods.
-    return [{"bearerAuth": []}, *([{"accessCookie": [], "csrfHeader": []}] if cfg.auth.access_cookie else [])]
+    # A DPoP-bound token comes with its proof. Browser mode: the access cookie works too, with the CSRF
+    # double-submit header on unsafe methods.
+    return [{"bearerAuth": []}, {"dpopAuth": [], "dpopProof": []},
+            *([{"accessCookie": [], "csrfHeader": []}] if cfg.auth.access_cookie else [])]
+
+
+def _token_failures(cfg: GatewayConfig) -> tuple[Failure, ...]:
+    """What an endpoint that takes an access token may refuse: the token, or its DPoP proof."""
+    return (*TOKEN_FAILURES, *((AtResource.of(UseDpopNonce),) if cfg.tokens.dpop.nonce else ()))
+
+
+def _proof_failures(cfg: GatewayConfig) -> tuple[Failure, ...]:
+    """What login and refresh may refuse of a DPoP proof (400, RFC 9449 5 and 8)."""
+    return (InvalidDpopProof, *((UseDpopNonce,) if cfg.tokens.dpop.nonce else ()))
 
 
 def _csrf(cfg: GatewayConfig) -> tuple[Failure, ...]:
@@ -416,6 +443,8 @@ def _failure_response(status: int, group: Iterable[Failure]) -> dict[str, Any]:
     headers = _no_store_headers()
     if status in (401, 403):
         headers["WWW-Authenticate"] = _ref("WWWAuthenticate", "headers")
+    if any(f.code == UseDpopNonce.code for f in group):
+        headers["DPoP-Nonce"] = _ref("DPoPNonce", "headers")
     if status == 429:
         headers["Retry-After"] = _ref("RetryAfter", "headers")
     return {"description": "; ".join(lines), "headers": headers, "content": {JSON: {"schema": schema}}}
@@ -566,8 +595,13 @@ def _headers(cfg: GatewayConfig) -> dict[str, Any]:
         "Pragma": {"required": True, "schema": {"const": "no-cache"}},
         "RetryAfter": {"required": True, "description": "Seconds to wait.",
                        "schema": {"type": "integer", "minimum": 1}},
-        "WWWAuthenticate": {"required": True, "description": "RFC 6750 Bearer challenge.",
-                            "schema": {"type": "string", "pattern": '^Bearer realm="[^"]*"'}},
+        "WWWAuthenticate": {"required": True, "description": "RFC 6750 Bearer challenge; where a DPoP-bound "
+                                                             "token is taken, also a DPoP challenge (RFC 9449 7.1: "
+                                                             "algs), first when the proof is what failed.",
+                            "schema": {"type": "string", "pattern": '^(Bearer realm="[^"]*"|DPoP )'}},
+        "DPoPNonce": {"required": False, "description": "The nonce the next DPoP proof must carry (RFC 9449 8 "
+                                                        "and 9): sent with use_dpop_nonce.",
+                      "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}},
         "SetSessionCookies": {"required": True, "schema": {"type": "string", **starts},
                               "description": f"{name} (HttpOnly) first; in browser mode also {ACCESS_COOKIE} "
                                              f"(HttpOnly) and {CSRF_COOKIE} (readable by scripts)."},
@@ -579,6 +613,11 @@ def _headers(cfg: GatewayConfig) -> dict[str, Any]:
 def _security_schemes(cfg: GatewayConfig) -> dict[str, Any]:
     schemes: dict[str, Any] = {
         "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "dpopAuth": {"type": "http", "scheme": "dpop",
+                     "description": "A DPoP-bound access token (RFC 9449: Authorization: DPoP), never as Bearer."},
+        "dpopProof": {"type": "apiKey", "in": "header", "name": "DPoP",
+                      "description": "The DPoP proof of this request: htm, htu, iat, a new jti and ath, signed by "
+                                     "the key the token is bound to (cnf.jkt)."},
         "refreshCookie": {"type": "apiKey", "in": "cookie", "name": cfg.auth.refresh_cookie.name},
     }
     if cfg.auth.access_cookie:

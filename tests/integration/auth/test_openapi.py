@@ -191,6 +191,31 @@ async def test_document_follows_the_config(make_config: Callable[..., Any]) -> N
     assert "refresh_token" not in document["components"]["schemas"]["TokenResponse"]["properties"]
 
 
+@pytest.mark.parametrize("nonce", [False, True])
+async def test_document_states_the_dpop_refusals_and_nonces(make_config: Callable[..., Any], nonce: bool) -> None:
+    document = openapi_document(await asyncio.to_thread(make_config, tokens={"dpop": {"nonce": nonce}}))
+    schemathesis.openapi.from_dict(document, config=schemathesis.Config()).validate()
+    prefix = "/auth"
+
+    def codes(answer: dict[str, Any]) -> set[str]:
+        return set(answer["content"]["application/json"]["schema"]["allOf"][1]["properties"]["code"]["enum"])
+
+    expected = {"invalid_dpop_proof", *(["use_dpop_nonce"] if nonce else [])}
+    for endpoint in ("login", "refresh"):   # the token endpoints refuse a proof with 400 (RFC 9449 5, 8)
+        refused = document["paths"][f"{prefix}/{endpoint}"]["post"]["responses"]["400"]
+        assert codes(refused) & {"invalid_dpop_proof", "use_dpop_nonce"} == expected, endpoint
+        assert ("DPoP-Nonce" in refused["headers"]) == nonce, endpoint
+    for path, method in ((f"{prefix}/sessions", "get"), (f"{prefix}/logout", "post"), (f"{prefix}/verify", "get")):
+        operation = document["paths"][path][method]
+        assert {"dpopAuth": [], "dpopProof": []} in operation["security"], path
+        refused = operation["responses"]["401"]   # a resource refuses a proof with 401 (RFC 9449 7.1, 9)
+        assert codes(refused) & {"invalid_dpop_proof", "use_dpop_nonce"} == expected, path
+        assert ("DPoP-Nonce" in refused["headers"]) == nonce, path
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["dpopAuth"]["scheme"] == "dpop" and schemes["dpopProof"] == {
+        "type": "apiKey", "in": "header", "name": "DPoP", "description": schemes["dpopProof"]["description"]}
+
+
 async def test_accounts_kept_by_a_credentials_service_have_no_account_endpoints(
         make_config: Callable[..., Any]) -> None:
     cfg = await asyncio.to_thread(make_config, auth={"users": {"credentials_url": "http://127.0.0.1:9/check"}})
