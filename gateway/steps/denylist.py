@@ -145,9 +145,7 @@ class Denylist:
         swapped in at once."""
         self._applied_while_loading = pending = []
         try:
-            subs = [r for r in live if r.kind == "sub"]
-            jtis = await _loaded([r for r in live if r.kind == "jti"])
-            sids = await _loaded([r for r in live if r.kind == "sid"])
+            jtis, sids, subs = await _loaded(live)
         finally:
             self._applied_while_loading = None
         self._jti, self._sid, self._sub = jtis, sids, {}
@@ -181,15 +179,28 @@ class Denylist:
         self._sub = {k: v for k, v in self._sub.items() if v[1] > now}
 
 
-async def _loaded(revocations: list[Revocation]) -> RevokedIds:
-    """A RevokedIds of these ids, hashed in slices that let the event loop run in between."""
-    ids = RevokedIds()
-    fingerprints, expiries = np.empty(len(revocations), np.uint64), np.empty(len(revocations), np.uint32)
-    for start in range(0, len(revocations), LOAD_CHUNK):
-        chunk = revocations[start:start + LOAD_CHUNK]
-        fingerprints[start:start + len(chunk)] = ids.fingerprints((r.iss, r.id) for r in chunk)
-        expiries[start:start + len(chunk)] = expiries_of(r.expires_at for r in chunk)
+async def _loaded(live: list[Revocation]) -> tuple[RevokedIds, RevokedIds, list[Revocation]]:
+    """The token ids and the session ids of ``live`` as a RevokedIds each, and its subject watermarks.
+    One pass over ``live`` in slices that let the event loop run in between: at a million entries even
+    one plain pass over the list takes a loop-stalling 0.3-0.8 s."""
+    ids = {"jti": RevokedIds(), "sid": RevokedIds()}
+    parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {kind: ([], []) for kind in ids}
+    subs = []
+    for start in range(0, len(live), LOAD_CHUNK):
+        by_kind: dict[str, list[Revocation]] = {kind: [] for kind in ids}
+        for revocation in live[start:start + LOAD_CHUNK]:
+            if revocation.kind == "sub":
+                subs.append(revocation)
+            elif revocation.kind in by_kind:
+                by_kind[revocation.kind].append(revocation)
+        for kind, some in by_kind.items():
+            if some:
+                fingerprints, expiries = parts[kind]
+                fingerprints.append(ids[kind].fingerprints((r.iss, r.id) for r in some))
+                expiries.append(expiries_of(r.expires_at for r in some))
         await asyncio.sleep(0)
-    # The sort (~50-90 ms at 1M) runs in a thread: numpy lets go of the GIL meanwhile.
-    await asyncio.to_thread(ids.load, fingerprints, expiries)
-    return ids
+    for kind, (fingerprints, expiries) in parts.items():
+        # The sort (~50-90 ms at 1M) runs in a thread: numpy lets go of the GIL meanwhile.
+        await asyncio.to_thread(ids[kind].load, np.concatenate(fingerprints or [np.empty(0, np.uint64)]),
+                                np.concatenate(expiries or [np.empty(0, np.uint32)]))
+    return ids["jti"], ids["sid"], subs
