@@ -18,7 +18,7 @@ from ..config.load import GatewayConfig
 from ..errors import (BadRequest, BodyTooLarge, ConflictingHeaders, InvalidCredentials, JsonRequired,
                       MissingRefreshToken, RefreshTokenReused, UnknownSession)
 from ..forward.client_cert import client_certificate
-from ..forward.dpop_request import bound_key
+from ..forward.dpop_request import DPOP_ALGS, bound_key
 from ..forward.headers import fold
 from ..logs import LOGIN, LOGIN_FAILED, LOGOUT, LOGOUT_ALL, REFRESH, REFRESH_REUSE, SESSION_END
 from ..metrics import counted
@@ -180,7 +180,8 @@ def session_body(session: SessionInfo, current: bool) -> dict[str, Any]:
 
 async def verify(request: web.Request) -> web.StreamResponse:
     """Forward-auth: may the request described by X-Forwarded-Method/-Uri (or X-Original-*) pass?
-    200 + identity headers; 400 (conflicting headers, bad path), 401, 403, 404 (no route), 503."""
+    200 + identity headers; 400 (conflicting headers, bad path), 401, 403, 404 (no route), 503.
+    A DPoP-bound token needs a proof for that request, not for this one (DpopGuard.check_forwarded)."""
     # First, before any token check: nginx passes the client's headers on with its own X-Original-*,
     # so a copy that disagrees with the proxy's is a client asking to have another request judged.
     method = (_one_of(request.headers, FORWARDED_METHOD) or request.method).upper()   # ConflictingHeaders -> 400
@@ -190,18 +191,23 @@ async def verify(request: web.Request) -> web.StreamResponse:
     rule = gw.rules.match(method, path)                             # NoRoute -> 404
     if rule.public:
         return web.Response(status=200, headers=NO_STORE)
-    identity = await caller(request, gw, method)                    # 401 / CSRF 403
+    request[DPOP_ALGS] = gw.dpop.algs                               # its 401s carry a DPoP challenge too
+    scheme, token = extract_presented_token(request, gw.config, method)   # MissingToken, BadRequest, CsrfFailed
+    identity = (await gw.authenticator.authenticate(token)).identity      # InvalidToken, RevokedToken -> 401; 503
     if CNF in identity.claims:   # a certificate-bound token: the certificate nginx's client presented
         check_certificate_binding(identity.claims, client_certificate(request, gw.config.listen))
+    if CNF in identity.claims or scheme != BEARER or rule.dpop_required or gw.dpop.required:
+        # RFC 9449, as on a proxied request, but the proof names the request the proxy asks about (401)
+        await gw.dpop.check_forwarded(request, scheme, token, identity.claims, rule.dpop_required, method, uri)
     authorize(rule, identity)                                       # Forbidden -> 403
     return web.Response(status=200, headers={**NO_STORE, **gw.passport.headers_for(identity, rule.upstream)})
 
 
 async def caller(request: web.Request, gw: Gateway, method: str | None = None) -> Identity:
     """The verified, unrevoked identity of the request's access token (bearer, DPoP with its proof, or the
-    cookie in browser mode). A DPoP-bound token is never taken as a bare bearer token here either: a copy
-    of it could otherwise end its owner's sessions or pass forward-auth (where, behind nginx, the proof
-    names the original request's URL, not this one's: bound tokens are refused there for now)."""
+    cookie in browser mode) at the gateway's own endpoints, whose proofs name the endpoint's own URL. A
+    DPoP-bound token is never taken as a bare bearer token here either: a copy of it could otherwise end
+    its owner's sessions. (Forward-auth checks its proofs against the proxied request: see ``verify``.)"""
     scheme, token = extract_presented_token(request, gw.config, method)
     identity = (await gw.authenticator.authenticate(token)).identity
     if scheme != BEARER or bound_key(identity.claims) is not None:

@@ -1,6 +1,7 @@
 """DPoP (RFC 9449) at the request: the URL the client used (``htu``), the ``DPoP`` header it sent, and
-the checks of the token endpoints (login, refresh: which key to bind to) and of proxied requests (a
-bound token needs a fresh proof by its key), with server nonces when ``tokens.dpop.nonce`` is on. Out:
+the checks of the token endpoints (login, refresh: which key to bind to), of proxied requests (a
+bound token needs a fresh proof by its key) and of forward-auth (the proof names the request a trusted
+proxy asks about), with server nonces when ``tokens.dpop.nonce`` is on. Out:
 a key thumbprint, nothing, or InvalidDpopProof / UseDpopNonce (with a fresh DPoP-Nonce header) /
 InvalidToken. The proof and the token are never logged.
 """
@@ -77,14 +78,30 @@ class DpopGuard:
         text = _proof_text(request)
         if text is None:
             return None
-        proof = self._check(request, text, None)
+        proof = self._check(request, text, None, request.method, request.raw_path)
         await self._replay.check_unused(proof)
         return proof.jkt
 
     async def check_resource(self, request: web.BaseRequest, scheme: str, token: str,
                              claims: Mapping[str, Any], required: bool) -> None:
-        """A proxied request: a bound token only as ``DPoP`` with a fresh proof by its key; an unbound
-        one only as Bearer, and not where DPoP is ``required``. Raises InvalidToken or InvalidDpopProof (401)."""
+        """A proxied request: a bound token only as ``DPoP`` with a fresh proof by its key for this
+        request; an unbound one only as Bearer, and not where DPoP is ``required``. Raises InvalidToken
+        or InvalidDpopProof (401; UseDpopNonce with a fresh DPoP-Nonce header), DependencyDown (503)."""
+        await self._check_presented(request, scheme, token, claims, required, (request.method, request.raw_path))
+
+    async def check_forwarded(self, request: web.BaseRequest, scheme: str, token: str, claims: Mapping[str, Any],
+                              required: bool, method: str, uri: str) -> None:
+        """Forward-auth ({prefix}/verify): as ``check_resource``, but the proof must name the request the
+        proxy asks about, ``method`` on ``uri`` (its X-Forwarded-/X-Original- Method and URI), at the URL
+        base the client used (``auth.public_url``, else X-Forwarded-Proto/-Host). Only a peer in
+        ``listen.trusted_proxies`` is believed about that request: from any other, a bound token is
+        refused (InvalidDpopProof, 401), since its proof could not be held to the request it is for."""
+        target = (method, uri) if is_trusted(request.remote, self._trusted) else None
+        await self._check_presented(request, scheme, token, claims, required, target)
+
+    async def _check_presented(self, request: web.BaseRequest, scheme: str, token: str, claims: Mapping[str, Any],
+                               required: bool, target: tuple[str, str] | None) -> None:
+        """``target``: (method, raw URI) the proof must name; None when no one believed says which."""
         jkt = bound_key(claims)
         if jkt is None:
             if scheme == DPOP:
@@ -98,20 +115,24 @@ class DpopGuard:
             text = _proof_text(request)
             if text is None:
                 raise InvalidDpopProof("no DPoP proof came with the DPoP-bound access token")
-            proof = self._check(request, text, token)
+            if target is None:
+                raise InvalidDpopProof("forward-auth checks a DPoP proof only for a proxy in listen.trusted_proxies")
+            proof = self._check(request, text, token, *target)
             check_binding(jkt, proof)
             await self._replay.check_unused(proof)
         except InvalidDpopProof as exc:
             raise exc.for_resource() from exc
 
-    def _check(self, request: web.BaseRequest, text: str, token: str | None) -> DpopProof:
+    def _check(self, request: web.BaseRequest, text: str, token: str | None, method: str, uri: str) -> DpopProof:
+        """The proof ``text`` checked against ``method`` on ``uri`` (raw, as sent: its path is the htu's)
+        at the URL base this request names (``request_base``)."""
         base = request_base(request, self._public_url, self._trusted)
         if base is None:
             raise InvalidDpopProof("the gateway cannot tell the URL this request was sent to")
-        url = base + request.raw_path.partition("?")[0]
+        url = base + uri.partition("?")[0].partition("#")[0]   # RFC 9449 4.3 step 9: no query, no fragment
         nonce_ok = self.nonces.accepts if self.nonces is not None else None
         try:
-            return check_proof(text, method=request.method, url=url, now=self._clock(), max_age_s=self._max_age_s,
+            return check_proof(text, method=method, url=url, now=self._clock(), max_age_s=self._max_age_s,
                                algorithms=self._algorithms, access_token=token, nonce_ok=nonce_ok)
         except UseDpopNonce as exc:   # RFC 9449 8 and 9: the refusal hands out the nonce to use
             assert self.nonces is not None

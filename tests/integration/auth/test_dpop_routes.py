@@ -39,14 +39,15 @@ MakeDpopAuth = Callable[..., Awaitable[Auth]]
 @pytest.fixture
 def make_dpop_auth(make_config: Callable[..., GatewayConfig], aiohttp_client: Any, echo_upstream: TestServer,
                    store_url: str) -> MakeDpopAuth:
-    """make_dpop_auth(**tokens.dpop) -> Auth on a fresh app with ROUTES and accounts alice, bob."""
+    """make_dpop_auth(listen={...}, auth={...}, **tokens.dpop) -> Auth on a fresh app with ROUTES and
+    accounts alice, bob; ``listen`` and ``auth`` add to those sections."""
 
-    async def make(**dpop: Any) -> Auth:
+    async def make(*, listen: dict[str, Any] | None = None, auth: dict[str, Any] | None = None, **dpop: Any) -> Auth:
         upstream = str(echo_upstream.make_url(""))
         sections = {"store": {"url": store_url},
                     "upstreams": {"accounts": {"url": upstream}, "orders": {"url": upstream}},
-                    "auth": {"rate_limits": GENEROUS, "refresh_token_in_body": True}, "routes": ROUTES,
-                    "tokens": {"dpop": dpop}, "listen": {"host": "127.0.0.1"}}
+                    "auth": {"rate_limits": GENEROUS, "refresh_token_in_body": True, **(auth or {})},
+                    "routes": ROUTES, "tokens": {"dpop": dpop}, "listen": {"host": "127.0.0.1", **(listen or {})}}
         cfg = await asyncio.to_thread(make_config, **sections)
         client = await aiohttp_client(assemble_app(cfg), cookie_jar=aiohttp.DummyCookieJar())
         gw = client.app[GATEWAY]

@@ -6,6 +6,7 @@ The server block is the one README.md shows under "Behind nginx (auth_request)".
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,8 +20,10 @@ from aiohttp.test_utils import TestServer
 
 from gateway.dev.echo import ECHO, EchoState
 from loadtests.procs import free_port, stop_process
+from gateway.steps.dpop import thumbprint
 from tests.conftest import base_config, bearer
 from tests.integration.gatewayproc import GatewayProcess
+from tests.unit.steps.dpop_proofs import ath, good_header, key, public_jwk, sign
 
 NGINX = Path("/usr/sbin/nginx")
 if not NGINX.exists():
@@ -45,6 +48,10 @@ server {
         auth_request_set $user  $upstream_http_x_user_id;
         auth_request_set $roles $upstream_http_x_user_roles;
         auth_request_set $email $upstream_http_x_user_email;
+        # A 401's WWW-Authenticate nginx relays itself; the fresh DPoP-Nonce of a DPoP refusal
+        # (tokens.dpop.nonce) it must be told to ("" adds no header).
+        auth_request_set $dpop_nonce $upstream_http_dpop_nonce;
+        add_header DPoP-Nonce $dpop_nonce always;
         proxy_set_header X-User-Id    $user;
         proxy_set_header X-User-Roles $roles;
         proxy_set_header X-User-Email $email;
@@ -58,6 +65,9 @@ server {
         proxy_set_header Content-Length "";
         proxy_set_header X-Original-URI $request_uri;
         proxy_set_header X-Original-Method $request_method;
+        # The scheme and host the client used: a DPoP proof names them (with listen.trusted_proxies).
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host  $http_host;
     }
 }
 """
@@ -147,6 +157,8 @@ async def edge(start_gateway: Callable[..., Any], echo_upstream: TestServer, key
     upstream = f"127.0.0.1:{echo_upstream.port}"
     cfg = base_config(keys_dir)
     cfg["upstreams"] = {"accounts": {"url": f"http://{upstream}"}, "orders": {"url": f"http://{upstream}"}}
+    cfg["listen"]["trusted_proxies"] = ["127.0.0.1/32"]   # nginx: its X-Forwarded-Proto/-Host name the URL
+    cfg["tokens"]["dpop"] = {"nonce": True}
     gw: GatewayProcess = await start_gateway(cfg)
     prefix = tmp_path / "nginx"
     prefix.mkdir()
@@ -201,3 +213,38 @@ async def test_a_client_sent_user_id_never_reaches_the_upstream(edge: Edge, mint
     assert (await edge.call("GET", "/api/public/x", {spelling: "admin"})).status == 200   # no token needed
     # The first carries the gateway's subject alone; the public one carries no identity at all.
     assert edge.received("x-user-id") == [["alice"], []]
+
+
+def dpop_headers(edge: Edge, token: str, method: str, path: str, **changes: Any) -> dict[str, str]:
+    """``Authorization: DPoP`` and a fresh proof for ``method`` on nginx's ``path`` (the URL the client uses)."""
+    claims = {"jti": secrets.token_urlsafe(16), "htm": method, "htu": f"{edge.nginx.url}{path}",
+              "iat": int(time.time()), "ath": ath(token), **changes}
+    return {"Authorization": f"DPoP {token}", "DPoP": sign(good_header("ec256"), claims, key("ec256"), "ES256")}
+
+
+async def test_a_dpop_request_passes_once_and_its_replay_gets_the_dpop_challenge(edge: Edge,
+                                                                                mint: Callable[..., str]) -> None:
+    """Before forward-auth checked proofs against the proxied request: every bound token was a 401."""
+    token = mint(sub="alice", roles=["user"], cnf={"jkt": thumbprint(public_jwk(key("ec256")))})
+    # tokens.dpop.nonce: the first proof is refused with a nonce, which nginx passes back to the client.
+    first = await edge.call("GET", "/api/orders/7?x=1", dpop_headers(edge, token, "GET", "/api/orders/7"))
+    assert first.status == 401
+    assert first.headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"')
+    nonce = first.headers["DPoP-Nonce"]
+    headers = dpop_headers(edge, token, "GET", "/api/orders/7", nonce=nonce)
+    ok = await edge.call("GET", "/api/orders/7?x=1", headers)
+    assert ok.status == 200 and "DPoP-Nonce" not in ok.headers
+    assert edge.received("x-user-id") == [["alice"]]
+    replay = await edge.call("GET", "/api/orders/7?x=1", headers)
+    assert replay.status == 401
+    assert replay.headers["WWW-Authenticate"].startswith('DPoP error="invalid_dpop_proof"')
+    wrong_method = await edge.call("DELETE", "/api/orders/7", dpop_headers(edge, token, "GET", "/api/orders/7",
+                                                                             nonce=nonce))
+    assert wrong_method.status == 401
+    assert wrong_method.headers["WWW-Authenticate"].startswith('DPoP error="invalid_dpop_proof"')
+    assert len(edge.upstream.received) == 1
+
+
+def test_the_readme_shows_this_very_server_block() -> None:
+    readme = Path(__file__).resolve().parents[3] / "README.md"
+    assert SERVER_BLOCK in readme.read_text()
