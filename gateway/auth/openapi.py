@@ -309,7 +309,8 @@ def _verify(cfg: GatewayConfig, method: str) -> dict[str, Any]:
                                   "that a regular expression can say.", {"type": "string", "pattern": _uri_pattern()})],
         security=[*_access_security(cfg), {}],
         responses={"200": {"description": "Allowed.",
-                           "headers": {**_no_store_headers(pragma=True), **_identity_headers(cfg)}},
+                           "headers": {**_no_store_headers(pragma=True), **_identity_headers(cfg),
+                                       **_renewed_nonce(cfg)}},
                    **_failures(*_token_failures(cfg), ConflictingHeaders, BadPath, Forbidden, *_csrf(cfg), NoRoute)})
 
 
@@ -396,8 +397,14 @@ def _csrf(cfg: GatewayConfig) -> tuple[Failure, ...]:
 def _tokens(cfg: GatewayConfig) -> dict[str, Any]:
     return {"description": "A token answer (RFC 6749 5.1); the refresh token is also set as an HttpOnly cookie"
                            + (", and in browser mode the access and CSRF cookies." if cfg.auth.access_cookie else "."),
-            "headers": {**_no_store_headers(pragma=True), "Set-Cookie": _ref("SetSessionCookies", "headers")},
+            "headers": {**_no_store_headers(pragma=True), "Set-Cookie": _ref("SetSessionCookies", "headers"),
+                        **_renewed_nonce(cfg)},
             "content": {JSON: {"schema": _ref("TokenResponse")}}}
+
+
+def _renewed_nonce(cfg: GatewayConfig) -> dict[str, Any]:
+    """A success answer's DPoP-Nonce, when nonces are on (the proof carried the previous slot's)."""
+    return {"DPoP-Nonce": _ref("DPoPNonce", "headers")} if cfg.tokens.dpop.nonce else {}
 
 
 def _ended() -> dict[str, Any]:
@@ -600,7 +607,8 @@ def _headers(cfg: GatewayConfig) -> dict[str, Any]:
                                                              "algs), first when the proof is what failed.",
                             "schema": {"type": "string", "pattern": '^(Bearer realm="[^"]*"|DPoP )'}},
         "DPoPNonce": {"required": False, "description": "The nonce the next DPoP proof must carry (RFC 9449 8 "
-                                                        "and 9): sent with use_dpop_nonce.",
+                                                        "and 9): sent with use_dpop_nonce, and on a success "
+                                                        "answer to a proof that carried the previous one.",
                       "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}},
         "SetSessionCookies": {"required": True, "schema": {"type": "string", **starts},
                               "description": f"{name} (HttpOnly) first; in browser mode also {ACCESS_COOKIE} "

@@ -18,7 +18,7 @@ from ..config.load import GatewayConfig
 from ..errors import (BadRequest, BodyTooLarge, ConflictingHeaders, InvalidCredentials, JsonRequired,
                       MissingRefreshToken, RefreshTokenReused, UnknownSession)
 from ..forward.client_cert import client_certificate
-from ..forward.dpop_request import DPOP_ALGS, bound_key
+from ..forward.dpop_request import DPOP_ALGS, NONCE_HEADER, RENEWED_NONCE, bound_key
 from ..forward.headers import fold
 from ..logs import LOGIN, LOGIN_FAILED, LOGOUT, LOGOUT_ALL, REFRESH, REFRESH_REUSE, SESSION_END
 from ..metrics import counted
@@ -200,7 +200,8 @@ async def verify(request: web.Request) -> web.StreamResponse:
         # RFC 9449, as on a proxied request, but the proof names the request the proxy asks about (401)
         await gw.dpop.check_forwarded(request, scheme, token, identity.claims, rule.dpop_required, method, uri)
     authorize(rule, identity)                                       # Forbidden -> 403
-    return web.Response(status=200, headers={**NO_STORE, **gw.passport.headers_for(identity, rule.upstream)})
+    return web.Response(status=200, headers=with_renewed_nonce(request, {**NO_STORE, **gw.passport.headers_for(
+        identity, rule.upstream)}))
 
 
 async def caller(request: web.Request, gw: Gateway, method: str | None = None) -> Identity:
@@ -220,9 +221,15 @@ def token_response(request: web.Request, cfg: GatewayConfig, pair: TokenPair) ->
     body = pair.body(now)
     if not cfg.auth.refresh_token_in_body:   # browsers: script on the page never sees it
         del body["refresh_token"]
-    resp = web.json_response(body, headers=NO_STORE)
+    resp = web.json_response(body, headers=with_renewed_nonce(request, NO_STORE))
     set_session_cookies(resp, cfg.auth, pair, now, csrf_token_for(request) if cfg.auth.access_cookie else "")
     return resp
+
+
+def with_renewed_nonce(request: web.Request, headers: dict[str, str]) -> dict[str, str]:
+    """``headers``, and the current DPoP nonce when the request's proof carried the previous one."""
+    nonce = request.get(RENEWED_NONCE)
+    return headers if nonce is None else {**headers, NONCE_HEADER: nonce}
 
 
 def _ended(cfg: GatewayConfig) -> web.Response:

@@ -30,6 +30,9 @@ JKT = "jkt"            # RFC 9449 6.1: cnf member, the thumbprint of the key a t
 _BAD_HOST = frozenset("/\\@?# ")
 # Set on a request whose route accepts DPoP: the algorithms its 401 answers' DPoP challenge names.
 DPOP_ALGS = web.RequestKey("dpop_algs", str)
+# The current nonce, for the success answer of a request whose proof carried the previous slot's: good
+# for at most one more slot, so the client gets the next one before it needs it (RFC 9449 8.2, 9).
+RENEWED_NONCE = web.RequestKey("dpop_renewed_nonce", str)
 
 
 def request_base(request: web.BaseRequest, public_url: str | None, trusted: Any) -> str | None:
@@ -130,13 +133,25 @@ class DpopGuard:
         if base is None:
             raise InvalidDpopProof("the gateway cannot tell the URL this request was sent to")
         url = base + uri.partition("?")[0].partition("#")[0]   # RFC 9449 4.3 step 9: no query, no fragment
-        nonce_ok = self.nonces.accepts if self.nonces is not None else None
-        try:
+        nonces = self.nonces
+        if nonces is None:
             return check_proof(text, method=method, url=url, now=self._clock(), max_age_s=self._max_age_s,
-                               algorithms=self._algorithms, access_token=token, nonce_ok=nonce_ok)
+                               algorithms=self._algorithms, access_token=token)
+        carried: list[str] = []
+
+        def nonce_ok(nonce: str) -> bool:
+            carried.append(nonce)
+            return nonces.accepts(nonce)
+
+        try:
+            proof = check_proof(text, method=method, url=url, now=self._clock(), max_age_s=self._max_age_s,
+                                algorithms=self._algorithms, access_token=token, nonce_ok=nonce_ok)
         except UseDpopNonce as exc:   # RFC 9449 8 and 9: the refusal hands out the nonce to use
-            assert self.nonces is not None
-            raise UseDpopNonce(exc.description, headers={NONCE_HEADER: self.nonces.fresh()}) from exc
+            raise UseDpopNonce(exc.description, headers={NONCE_HEADER: nonces.fresh()}) from exc
+        fresh = nonces.fresh()
+        if carried != [fresh]:   # the previous slot's nonce: the answer hands out the current one
+            request[RENEWED_NONCE] = fresh
+        return proof
 
 
 def _proof_text(request: web.BaseRequest) -> str | None:

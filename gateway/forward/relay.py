@@ -15,6 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED, AccessNote
+from .dpop_request import NONCE_HEADER, RENEWED_NONCE
 from .headers import HOP_BY_HOP, response_header_items
 from .lifetime import Lifetime
 from .request_id import REQUEST_ID
@@ -46,7 +47,10 @@ async def relay(request: web.Request, sending: Awaitable[UpstreamAnswer], reques
             except answer.broken as exc:
                 raise answer.failure(exc) from exc
             complete = True
-            return whole_answer(answer.status, answer.reason, answer.header_items, body, request_id)
+            out = whole_answer(answer.status, answer.reason, answer.header_items, body, request_id)
+            if (nonce := request.get(RENEWED_NONCE)) is not None:
+                out.headers[NONCE_HEADER] = nonce
+            return out
         out, complete = await stream_answer(request, answer.status, answer.reason, answer.header_items,
                                             answer.chunks(), answer.content_length is None, request_id, lifetime,
                                             answer.broken, stall_s)
@@ -78,6 +82,8 @@ async def stream_answer(request: web.Request, status: int, reason: str | None, h
     out = web.StreamResponse(status=status, reason=reason,
                              headers=CIMultiDict(response_header_items(headers, HOP_BY_HOP)))
     out.headers[REQUEST_ID] = request_id
+    if (nonce := request.get(RENEWED_NONCE)) is not None:
+        out.headers[NONCE_HEADER] = nonce
     if endless:   # it may outlive the token
         with lifetime.cancel_on_end():
             return out, await _copy_body(request, chunks, out, broken, stall_s)

@@ -32,6 +32,7 @@ backend, store_url = shared.backend, shared.store_url   # pytest finds fixtures 
 ROUTES = [
     {"path": "/api/orders", "upstream": "orders", "roles": ["user", "admin"]},
     {"path": "/api/bound", "upstream": "orders", "dpop": "required"},
+    {"path": "/_echo/stream", "upstream": "orders", "roles": ["user", "admin"]},   # a streamed answer
 ]
 MakeDpopAuth = Callable[..., Awaitable[Auth]]
 
@@ -358,6 +359,38 @@ async def test_proxied_request_without_a_nonce_gets_401_use_dpop_nonce(nonce_aut
     fresh = refused.headers["DPoP-Nonce"]
     ok = await nonce_auth.client.get("/api/orders", headers=dpop_headers(nonce_auth, token, nonce=fresh))
     assert ok.status == 200, await ok.text()
+
+
+async def test_a_proof_with_the_previous_slots_nonce_gets_the_current_one_on_its_success_answer(
+        nonce_auth: Auth) -> None:
+    """RFC 9449 8.2: a nonce of the previous slot is good for one more slot at most, so every success
+    answer to a proof that carried one (login, refresh, a proxied answer whole or streamed) hands out the
+    current nonce; a proof with the current nonce gets none (nothing to renew)."""
+    maker = nonce_auth.gw.dpop.nonces
+    assert maker is not None
+    old = await nonce_from_a_refusal(nonce_auth)
+    resp = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=old)})
+    assert resp.status == 200 and "DPoP-Nonce" not in resp.headers   # current: nothing to renew
+    body = await resp.json()
+    token = body["access_token"]
+    ok = await nonce_auth.client.get("/api/orders", headers=dpop_headers(nonce_auth, token, nonce=old))
+    assert ok.status == 200 and "DPoP-Nonce" not in ok.headers
+
+    maker._clock = lambda: time.time() + SLOT_S   # the next slot: the old nonce is still good, but aging
+    current = maker.fresh()
+    assert current != old
+    login = await nonce_auth.login(headers={"DPoP": login_proof(nonce_auth, nonce=old)})
+    assert login.status == 200 and login.headers["DPoP-Nonce"] == current
+    path = f"{nonce_auth.cfg.auth.prefix}/refresh"
+    refreshed = await nonce_auth.refresh(body["refresh_token"],
+                                         headers={"DPoP": proof_for(nonce_auth, "POST", path, nonce=old)})
+    assert refreshed.status == 200 and refreshed.headers["DPoP-Nonce"] == current
+    for target in ("/api/orders", "/_echo/stream"):   # relayed whole, and streamed
+        answer = await nonce_auth.client.get(target, headers=dpop_headers(nonce_auth, token, target, nonce=old))
+        assert answer.status == 200 and answer.headers["DPoP-Nonce"] == current, target
+        await answer.read()
+    again = await nonce_auth.client.get("/api/orders", headers=dpop_headers(nonce_auth, token, nonce=current))
+    assert again.status == 200 and "DPoP-Nonce" not in again.headers
 
 
 async def test_without_nonces_no_nonce_is_asked_for_or_handed_out(auth: Auth) -> None:

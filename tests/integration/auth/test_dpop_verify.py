@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.steps.dpop_nonce import SLOT_S
 from tests.conftest import bearer
 from tests.integration.auth import test_dpop_routes as dpop_routes
 from tests.integration.auth.test_auth_routes import Auth, error_code
@@ -164,6 +165,12 @@ async def test_a_missing_nonce_gets_401_use_dpop_nonce_and_one_to_use(make_dpop_
     fresh = refused.headers["DPoP-Nonce"]
     ok = await verify(auth, {**bound(token, proof(token, nonce=fresh)), **asked()})
     assert ok.status == 200, await ok.text()
+    assert "DPoP-Nonce" not in ok.headers   # the current nonce: nothing to renew
+    maker = auth.gw.dpop.nonces
+    assert maker is not None
+    maker._clock = lambda: time.time() + SLOT_S   # the next slot: that nonce is aging
+    renewed = await verify(auth, {**bound(token, proof(token, nonce=fresh)), **asked()})
+    assert renewed.status == 200 and renewed.headers["DPoP-Nonce"] == maker.fresh() != fresh
 
 
 # --- a peer outside listen.trusted_proxies --------------------------------------------------------

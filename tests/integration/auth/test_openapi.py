@@ -205,6 +205,8 @@ async def test_document_states_the_dpop_refusals_and_nonces(make_config: Callabl
         refused = document["paths"][f"{prefix}/{endpoint}"]["post"]["responses"]["400"]
         assert codes(refused) & {"invalid_dpop_proof", "use_dpop_nonce"} == expected, endpoint
         assert ("DPoP-Nonce" in refused["headers"]) == nonce, endpoint
+        renewed = document["paths"][f"{prefix}/{endpoint}"]["post"]["responses"]["200"]
+        assert ("DPoP-Nonce" in renewed["headers"]) == nonce, endpoint
     for path, method in ((f"{prefix}/sessions", "get"), (f"{prefix}/logout", "post"), (f"{prefix}/verify", "get")):
         operation = document["paths"][path][method]
         assert {"dpopAuth": [], "dpopProof": []} in operation["security"], path
