@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from gateway.config.load import StoreConfig
 from gateway.store import Revocation, Store, StoreUnavailable, open_store
-from tests.redis_topologies import start_sentinel
+from tests.redis_topologies import SENTINEL_SERVICE, SentinelTopology, info, start_sentinel
 from tests.redisproc import free_port
 
 from .conftest import ISS, drop_idle_subscribers, flush
@@ -93,6 +93,59 @@ async def test_the_store_follows_a_sentinel_failover_to_the_promoted_replica(tmp
         assert {r.id for r in await store.live_revocations(time.time())} == {"before", "after"}
     finally:
         await store.close()
+        await asyncio.to_thread(setup.stop)
+
+
+async def until_every_sentinel_names(setup: SentinelTopology, port: int, limit_s: float) -> None:
+    def named() -> bool:
+        return all(info(s.port, "SENTINEL", "MASTER", SENTINEL_SERVICE).get("port") == str(port)
+                   for s in setup.sentinels)
+    deadline = time.monotonic() + limit_s
+    while not await asyncio.to_thread(named):
+        assert time.monotonic() < deadline, f"the sentinels did not all name :{port} as the master within {limit_s}s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_feed_left_on_a_master_the_sentinels_replaced_breaks_so_the_mirror_reloads(tmp_path: Path):
+    # After a failover the revocations are published on the new master. An old master that stays up and is never
+    # demoted (cut off from the sentinels but not from this gateway; here: it refuses their REPLICAOF) answers
+    # the feed's PINGs and never hears a revocation again: the feed must leave it by itself, and promptly; and
+    # the reload that follows must read the new master, not the old one through a pooled connection.
+    setup = await asyncio.to_thread(start_sentinel, tmp_path)
+    store = await open_store(StoreConfig(url=setup.url))
+    store.feed_ping_s = 0.5
+    writer = None
+    try:
+        async with Redis(port=setup.master.port, socket_timeout=5) as master:
+            await master.execute_command("ACL", "SETUSER", "default", "-replicaof", "-slaveof")
+        await store.ping()
+        in_flight = await store._c.connection_pool.get_connection()   # a command in flight, on this master
+        feed = store.revocation_events()
+        await asyncio.wait_for(feed.ready(), 10)   # subscribed on the master of now
+        waiting = asyncio.ensure_future(anext(feed))
+        async with Redis(port=setup.sentinels[0].port, socket_timeout=5) as sentinel:
+            assert await sentinel.execute_command("SENTINEL", "FAILOVER", SENTINEL_SERVICE)
+        await until_every_sentinel_names(setup, setup.replica.port, FAILOVER_LIMIT_S)
+        writer = await open_store(StoreConfig(url=setup.url))   # another gateway: it writes to the new master
+        revocation = Revocation("jti", ISS, "after", time.time() + 60, time.time() + 60)
+        await asyncio.wait_for(writer.revoke(revocation), 10)
+        with pytest.raises(StoreUnavailable, match="no longer the master"):   # ~ one ping interval
+            await asyncio.wait_for(waiting, 5)
+        assert info(setup.master.port, "INFO", "replication").get("role") == "master"   # still up, undemoted
+        again = store.revocation_events()   # the mirror subscribes again and reloads: the revocation is there
+        try:
+            await asyncio.wait_for(again.ready(), 10)
+            assert revocation in await asyncio.wait_for(store.live_revocations(time.time()), 10)
+            await store._c.connection_pool.release(in_flight)   # back in the pool, still to the old master
+            later = Revocation("jti", ISS, "later", time.time() + 60, time.time() + 60)
+            await asyncio.wait_for(store.revoke(later), 10)   # its own revocations go to the new master too
+            assert await asyncio.wait_for(anext(again), 5) == later
+        finally:
+            await asyncio.wait_for(again.aclose(), 10)
+    finally:
+        await store.close()
+        if writer is not None:
+            await writer.close()
         await asyncio.to_thread(setup.stop)
 
 

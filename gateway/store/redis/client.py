@@ -1,5 +1,6 @@
 """A ``RedisTarget`` (url.py) -> a redis-py asyncio client for the Redis store, with the
-timeouts and the retry policy every connection gets.
+timeouts and the retry policy every connection gets. ``follow_master(client)``: on Sentinel, ask the
+sentinels which server is the master now, and leave an old one.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError
 
@@ -17,6 +18,32 @@ from .url import RedisTarget
 
 CONNECT_TIMEOUT_S = 2.0   # a dead or unroutable Redis must not stall requests
 COMMAND_TIMEOUT_S = 2.0
+
+
+class MasterPool(SentinelConnectionPool):
+    """redis-py asks the sentinels for the master only when a connection (re)connects: a pooled connection to an
+    old master that is still up (not demoted yet, or cut off from the sentinels but not from us) would go on
+    reading and writing there. Here a connection to another server than the last master the sentinels named
+    connects again (to the current master) before it is handed out."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super().get_connection(*args, **kwargs)
+        if self.master_address is not None and (connection.host, connection.port) != tuple(self.master_address):
+            try:
+                await connection.disconnect()
+                await connection.connect()
+            except BaseException:
+                await self.release(connection)
+                raise
+        return connection
+
+
+async def follow_master(client: Any) -> None:
+    """Sentinel: ask the sentinels for the master now (MasterNotFoundError, a ConnectionError, when they name
+    none); from then on no connection of ``client`` goes to an earlier one. Elsewhere: nothing."""
+    pool = getattr(client, "connection_pool", None)
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.get_master_address()
 
 
 def build_client(target: RedisTarget, retries: int) -> tuple[Any, list[Any]]:
@@ -34,4 +61,5 @@ def build_client(target: RedisTarget, retries: int) -> tuple[Any, list[Any]]:
         return RedisCluster(startup_nodes=nodes, **options, **common), []
     sentinel_kwargs = {k: v for k, v in target.sentinel_options.items() if v is not None}
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs={**sentinel_kwargs, **common}, **options, **common)
-    return sentinel.master_for(target.service_name, redis_class=Redis), [sentinel.aclose]
+    return (sentinel.master_for(target.service_name, redis_class=Redis, connection_pool_class=MasterPool),
+            [sentinel.aclose])

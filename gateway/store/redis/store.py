@@ -20,6 +20,7 @@ from redis.asyncio import RedisCluster
 from ..base import (DENY_INDEX, DENY_JTI, DENY_SID, DENY_SUB, DENY_VALUES, ENDED, FAMILIES, FAMILY, ONCE, RATE, REFRESH,
                     REFRESH_FAMILY_OF, RESET, RESET_OF, REVOCATIONS_CHANNEL, USER, USERS, EndReason, RefreshRecord,
                     Revocation, Rotation, SessionInfo, Store, StoreUnavailable, UserRecord)
+from .client import follow_master
 from .feed import RedisFeed, encode_revocation
 from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, END_SESSION, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE,
                       PUT_RESET, PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
@@ -135,6 +136,7 @@ class RedisStore(Store):
 
     async def live_revocations(self, now: float) -> list[Revocation]:
         async with self._guard():
+            await follow_master(self._c)   # Sentinel: a reload reads the master of now, never an old one
             flat = await self._run("live", [DENY_INDEX, DENY_VALUES], repr(now))
         found = []
         for member, expires_at, value in zip(flat[::3], flat[1::3], flat[2::3]):
