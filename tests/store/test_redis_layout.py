@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from gateway.config.load import StoreConfig
 from gateway.store import RefreshRecord, Revocation, UserRecord, open_store
 from gateway.store.base import REVOCATIONS_CHANNEL
+from gateway.store.redis import store as redis_store_module
 
 from .conftest import ISS, drop_idle_subscribers, flush
 
@@ -47,6 +48,30 @@ async def test_revocations_are_keyed_as_designed_and_expire_with_the_token(redis
     members = await raw.zrange("deny:index:{deny}", 0, -1)
     assert sorted(json.loads(m)[0] for m in members) == ["jti", "sub"]
     assert same_slot("deny:index:{deny}", "deny:values:{deny}")
+
+
+async def test_a_reload_reads_the_index_page_by_page_and_drops_the_expired_in_pages(redis_store, raw, monkeypatch):
+    """A million revocations read in one script held Redis for seconds and outlasted the command timeout, so a
+    mirror never loaded: a reload reads ZSCAN pages (each one call of bounded size) and sweeps the expired
+    entries a page at a time, and still finds every live one exactly once."""
+    monkeypatch.setattr(redis_store_module, "LIVE_ENTRIES", 10)
+    monkeypatch.setattr(redis_store_module, "SWEEP_PAGE", 7)
+    now = time.time()
+    live = {*(Revocation("jti", ISS, f"j{i}", now + 60 + i, now + 60 + i) for i in range(250)),
+            *(Revocation("sid", ISS, f"s{i}", now, now + 90) for i in range(50)),
+            Revocation("sub", ISS, "alice", now, now + 900)}
+    for revocation in live:
+        await redis_store.revoke(revocation)
+    expired = {json.dumps(["jti", ISS, f"old{i}"], separators=(",", ":")): now - 5 for i in range(40)}
+    await raw.zadd("deny:index:{deny}", expired)   # as entries are once their time has passed
+    await raw.hset("deny:values:{deny}", mapping={member: repr(now - 5) for member in expired})
+    await raw.config_resetstat()
+    found = await redis_store.live_revocations(now)
+    assert len(found) == len(live) and set(found) == live
+    assert await raw.zcard("deny:index:{deny}") == await raw.hlen("deny:values:{deny}") == len(live)
+    stats = await raw.info("commandstats")
+    assert stats["cmdstat_zscan"]["calls"] >= len(live) // 10 // 2            # page by page (COUNT is a hint)
+    assert stats["cmdstat_zrangebyscore"]["calls"] == 40 // 7 + 1              # 7 expired a call, then none left
 
 
 async def test_revoke_publishes_one_compact_json_message(redis_store, raw):

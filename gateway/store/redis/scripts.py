@@ -34,21 +34,30 @@ end
 return {redis.call('HGET', KEYS[2], ARGV[1]), redis.call('ZSCORE', KEYS[1], ARGV[1])}
 """
 
-# KEYS: deny:index, deny:values   ARGV: now  ->  {member, expires_at, value, ...} of the live ones
-LIVE = """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for i = 1, #dead, 1000 do
-  redis.call('HDEL', KEYS[2], unpack(dead, i, math.min(i + 999, #dead)))
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local out = {}
-for i = 1, #live, 2 do
-  out[#out + 1] = live[i]
-  out[#out + 1] = live[i + 1]
-  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '0'
+# KEYS: deny:index, deny:values   ARGV: cursor, count, now  ->  {next cursor, member, expires_at, value, ...}:
+# one ZSCAN page of the index (a reload reads it page by page), with the live entries' values
+LIVE_PAGE = """
+local page = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local entries, out, now = page[2], {page[1]}, tonumber(ARGV[3])
+for i = 1, #entries, 2 do
+  if tonumber(entries[i + 1]) > now then
+    out[#out + 1] = entries[i]
+    out[#out + 1] = entries[i + 1]
+    out[#out + 1] = redis.call('HGET', KEYS[2], entries[i]) or '0'
+  end
 end
 return out
+"""
+
+# KEYS: deny:index, deny:values   ARGV: now, most  ->  how many expired entries were dropped (at most
+# ``most``: Lua's unpack takes a few thousand values, and no call may hold Redis for long)
+SWEEP = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #dead > 0 then
+  redis.call('HDEL', KEYS[2], unpack(dead))
+  redis.call('ZREM', KEYS[1], unpack(dead))
+end
+return #dead
 """
 
 # Shared by ADD_REFRESH and ROTATE: the family lives as long as its latest token.

@@ -22,13 +22,16 @@ from ..base import (DENY_INDEX, DENY_JTI, DENY_SID, DENY_SUB, DENY_VALUES, ENDED
                     Revocation, Rotation, SessionInfo, Store, StoreUnavailable, UserRecord)
 from .client import follow_master
 from .feed import RedisFeed, encode_revocation
-from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, END_SESSION, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE,
-                      PUT_RESET, PUT_USER, ROTATE, TAKE_RESET, WATERMARK)
+from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, END_SESSION, FIND_REFRESH, HIT, INDEX, KILL_FAMILY,
+                      LIVE_PAGE, PUT_RESET, PUT_USER, ROTATE, SWEEP, TAKE_RESET, WATERMARK)
 
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
                 rx.TryAgainError, rx.ReadOnlyError, rx.OutOfMemoryError, rx.NoPermissionError, OSError)
 _UNAVAILABLE_REPLIES = ("BUSY", "MASTERDOWN", "LOADING")   # plain ResponseErrors that mean "not now"
 MAX_REASON_CHARS = 200   # some errors carry a client's whole repr
+LIVE_ENTRIES = 5_000   # index entries a reload's page asks ZSCAN for (a hint: a few ms of Redis's time)
+SWEEP_PAGE = 1_000     # expired index entries a sweep call drops
+MAX_SWEEPS = 1_000     # sweep calls a reload makes at most (a million expired entries); the rest waits
 _ONE_ID = {"jti": DENY_JTI, "sid": DENY_SID}   # revocations of one id (not a watermark): a plain key each
 _SESSION_FIELDS = ("sub", "iss", "dead", "created", "last_used", "user_agent", "client", "method")
 
@@ -69,9 +72,9 @@ class RedisStore(Store):
         self._feeds: set[RedisFeed] = set()
         self._closed = False
         self._is_cluster = isinstance(client, RedisCluster)
-        scripts = {"watermark": WATERMARK, "index": INDEX, "live": LIVE, "add_refresh": ADD_REFRESH, "rotate": ROTATE,
-                   "find_refresh": FIND_REFRESH, "kill_family": KILL_FAMILY, "add_member": ADD_MEMBER,
-                   "add_user": ADD_USER, "put_user": PUT_USER, "hit": HIT, "put_reset": PUT_RESET,
+        scripts = {"watermark": WATERMARK, "index": INDEX, "sweep": SWEEP, "live_page": LIVE_PAGE,
+                   "add_refresh": ADD_REFRESH, "rotate": ROTATE, "find_refresh": FIND_REFRESH,
+                   "kill_family": KILL_FAMILY, "add_member": ADD_MEMBER, "add_user": ADD_USER, "put_user": PUT_USER, "hit": HIT, "put_reset": PUT_RESET,
                    "take_reset": TAKE_RESET, "end_session": END_SESSION}
         self._scripts = {name: client.register_script(script) for name, script in scripts.items()}
 
@@ -135,14 +138,27 @@ class RedisStore(Store):
             await self._c.publish(REVOCATIONS_CHANNEL, encode_revocation(r))
 
     async def live_revocations(self, now: float) -> list[Revocation]:
+        """Read in pages, never in one long command: a million revocations in one script held Redis for
+        seconds (every other client waited) and outlasted the command timeout, so a mirror never loaded.
+        ZSCAN returns every entry that is there for the whole read (some twice: kept once); one added
+        meanwhile reaches the mirror on its feed, which is subscribed before the read."""
+        found: dict[bytes, Revocation] = {}
         async with self._guard():
             await follow_master(self._c)   # Sentinel: a reload reads the master of now, never an old one
-            flat = await self._run("live", [DENY_INDEX, DENY_VALUES], repr(now))
-        found = []
-        for member, expires_at, value in zip(flat[::3], flat[1::3], flat[2::3]):
-            kind, iss, id_ = json.loads(member)
-            found.append(Revocation(kind, iss, id_, float(value), float(expires_at)))
-        return found
+            for _ in range(MAX_SWEEPS):   # the expired ones go first, a page a call
+                if await self._run("sweep", [DENY_INDEX, DENY_VALUES], repr(now), SWEEP_PAGE) < SWEEP_PAGE:
+                    break
+            cursor = b"0"
+            while True:
+                cursor, *flat = await self._run("live_page", [DENY_INDEX, DENY_VALUES], cursor, LIVE_ENTRIES,
+                                                repr(now))
+                members = flat[::3]
+                decoded = json.loads(b"[" + b",".join(members) + b"]")   # one C scan a page, not one a member
+                for member, (kind, iss, id_), expires_at, value in zip(members, decoded, flat[1::3], flat[2::3]):
+                    found[member] = Revocation(kind, iss, id_, float(value), float(expires_at))
+                if cursor == b"0":
+                    break
+        return list(found.values())
 
     def revocation_events(self) -> RedisFeed:
         if self._closed:
