@@ -64,8 +64,8 @@ class HeaderPolicy:
                     client_cert_header: str | None = None) -> HeaderPolicy:
         """``client_cert_header`` (listen's): like X-Forwarded-*, only a trusted proxy may state it."""
         drop = _NOT_FORWARDED | {fold(name) for name in identity.header_names}
-        if identity.strip_authorization:
-            drop |= {"authorization"}
+        if identity.strip_authorization:   # and the DPoP proof that came with it: spent, and of no use alone
+            drop |= {"authorization", "dpop"}
         proxies_only = FORWARDING | ({fold(client_cert_header)} if client_cert_header else set())
         owned = drop | proxies_only | {REQUEST_ID.lower()}
         return cls(frozenset(drop), frozenset(drop | proxies_only), frozenset(owned), frozenset(gateway_cookies))

@@ -167,6 +167,8 @@ async def test_bound_token_with_a_fresh_proof_reaches_the_upstream(auth: Auth) -
     for _ in range(2):   # the second request meets the verified-token cache: its proof is checked all the same
         resp = await auth.client.get("/api/orders?page=2", headers=dpop_headers(auth, token))
         assert resp.status == 200, await resp.text()
+        received = {name.lower() for name, _ in (await resp.json())["headers"]}
+        assert not received & {"authorization", "dpop"}   # the token and its spent proof stay here
 
 
 async def test_a_replayed_proof_is_refused(auth: Auth) -> None:

@@ -91,9 +91,10 @@ def test_claims_and_assertion_headers_are_identity_headers() -> None:
 
 
 @pytest.mark.parametrize(("policy", "kept"), [(POLICY, False), (KEEP_AUTH, True)])
-def test_authorization_is_stripped_only_when_configured(policy: HeaderPolicy, kept: bool) -> None:
-    out = request_headers([("Authorization", "Bearer abc")], policy=policy)
-    assert ("Authorization" in out) is kept
+def test_authorization_and_its_dpop_proof_are_stripped_only_when_configured(policy: HeaderPolicy,
+                                                                             kept: bool) -> None:
+    out = request_headers([("Authorization", "DPoP abc"), ("dpop", "a.proof.jwt")], policy=policy)
+    assert ("Authorization" in out) is kept and ("DPoP" in out) is kept
 
 
 def test_untrusted_peer_cannot_set_forwarding_headers() -> None:
