@@ -20,6 +20,7 @@ from .arguments import duration, positive, rate
 from .benchconfig import LOAD_PATH, SECRET_VAR, write_bench_config
 from .driver import RemoteTarget, check_target
 from .procs import StartFailed
+from .proofs import DPOP_KINDS
 from .revocation import admin_token, revoke, revoked_rows
 from .stack import Pinning
 from .startrun import parse_cpus, run_started
@@ -52,6 +53,10 @@ def cmd_pool(args: argparse.Namespace) -> int:
           f"({', '.join(f'{k} {n}' for k, n in counts.items())})")
     print(f"revoked jtis: {side} ({counts.get('revoked', 0)}); tell the gateway with: "
           f"python -m loadtests revoke --config {args.config} --pool {out}")
+    bound = sum(counts.get(kind, 0) for kind in DPOP_KINDS)
+    if bound:
+        print(f"DPoP-bound tokens: {bound}, their client keys kept in the pool; run them with the asyncio driver, "
+              "which signs a fresh proof for each request (wrk cannot)")
     return 0
 
 
@@ -80,11 +85,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _check_run_flags(args)
-    args.driver = drivers.choose(args.driver, args.rate, args.requests)
+    wanted = args.driver
+    args.driver = drivers.choose(wanted, args.rate, args.requests)
     if args.start:
+        if args.pool:   # the pool the kit makes itself has no DPoP kinds
+            args.driver = drivers.choose_for_pool(args.driver, wanted, read_pool(Path(args.pool)))
         return run_started(args, _load(args.config), lambda pool, workdir: drivers.loader(args, pool, workdir))
     url = check_target(args.url, args.allow_remote)
     pool = read_pool(Path(args.pool))
+    args.driver = drivers.choose_for_pool(args.driver, wanted, pool)
     with tempfile.TemporaryDirectory(prefix="tokengate-loadtest-") as tmp:
         data = drivers.loader(args, pool, Path(tmp))(url, True)
     print(report.text(data))
@@ -135,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
     pool.add_argument("--config", required=True)
     pool.add_argument("--out", required=True, help="the pool file (JSON lines); revoked jtis go to OUT.revoke.jsonl")
     pool.add_argument("--count", type=positive, default=10_000)
-    pool.add_argument("--mix", help="KIND=WEIGHT,... (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items()) + ")")
+    pool.add_argument("--mix", help="KIND=WEIGHT,... (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items())
+                      + "; DPoP-bound: " + ", ".join(DPOP_KINDS) + ")")
     pool.add_argument("--path", default="/api/orders", help="the GET path every token is sent to")
     pool.add_argument("--role", default="user", help="the role valid tokens carry")
     pool.add_argument("--ttl", type=duration, help="token lifetime (default: the config's tokens.access_ttl)")

@@ -1,13 +1,16 @@
 """Instructions per proxied request, counted by callgrind: a figure that a shared, noisy machine
 does not move (the same code and load give the same count within about 1 %).
 
-`python -m loadtests.callgrind --config C --pool P [--seconds 20] [--warm 10] [--connections 8] [--json F]`
+`python -m loadtests.callgrind --config C --pool P [--seconds 20] [--warm 10] [--connections 8]
+[--driver wrk|asyncio] [--json F]`
 
 Starts the kit's fast upstream, then, one after the other, the plain proxy and `tokengate serve` (one
 worker, on a copy of C pointed at that upstream) under `valgrind --tool=callgrind
 --instr-atstart=no`. For each: a warm-up with wrk over the pool (so that cached tokens are cached),
 counting switched on, `--seconds` of the same load, counting off, and the program's instruction total
-divided by wrk's request count. Prints both figures and their ratio. Needs valgrind and wrk.
+divided by wrk's request count. Prints both figures and their ratio. Needs valgrind, and wrk unless
+`--driver asyncio`: the kit's asyncio driver makes the load instead (the one that signs the proofs of
+a DPoP pool; compare a Bearer pool under the same driver, since its requests carry other headers).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.config.load import ConfigError, load_config
 
 from .arguments import positive
+from .driver import Plan, run_load
 from .procs import Child, StartFailed, free_port, free_ports, python, spawn, wait_ready
+from .proofs import NO_PROOFS_IN_WRK, needs_proofs
 from .stack import gateway_config, write_private
 from .tokenpool import PoolError, read_pool
 
@@ -81,6 +86,12 @@ def run_wrk(wrk: str, url: str, script: Path, seconds: int, connections: int) ->
     return int(found.group(1))
 
 
+def run_asyncio(url: str, pool: Sequence[dict[str, Any]], seconds: int, connections: int) -> int:
+    """Requests the asyncio driver got an answer to in ``seconds`` (with a fresh proof each for DPoP kinds)."""
+    results = run_load(Plan(url.rstrip("/"), duration_s=seconds, concurrency=connections, progress=False), pool)
+    return len(results.status) - results.errors
+
+
 def instructions(prefix: Path) -> int:
     """The instruction totals of every dump callgrind wrote for one process (PREFIX, PREFIX.1 ...)."""
     total = 0
@@ -91,7 +102,18 @@ def instructions(prefix: Path) -> int:
     return total
 
 
-def count(name: str, argv: list[str], port: int, ready: tuple[int, str, int | None], script: Path,
+Load = Callable[[str, int], int]   # (url, seconds) -> requests answered
+
+
+def make_load(args: argparse.Namespace, pool: Sequence[dict[str, Any]], workdir: Path, tools: dict[str, str]) -> Load:
+    """The load of ``args.driver`` over the pool: wrk rotating through it, or the asyncio driver."""
+    if args.driver == "asyncio":
+        return lambda url, seconds: run_asyncio(url, pool, seconds, args.connections)
+    script = write_script(pool, workdir)
+    return lambda url, seconds: run_wrk(tools["wrk"], url, script, seconds, args.connections)
+
+
+def count(name: str, argv: list[str], port: int, ready: tuple[int, str, int | None], load: Load,
           args: argparse.Namespace, workdir: Path, tools: dict[str, str]) -> dict[str, Any]:
     """One target under callgrind: warm it, count ``args.seconds`` of load, stop it."""
     dump = workdir / f"{name}.callgrind"
@@ -104,12 +126,12 @@ def count(name: str, argv: list[str], port: int, ready: tuple[int, str, int | No
         # answered, and count until MIN_COUNTED requests were served (instrumentation stays on between
         # rounds), each within a bound.
         for _ in range(MAX_ROUNDS):
-            if run_wrk(tools["wrk"], url, script, args.warm, args.connections) > 0:
+            if load(url, args.warm) > 0:
                 break
         subprocess.run([tools["callgrind_control"], "-i", "on", str(child.pid)], capture_output=True, check=True)
         requests = 0
         for _ in range(MAX_ROUNDS):
-            requests += run_wrk(tools["wrk"], url, script, args.seconds, args.connections)
+            requests += load(url, args.seconds)
             if requests >= MIN_COUNTED:
                 break
         subprocess.run([tools["callgrind_control"], "-i", "off", str(child.pid)], capture_output=True, check=True)
@@ -129,19 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warm", type=positive, default=10, help="seconds of load before counting (default 10: "
                    "long enough for a 1,000-token pool to be seen once under valgrind)")
     p.add_argument("--connections", type=positive, default=8, help="wrk connections (default 8)")
+    p.add_argument("--driver", choices=("wrk", "asyncio"), default="wrk", help="the load generator (default "
+                   "wrk; asyncio for a DPoP pool: it signs the proofs)")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
+    needed = (("valgrind", "valgrind"), ("callgrind_control", "valgrind"), ("wrk", "wrk"))
     try:
-        tools = {name: tool(name, package) for name, package in
-                 (("valgrind", "valgrind"), ("callgrind_control", "valgrind"), ("wrk", "wrk"))}
         load_config(args.config)
         pool = read_pool(Path(args.pool))
+        if needs_proofs(pool) and args.driver == "wrk":
+            raise PoolError(f"the pool holds DPoP-bound tokens: {NO_PROOFS_IN_WRK}; pass --driver asyncio")
+        tools = {name: tool(name, package) for name, package in needed if name != "wrk" or args.driver == "wrk"}
     except (Missing, ConfigError, PoolError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="tokengate-callgrind-") as tmp:
         workdir = Path(tmp)
-        script = write_script(pool, workdir)
+        load = make_load(args, pool, workdir, tools)
         up_port = free_port()
         upstream = spawn("upstream", python("loadtests.upstream", "--port", str(up_port)), workdir)
         try:
@@ -149,13 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             upstream_url = f"http://127.0.0.1:{up_port}"
             plain_port = free_port()
             plain = count("plain proxy", python("loadtests.plainproxy", "--port", str(plain_port), "--upstream",
-                                                upstream_url), plain_port, (plain_port, "/", None), script, args,
+                                                upstream_url), plain_port, (plain_port, "/", None), load, args,
                           workdir, tools)
             port, admin_port = free_ports(2)
             copy = Path(args.config).parent / f".loadtest-callgrind-{os.getpid()}.yaml"   # key paths stay relative
             write_private(copy, gateway_config(Path(args.config), upstream_url, port, admin_port, 1, None))
             gateway = count("gateway", python("gateway", "serve", "--config", str(copy)), port,
-                            (admin_port, "/readyz", 200), script, args, workdir, tools)
+                            (admin_port, "/readyz", 200), load, args, workdir, tools)
         except (StartFailed, OSError, subprocess.SubprocessError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

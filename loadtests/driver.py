@@ -1,5 +1,6 @@
 """The built-in load driver: asyncio + aiohttp on uvloop, one keep-alive connector, cycling
-through the pool at full speed or at a fixed rate, bounded in request count and in time.
+through the pool at full speed or at a fixed rate, bounded in request count and in time. DPoP-bound
+tokens go with a fresh proof each (proofs.py); `dpop_replay` resends an accepted one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.forward.headers import is_loopback
+
+from .proofs import DPOP_HEADER, DPOP_KINDS, signer_for
 
 ERROR = -1            # status recorded for a connection error or a timeout
 REQUEST_TIMEOUT_S = 10.0
@@ -100,9 +103,12 @@ class Pacer:
 class Driver:
     def __init__(self, plan: Plan, pool: Sequence[dict[str, Any]], out: TextIO = sys.stderr) -> None:
         self.plan, self.pool, self.out = plan, pool, out
-        self.headers = [{"Authorization": f"Bearer {row['token']}"} for row in pool]
+        self.headers = [{"Authorization": f"{_scheme(row)} {row['token']}"} for row in pool]
         self.urls = [plan.url + row["path"] for row in pool]
+        self.signers = [signer_for(row, plan.url) for row in pool]
         self.results = Results(kinds=[row["kind"] for row in pool])
+        self.spent: tuple[str, dict[str, str]] | None = None   # the last dpop request accepted
+        self.spent_ready = asyncio.Event()
         self.issued = 0
         self.pacer = Pacer(plan.rate) if plan.rate else None
 
@@ -145,17 +151,40 @@ class Driver:
             await self._one(session, slot)
 
     async def _one(self, session: aiohttp.ClientSession, slot: int) -> None:
+        url, headers = await self._request(slot)   # proofs are signed before the clock starts
         start = time.perf_counter()
         started = time.monotonic() - self.t0
         try:
-            async with session.get(self.urls[slot], headers=self.headers[slot], allow_redirects=False) as resp:
+            if not url:
+                raise NothingToReplay()
+            async with session.get(url, headers=headers, allow_redirects=False) as resp:
                 await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, NothingToReplay) as exc:
             name = type(exc).__name__
             self.results.error_types[name] = self.results.error_types.get(name, 0) + 1
             status = ERROR
         self.results.add(started, (time.perf_counter() - start) * 1000.0, status, slot)
+        if self.results.kinds[slot] == "dpop":
+            if status == 200:
+                self.spent = (url, headers)
+            self.spent_ready.set()   # answered: a replay need not wait any longer
+
+    async def _request(self, slot: int) -> tuple[str, dict[str, str]]:
+        """The URL and headers of one request: with a fresh proof for a bound token; for `dpop_replay`
+        the last accepted `dpop` request once more, waiting (bounded) until a first `dpop` one is
+        answered; ("", {}) when none was accepted."""
+        signer = self.signers[slot]
+        if signer is not None:
+            return self.urls[slot], {**self.headers[slot], DPOP_HEADER: signer.proof()}
+        if self.results.kinds[slot] != "dpop_replay":
+            return self.urls[slot], self.headers[slot]
+        if not self.spent_ready.is_set():
+            try:
+                await asyncio.wait_for(self.spent_ready.wait(), REQUEST_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self.spent_ready.set()   # wait once, not on every replay
+        return self.spent or ("", {})
 
     async def _progress(self) -> None:
         while True:
@@ -168,6 +197,14 @@ class Driver:
         line = f"\r{done} requests  {done / elapsed:,.0f} req/s  {self.results.errors} errors  {elapsed:.1f}s"
         self.out.write(line.ljust(72) + ("\n" if final else ""))
         self.out.flush()
+
+
+class NothingToReplay(Exception):
+    """A `dpop_replay` request found no accepted `dpop` request to resend (counted as an error)."""
+
+
+def _scheme(row: dict[str, Any]) -> str:
+    return "DPoP" if row["kind"] in DPOP_KINDS else "Bearer"
 
 
 def run_load(plan: Plan, pool: Sequence[dict[str, Any]]) -> Results:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import report
 from .driver import Plan, run_load
+from .proofs import NO_PROOFS_IN_WRK, needs_proofs
 from .wrkdriver import INSTALL_HINT, find_wrk, run_wrk
 
 
@@ -34,6 +35,17 @@ def choose(wanted: str, rate: float | None, requests: int | None) -> str:
     if wanted == "wrk":
         raise DriverChoice(f"--driver wrk: {why_not}")
     print(f"note: {why_not}: using the asyncio driver", file=sys.stderr)
+    return "asyncio"
+
+
+def choose_for_pool(chosen: str, wanted: str, pool: Sequence[dict[str, Any]]) -> str:
+    """``chosen`` (by ``choose``), unless the pool needs DPoP proofs, which only the asyncio driver
+    signs: then 'asyncio' for auto (saying why on stderr), DriverChoice for --driver wrk."""
+    if chosen != "wrk" or not needs_proofs(pool):
+        return chosen
+    if wanted == "wrk":
+        raise DriverChoice(f"--driver wrk: {NO_PROOFS_IN_WRK}")
+    print(f"note: {NO_PROOFS_IN_WRK}: using the asyncio driver", file=sys.stderr)
     return "asyncio"
 
 

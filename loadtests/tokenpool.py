@@ -21,10 +21,13 @@ from gateway.config.load import GatewayConfig
 from gateway.config.rules import Rule, RuleSet
 from gateway.steps.tokens import ACCESS_TOKEN_TYP, Minter
 
-KINDS = ("valid", "expired", "revoked", "bad_signature", "wrong_audience", "unknown_kid", "wrong_role")
+from .proofs import DPOP_KINDS, key_thumbprint, new_client_key, target_uri
+
+BEARER_KINDS = ("valid", "expired", "revoked", "bad_signature", "wrong_audience", "unknown_kid", "wrong_role")
+KINDS = (*BEARER_KINDS, *DPOP_KINDS)
 DEFAULT_MIX = {"valid": 70, "expired": 5, "revoked": 5, "bad_signature": 5, "wrong_audience": 5,
                "unknown_kid": 5, "wrong_role": 5}
-EXPECT = {"valid": 200, "wrong_role": 403}   # every other kind: 401
+EXPECT = {"valid": 200, "wrong_role": 403, "dpop": 200}   # every other kind: 401
 OTHER_AUDIENCE = "loadtest-not-this-gateway"
 NO_ROLE = "loadtest-no-such-role"
 
@@ -41,9 +44,16 @@ class Entry:
     path: str
     jti: str
     exp: int
+    dpop_key: dict[str, Any] | None = None   # the client's private JWK, for the driver's proofs
+    htu: str | None = None                   # the proofs' htu when the config sets auth.public_url
 
     def line(self) -> str:
-        return json.dumps({"token": self.token, "kind": self.kind, "expect": self.expect, "path": self.path})
+        row: dict[str, Any] = {"token": self.token, "kind": self.kind, "expect": self.expect, "path": self.path}
+        if self.dpop_key is not None:
+            row["dpop_key"] = self.dpop_key
+        if self.htu is not None:
+            row["htu"] = self.htu
+        return json.dumps(row)
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -94,9 +104,14 @@ class PoolMaker:
         self._foreign_kid = f"loadtest-unknown-{secrets.token_hex(4)}"
 
     def make(self, kind: str, n: int) -> Entry:
+        if kind in DPOP_KINDS:
+            return self._dpop_entry(kind, f"loadtest-{n}")
         token = getattr(self, f"_{kind}")(f"loadtest-{n}")
+        return self._entry(token, kind)
+
+    def _entry(self, token: str, kind: str, **dpop: Any) -> Entry:
         claims = jwt.decode(token, options={"verify_signature": False})
-        return Entry(token, kind, EXPECT.get(kind, 401), self.path, claims["jti"], int(claims["exp"]))
+        return Entry(token, kind, EXPECT.get(kind, 401), self.path, claims["jti"], int(claims["exp"]), **dpop)
 
     def _valid(self, sub: str) -> str:
         return self.minter.mint_access_token(sub, [self.role], ttl_s=self.ttl_s)
@@ -133,6 +148,17 @@ class PoolMaker:
                             "pick a --path whose route names roles, or leave wrong_role out of the mix")
         return self.minter.mint_access_token(sub, [NO_ROLE], ttl_s=self.ttl_s)
 
+    def _dpop_entry(self, kind: str, sub: str) -> Entry:
+        """A token bound to a fresh client key (cnf.jkt, RFC 9449 6.1). `dpop`: the pool keeps that key;
+        `dpop_wrong_key`: another one, so every proof is good but by the wrong key; `dpop_replay`: no
+        key, the driver resends a proof the gateway has accepted (its token is never sent)."""
+        key = new_client_key()
+        token = self.minter.mint_access_token(sub, [self.role], ttl_s=self.ttl_s,
+                                              extra_claims={"cnf": {"jkt": key_thumbprint(key)}})
+        kept = key if kind == "dpop" else new_client_key() if kind == "dpop_wrong_key" else None
+        htu = target_uri(self.cfg.auth.public_url, self.path) if self.cfg.auth.public_url and kept else None
+        return self._entry(token, kind, dpop_key=kept, htu=htu)
+
 
 def _protected_rule(cfg: GatewayConfig, path: str) -> Rule:
     found = RuleSet.compile(cfg.routes).explain("GET", path)
@@ -145,6 +171,8 @@ def _protected_rule(cfg: GatewayConfig, path: str) -> Rule:
 
 def generate(maker: PoolMaker, count: int, mix: Mapping[str, int], seed: int | None = None) -> list[Entry]:
     """``count`` entries in ``mix``, shuffled so that every kind is spread over the pool."""
+    if mix.get("dpop_replay") and not mix.get("dpop"):
+        raise PoolError("dpop_replay resends proofs of accepted dpop requests: give dpop a weight too")
     kinds = [kind for kind, n in split_count(count, mix).items() for _ in range(n)]
     random.Random(seed).shuffle(kinds)
     return [maker.make(kind, n) for n, kind in enumerate(kinds)]

@@ -55,3 +55,29 @@ def test_the_totals_of_every_dump_add_up(tmp_path: Path) -> None:
         (tmp_path / name).write_text(f"events: Ir\nsummary: {total}\nfn=x\n1 {total}\ntotals: {total}\n")
     (tmp_path / "other.callgrind").write_text("totals: 99\n")
     assert callgrind.instructions(tmp_path / "t.callgrind") == 1234
+
+
+def _dpop_pool(config: Path, tmp_path: Path) -> Path:
+    cfg = load_config(config)
+    pool = tmp_path / "dpop.jsonl"
+    write_pool(generate(PoolMaker(cfg, "/api/orders", "user"), 10, parse_mix("dpop=1")), pool, cfg.tokens.issuer)
+    return pool
+
+
+def test_a_dpop_pool_needs_the_asyncio_driver(bench: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    config, _ = bench
+    assert callgrind.main(["--config", str(config), "--pool", str(_dpop_pool(config, tmp_path))]) == 2
+    assert "cannot send DPoP proofs" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("valgrind", "callgrind_control")),
+                    reason="needs valgrind (./dev.sh installs it)")
+def test_a_dpop_pool_is_counted_with_the_asyncio_driver(bench: tuple[Path, Path], tmp_path: Path) -> None:
+    config, _ = bench
+    out = tmp_path / "cg.json"
+    assert callgrind.main(["--config", str(config), "--pool", str(_dpop_pool(config, tmp_path)), "--driver",
+                           "asyncio", "--seconds", "1", "--warm", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["gateway"]["requests"] > 0 and data["gateway"]["per_request"] > 0

@@ -18,15 +18,15 @@ import jwt
 import pytest
 
 from gateway.config.load import load_config
-from gateway.dev.echo import build_echo_app
 from loadtests.chart import per_second, render_png
 from loadtests.driver import ERROR, RemoteTarget, Results, check_target
 from loadtests.report import build, percentile, text
-from loadtests.tokenpool import (KINDS, OTHER_AUDIENCE, PoolError, PoolMaker, generate, parse_mix, read_jsonl,
+from loadtests.tokenpool import (BEARER_KINDS, OTHER_AUDIENCE, PoolError, PoolMaker, generate, parse_mix, read_jsonl,
                                  sidecar_path, split_count, write_pool)
-from tests.conftest import AUDIENCE, HS_SECRET, ISSUER, base_config
-from tests.integration.gatewayproc import GatewayProcess, spawn_gateway, wait_until_ready
+from tests.conftest import AUDIENCE, HS_SECRET, ISSUER
+from tests.integration.gatewayproc import GatewayProcess
 from tests.integration.server.test_access_log import written_access_lines
+from tests.loadtests.conftest import config_path as _config_path
 from tests.loadtests.reportchecks import assert_has_a_curve_and_a_rate, assert_is_a_chart
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_every_kind_is_what_it_says(write_config: Callable[..., Path], tmp_path:
     cfg = load_config(write_config())
     entries = generate(PoolMaker(cfg, "/api/orders", "user"), 140, parse_mix("valid=1,expired=1,revoked=1,"
                        "bad_signature=1,wrong_audience=1,unknown_kid=1,wrong_role=1"), seed=1)
-    assert Counter(e.kind for e in entries) == {kind: 20 for kind in KINDS}
+    assert Counter(e.kind for e in entries) == {kind: 20 for kind in BEARER_KINDS}
     kids = {key.kid for key in cfg.tokens.keys}
     for e in entries:
         assert e.path == "/api/orders"
@@ -165,24 +165,6 @@ async def test_cli_refuses_a_remote_target(tmp_path: Path) -> None:
     code, out, err = await kit("run", "--url", "http://10.1.2.3:8080", "--pool", str(tmp_path / "none.jsonl"),
                                "--requests", "1")
     assert code == 2 and "--allow-remote" in err and out == ""
-
-
-@pytest.fixture
-async def gateway(aiohttp_server: Any, keys_dir: Path, tmp_path: Path) -> Any:
-    echo = await aiohttp_server(build_echo_app())
-    config = base_config(keys_dir)
-    upstream = f"http://127.0.0.1:{echo.port}"
-    config["upstreams"] = {"accounts": {"url": upstream}, "orders": {"url": upstream}}
-    gw = spawn_gateway(config, tmp_path)
-    try:
-        await wait_until_ready(gw)
-        yield gw
-    finally:
-        gw.stop()
-
-
-def _config_path(gw: GatewayProcess, tmp_path: Path) -> str:
-    return str(tmp_path / f"gateway-{gw.port}.yaml")
 
 
 @pytest.mark.integration
