@@ -118,6 +118,10 @@ class Denylist:
                     delay_s = RETRY_MIN_S
                 self.in_sync = False
                 self._first_attempt.set()
+            except Exception:   # a bug or a reply nobody expected: never the end of the mirror's task
+                log.exception("revocation mirror failed; resynchronising")
+                self.in_sync = False
+                self._first_attempt.set()
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RETRY_MAX_S)
 

@@ -4,6 +4,7 @@ full reloads (in slices, with revocations arriving meanwhile) and the listeners 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -127,6 +128,30 @@ async def test_listeners_hear_each_revocation_learnt_and_resync_listeners_each_r
         await feed.aclose()
     await until(lambda: len(reloads) == 2)
     assert reloads == [1, 2]
+
+
+async def test_an_unexpected_error_of_the_store_is_logged_and_retried_never_the_end_of_the_mirror(
+        mirror: Denylist, store: MemoryStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only StoreUnavailable was caught: any other error from the store (a reply it could not read) ended
+    the mirror's task for good, and the mirror went on answering from what it had, or never got in sync."""
+    real = store.live_revocations
+    calls = []
+
+    async def broken_once(now: float) -> list[Revocation]:
+        calls.append(now)
+        if len(calls) == 1:
+            raise ValueError("a reply the store could not read")
+        return await real(now)
+
+    monkeypatch.setattr(store, "live_revocations", broken_once)
+    await store.revoke(jti_revocation("j1", clock.now + 60))
+    with caplog.at_level(logging.ERROR, logger="tokengate.denylist"):
+        await started(mirror)   # retried after the error, then in sync
+    assert len(calls) == 2 and [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "revocation mirror failed; resynchronising"]
+    with pytest.raises(RevokedToken):
+        mirror.check(identity("j1"))
 
 
 async def test_a_revocation_applied_while_a_reload_runs_survives_the_swap(
