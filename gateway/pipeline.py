@@ -23,7 +23,7 @@ from .config.load import GatewayConfig
 from .config.rules import RuleSet
 from .errors import Handler, MethodRefused
 from .forward.client_cert import client_certificate
-from .forward.dpop_request import DPOP_ALGS, DpopGuard
+from .forward.dpop_request import DPOP_ALGS, RENEWED_NONCE, DpopGuard
 from .forward.forwarder import Forwarder
 from .forward.lifetime import ConnectionWatcher
 from .forward.request_body import check_expectation
@@ -156,7 +156,7 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
     rule = gw.rules.match(request.method, path)                # NoRoute -> 404
     if note is not None:
         note.route, note.upstream, note.routed_at = rule.label, rule.upstream, time.perf_counter()
-    headers, identity = gw.passport.anonymous, None
+    headers, identity, renewed_nonce = gw.passport.anonymous, None, None
     if not rule.public:
         request[DPOP_ALGS] = gw.dpop.algs                      # its 401s carry a DPoP challenge too
         scheme, token = extract_presented_token(request, gw.config)   # MissingToken, BadRequest, CsrfFailed
@@ -167,11 +167,12 @@ async def proxy(gw: Gateway, request: web.Request) -> web.StreamResponse:
         if CNF in identity.claims or scheme != BEARER or rule.dpop_required or gw.dpop.required:
             # RFC 9449: the proof is the request's own, so checked cached or not (InvalidToken, InvalidDpopProof -> 401)
             await gw.dpop.check_resource(request, scheme, token, identity.claims, rule.dpop_required)
+            renewed_nonce = request.get(RENEWED_NONCE)           # RFC 9449 8.2: the answer hands out the next
         if note is not None:
             note.subject, note.checked_at = identity.sub, time.perf_counter()
         authorize(rule, identity)                              # Forbidden -> 403
         headers = gw.passport.cached_headers_for(known, rule.upstream)
-    return await gw.forwarder.forward(request, path, rule.upstream, headers, identity, note)   # 502/504
+    return await gw.forwarder.forward(request, path, rule.upstream, headers, identity, note, renewed_nonce)   # 502/504
 
 
 class FrontDoor:

@@ -144,9 +144,11 @@ class Forwarder:
         return pool
 
     async def forward(self, request: web.Request, path: str, upstream: str, identity_headers: Mapping[str, str],
-                      identity: Identity | None = None, note: AccessNote | None = None) -> web.StreamResponse:
+                      identity: Identity | None = None, note: AccessNote | None = None,
+                      renewed_nonce: str | None = None) -> web.StreamResponse:
         """Proxy ``request`` to ``upstream`` at ``path`` (+ the original query); ``note`` gets the
-        upstream's time to answer, for the access line and the metrics.
+        upstream's time to answer, for the access line and the metrics; ``renewed_nonce``: a DPoP nonce
+        the answer hands out.
 
         Raises UpstreamFailed (502) or UpstreamTimeout (504) before the answer starts; after
         that, a failing upstream only cuts the stream short. A WebSocket or streamed answer
@@ -169,16 +171,17 @@ class Forwarder:
             out = Outgoing(request.method, request_target, target.host_header, headers, body)
             if pool is not None and lean.fits(request, body) and not is_websocket_upgrade(request):
                 return await relay(request, lean.send(pool, out, self._timeouts[upstream]), request_id, lifetime,
-                                   note, self._body_timeout_s)
-            return await self._forward_general(request, pool, upstream, target.origin, out, request_id, lifetime, note)
+                                   note, self._body_timeout_s, renewed_nonce)
+            return await self._forward_general(request, pool, upstream, target.origin, out, request_id, lifetime, note,
+                                               renewed_nonce)
         finally:
             self._in_flight -= 1
             if self._idle is not None and not self._in_flight:
                 self._idle.set()
 
     async def _forward_general(self, request: web.Request, pool: UpstreamPool | None, upstream: str, origin: str,
-                               out: Outgoing, request_id: str, lifetime: Lifetime,
-                               note: AccessNote | None) -> web.StreamResponse:
+                               out: Outgoing, request_id: str, lifetime: Lifetime, note: AccessNote | None,
+                               renewed_nonce: str | None) -> web.StreamResponse:
         session = self._session(upstream)
         if pool is not None:   # aiohttp's requests count against the lean pool's budget too
             try:
@@ -190,7 +193,7 @@ class Forwarder:
                 return await proxy_websocket(request, session, general.upstream_url(origin, out.target),
                                              CIMultiDict(out.headers), request_id, lifetime)
             return await relay(request, general.send(session, origin, out), request_id, lifetime, note,
-                               self._body_timeout_s)
+                               self._body_timeout_s, renewed_nonce)
         finally:
             if pool is not None:
                 pool.release_slot()

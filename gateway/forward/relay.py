@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..logs import ACCESS_NOTE, CLIENT_LEFT, CLIENT_STALLED, UPSTREAM_TRUNCATED, AccessNote
-from .dpop_request import NONCE_HEADER, RENEWED_NONCE
+from .dpop_request import NONCE_HEADER
 from .headers import HOP_BY_HOP, response_header_items
 from .lifetime import Lifetime
 from .request_id import REQUEST_ID
@@ -30,11 +30,12 @@ _NOT_RELAYED = HOP_BY_HOP | {REQUEST_ID.lower()}   # the answer carries the gate
 
 
 async def relay(request: web.Request, sending: Awaitable[UpstreamAnswer], request_id: str, lifetime: Lifetime,
-                note: AccessNote | None, stall_s: float) -> web.StreamResponse:
+                note: AccessNote | None, stall_s: float, renewed_nonce: str | None = None) -> web.StreamResponse:
     """Either client's exchange (``sending``: its send): the upstream's time until the answer's head
     (``note.upstream_ms``, for the access line and the metrics), then the answer to the client, whole
     in one write when small (nothing goes out unless the whole body came), else streamed. HEAD
-    answers carry a Content-Length but no body: streamed, so their headers go out as they are."""
+    answers carry a Content-Length but no body: streamed, so their headers go out as they are.
+    ``renewed_nonce``: a DPoP nonce the answer hands out (RENEWED_NONCE)."""
     sent_at = time.perf_counter()
     answer = await sending
     if note is not None:
@@ -48,12 +49,12 @@ async def relay(request: web.Request, sending: Awaitable[UpstreamAnswer], reques
                 raise answer.failure(exc) from exc
             complete = True
             out = whole_answer(answer.status, answer.reason, answer.header_items, body, request_id)
-            if (nonce := request.get(RENEWED_NONCE)) is not None:
-                out.headers[NONCE_HEADER] = nonce
+            if renewed_nonce is not None:
+                out.headers[NONCE_HEADER] = renewed_nonce
             return out
         out, complete = await stream_answer(request, answer.status, answer.reason, answer.header_items,
                                             answer.chunks(), answer.content_length is None, request_id, lifetime,
-                                            answer.broken, stall_s)
+                                            answer.broken, stall_s, renewed_nonce)
         return out
     finally:
         answer.finish(complete)
@@ -75,15 +76,16 @@ def whole_answer(status: int, reason: str | None, headers: Iterable[tuple[str, s
 
 async def stream_answer(request: web.Request, status: int, reason: str | None, headers: Iterable[tuple[str, str]],
                         chunks: AsyncIterator[bytes], endless: bool, request_id: str, lifetime: Lifetime,
-                        broken: tuple[type[BaseException], ...], stall_s: float) -> tuple[web.StreamResponse, bool]:
+                        broken: tuple[type[BaseException], ...], stall_s: float,
+                        renewed_nonce: str | None = None) -> tuple[web.StreamResponse, bool]:
     """Stream the answer; ``endless`` (no length: chunked, SSE) ends with the token too. Returns the
     response and whether the body came whole (``broken``: the upstream client's errors). A client
     that takes nothing of it for ``stall_s`` is cut off, so it holds no upstream connection."""
     out = web.StreamResponse(status=status, reason=reason,
                              headers=CIMultiDict(response_header_items(headers, HOP_BY_HOP)))
     out.headers[REQUEST_ID] = request_id
-    if (nonce := request.get(RENEWED_NONCE)) is not None:
-        out.headers[NONCE_HEADER] = nonce
+    if renewed_nonce is not None:
+        out.headers[NONCE_HEADER] = renewed_nonce
     if endless:   # it may outlive the token
         with lifetime.cancel_on_end():
             return out, await _copy_body(request, chunks, out, broken, stall_s)
