@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 import numpy as np
 
@@ -129,7 +129,7 @@ class Denylist:
         # Subscribed before loading: a revocation published meanwhile arrives on the feed too.
         async with self._store.revocation_events() as feed:
             now = self._clock()
-            await self._replace(await self._store.live_revocations(now), now)
+            await self._replace(self._store.live_revocation_pages(now), now)
             self.in_sync, self.last_sync_at = True, now
             self._first_attempt.set()
             log.info("revocation mirror in sync: %d entries", len(self))
@@ -143,10 +143,10 @@ class Denylist:
                     self._purge(last_purge)
         raise StoreUnavailable(self._store.safe_url, "the revocation feed ended")
 
-    async def _replace(self, live: list[Revocation], now: float) -> None:
-        """Become exactly ``live``. The ids are hashed in slices that let the event loop run in
-        between and sorted off the loop (requests meanwhile see the previous mirror), then
-        swapped in at once."""
+    async def _replace(self, live: list[Revocation] | AsyncIterable[list[Revocation]], now: float) -> None:
+        """Become exactly ``live`` (a list, or the store's pages of it). The ids are hashed in slices that
+        let the event loop run in between and sorted off the loop (requests meanwhile see the previous
+        mirror), then swapped in at once."""
         self._applied_while_loading = pending = []
         try:
             jtis, sids, subs = await _loaded(live)
@@ -183,28 +183,39 @@ class Denylist:
         self._sub = {k: v for k, v in self._sub.items() if v[1] > now}
 
 
-async def _loaded(live: list[Revocation]) -> tuple[RevokedIds, RevokedIds, list[Revocation]]:
+async def _loaded(live: list[Revocation] | AsyncIterable[list[Revocation]]
+                  ) -> tuple[RevokedIds, RevokedIds, list[Revocation]]:
     """The token ids and the session ids of ``live`` as a RevokedIds each, and its subject watermarks.
-    One pass over ``live`` in slices that let the event loop run in between: at a million entries even
-    one plain pass over the list takes a loop-stalling 0.3-0.8 s."""
+    Page by page (only the page at hand is held as objects: the store's million revocations never are),
+    in slices that let the event loop run in between: at a million entries even one plain pass over a
+    list takes a loop-stalling 0.3-0.8 s. An id that comes twice keeps its latest expiry."""
     ids = {"jti": RevokedIds(), "sid": RevokedIds()}
     parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {kind: ([], []) for kind in ids}
     subs = []
-    for start in range(0, len(live), LOAD_CHUNK):
-        by_kind: dict[str, list[Revocation]] = {kind: [] for kind in ids}
-        for revocation in live[start:start + LOAD_CHUNK]:
-            if revocation.kind == "sub":
-                subs.append(revocation)
-            elif revocation.kind in by_kind:
-                by_kind[revocation.kind].append(revocation)
-        for kind, some in by_kind.items():
-            if some:
-                fingerprints, expiries = parts[kind]
-                fingerprints.append(ids[kind].fingerprints((r.iss, r.id) for r in some))
-                expiries.append(expiries_of(r.expires_at for r in some))
-        await asyncio.sleep(0)
+    async for page in _pages(live):
+        for start in range(0, len(page), LOAD_CHUNK):
+            by_kind: dict[str, list[Revocation]] = {kind: [] for kind in ids}
+            for revocation in page[start:start + LOAD_CHUNK]:
+                if revocation.kind == "sub":
+                    subs.append(revocation)
+                elif revocation.kind in by_kind:
+                    by_kind[revocation.kind].append(revocation)
+            for kind, some in by_kind.items():
+                if some:
+                    fingerprints, expiries = parts[kind]
+                    fingerprints.append(ids[kind].fingerprints((r.iss, r.id) for r in some))
+                    expiries.append(expiries_of(r.expires_at for r in some))
+            await asyncio.sleep(0)
     for kind, (fingerprints, expiries) in parts.items():
         # The sort (~50-90 ms at 1M) runs in a thread: numpy lets go of the GIL meanwhile.
         await asyncio.to_thread(ids[kind].load, np.concatenate(fingerprints or [np.empty(0, np.uint64)]),
                                 np.concatenate(expiries or [np.empty(0, np.uint32)]))
     return ids["jti"], ids["sid"], subs
+
+
+async def _pages(live: list[Revocation] | AsyncIterable[list[Revocation]]) -> AsyncIterator[list[Revocation]]:
+    if isinstance(live, list):
+        yield live
+    else:
+        async for page in live:
+            yield page

@@ -222,7 +222,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def live_revocations(self, now: float) -> list[Revocation]:
-        """Every revocation not yet expired: what a mirror loads at start and after a reconnect."""
+        """Every revocation not yet expired, each once."""
+
+    async def live_revocation_pages(self, now: float) -> AsyncIterator[list[Revocation]]:
+        """What a mirror loads at start and after a reconnect: every revocation not yet expired, in
+        pages, so that a million of them are never all held at once (one may come twice). Here: one
+        page (a store that holds them in memory anyway)."""
+        yield await self.live_revocations(now)
 
     @abc.abstractmethod
     def revocation_events(self) -> RevocationFeed:

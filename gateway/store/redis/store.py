@@ -138,27 +138,32 @@ class RedisStore(Store):
             await self._c.publish(REVOCATIONS_CHANNEL, encode_revocation(r))
 
     async def live_revocations(self, now: float) -> list[Revocation]:
+        found: dict[tuple[str, str, str], Revocation] = {}
+        async for page in self.live_revocation_pages(now):
+            found.update(((r.kind, r.iss, r.id), r) for r in page)   # a page may repeat an entry: kept once
+        return list(found.values())
+
+    async def live_revocation_pages(self, now: float) -> AsyncIterator[list[Revocation]]:
         """Read in pages, never in one long command: a million revocations in one script held Redis for
         seconds (every other client waited) and outlasted the command timeout, so a mirror never loaded.
-        ZSCAN returns every entry that is there for the whole read (some twice: kept once); one added
-        meanwhile reaches the mirror on its feed, which is subscribed before the read."""
-        found: dict[bytes, Revocation] = {}
+        ZSCAN returns every entry that is there for the whole read (some twice); one added meanwhile
+        reaches the mirror on its feed, which is subscribed before the read."""
         async with self._guard():
             await follow_master(self._c)   # Sentinel: a reload reads the master of now, never an old one
             for _ in range(MAX_SWEEPS):   # the expired ones go first, a page a call
                 if await self._run("sweep", [DENY_INDEX, DENY_VALUES], repr(now), SWEEP_PAGE) < SWEEP_PAGE:
                     break
-            cursor = b"0"
-            while True:
+        cursor = b"0"
+        while True:
+            async with self._guard():
                 cursor, *flat = await self._run("live_page", [DENY_INDEX, DENY_VALUES], cursor, LIVE_ENTRIES,
                                                 repr(now))
-                members = flat[::3]
-                decoded = json.loads(b"[" + b",".join(members) + b"]")   # one C scan a page, not one a member
-                for member, (kind, iss, id_), expires_at, value in zip(members, decoded, flat[1::3], flat[2::3]):
-                    found[member] = Revocation(kind, iss, id_, float(value), float(expires_at))
-                if cursor == b"0":
-                    break
-        return list(found.values())
+            members = flat[::3]
+            decoded = json.loads(b"[" + b",".join(members) + b"]")   # one C scan a page, not one a member
+            yield [Revocation(kind, iss, id_, float(value), float(expires_at))
+                   for (kind, iss, id_), expires_at, value in zip(decoded, flat[1::3], flat[2::3])]
+            if cursor == b"0":
+                return
 
     def revocation_events(self) -> RedisFeed:
         if self._closed:
