@@ -22,8 +22,8 @@ from ..base import (DENY_INDEX, DENY_JTI, DENY_SID, DENY_SUB, DENY_VALUES, ENDED
                     Revocation, Rotation, SessionInfo, Store, StoreUnavailable, UserRecord)
 from .client import follow_master
 from .feed import RedisFeed, encode_revocation
-from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, END_SESSION, FIND_REFRESH, HIT, INDEX, KILL_FAMILY,
-                      LIVE_PAGE, PUT_RESET, PUT_USER, ROTATE, SWEEP, TAKE_RESET, WATERMARK)
+from .scripts import (ADD_MEMBER, ADD_REFRESH, ADD_USER, END_SESSION, FIND_REFRESH, HIT, INDEX, KILL_FAMILY, LIVE_PAGE,
+                      PUT_RESET, PUT_USER, ROTATE, SWEEP, TAKE_RESET, WATERMARK)
 
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterError, rx.RedisClusterException,
                 rx.TryAgainError, rx.ReadOnlyError, rx.OutOfMemoryError, rx.NoPermissionError, OSError)
@@ -74,8 +74,9 @@ class RedisStore(Store):
         self._is_cluster = isinstance(client, RedisCluster)
         scripts = {"watermark": WATERMARK, "index": INDEX, "sweep": SWEEP, "live_page": LIVE_PAGE,
                    "add_refresh": ADD_REFRESH, "rotate": ROTATE, "find_refresh": FIND_REFRESH,
-                   "kill_family": KILL_FAMILY, "add_member": ADD_MEMBER, "add_user": ADD_USER, "put_user": PUT_USER, "hit": HIT, "put_reset": PUT_RESET,
-                   "take_reset": TAKE_RESET, "end_session": END_SESSION}
+                   "kill_family": KILL_FAMILY, "add_member": ADD_MEMBER, "add_user": ADD_USER,
+                   "put_user": PUT_USER, "hit": HIT, "put_reset": PUT_RESET, "take_reset": TAKE_RESET,
+                   "end_session": END_SESSION}
         self._scripts = {name: client.register_script(script) for name, script in scripts.items()}
 
     def translate(self, exc: BaseException) -> StoreUnavailable | None:

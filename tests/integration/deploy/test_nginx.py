@@ -19,8 +19,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.dev.echo import ECHO, EchoState
-from loadtests.procs import free_port, stop_process
 from gateway.steps.dpop import thumbprint
+from loadtests.procs import free_port, stop_process
 from tests.conftest import base_config, bearer
 from tests.integration.gatewayproc import GatewayProcess
 from tests.unit.steps.dpop_proofs import ath, good_header, key, public_jwk, sign
