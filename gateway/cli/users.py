@@ -18,6 +18,7 @@ from ..auth.accounts.passwords import PasswordHasher
 from ..auth.accounts.policy import PasswordPolicy, WeakPassword
 from ..config.load import CredentialsUrlConfig, GatewayConfig, UsersFileConfig
 from ..errors import DependencyDown
+from ..logs import ADMIN_REVOKE, operator_audit
 from ..store.base import StoreUnavailable
 from .args import UsageError, add_config_option, config_from, fail
 
@@ -123,6 +124,7 @@ async def _end_sessions(cfg: GatewayConfig, username: str) -> int:
                     f"{username}'s sessions; run `tokengate revoke --sub {username}` once it is back")
     finally:
         await store.close()
+    operator_audit(cfg.log, ADMIN_REVOKE, subject=username, session=None, kind="sub", target=username)
     print(outcome.describe())
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import stat
 from functools import partial
 
@@ -284,8 +285,11 @@ def test_store_accounts_are_edited_through_a_real_redis(run, stdin, write_config
     assert run("users", "add", "--config", config, "alice", "--role", "admin")[0] == 0
     stdin("another password\n")
     assert run("users", "add", "--config", config, "alice")[0] == 1
-    status, out, _ = run("users", "disable", "--config", config, "alice")
+    status, out, err = run("users", "disable", "--config", config, "alice")
     assert status == 0 and "revoked every token of subject alice" in out
+    (line,) = [json.loads(text) for text in err.splitlines()]   # the sessions it ended are audited
+    assert {k: line[k] for k in ("event", "subject", "kind", "target", "via", "client")} == {
+        "event": "admin_revoke", "subject": "alice", "kind": "sub", "target": "alice", "via": "cli", "client": None}
     assert asyncio.run(_subject_revoked(redis_url, "alice"))   # disabling ends the sessions everywhere
     status, out, _ = run("users", "list", "--config", config)
     assert status == 0 and out.splitlines()[1].split() == ["alice", "admin", "-", "yes"]
