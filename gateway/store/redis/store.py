@@ -6,6 +6,7 @@ module sees a redis exception. Multi-key atomic steps are Lua scripts on keys sh
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -148,23 +149,34 @@ class RedisStore(Store):
         """Read in pages, never in one long command: a million revocations in one script held Redis for
         seconds (every other client waited) and outlasted the command timeout, so a mirror never loaded.
         ZSCAN returns every entry that is there for the whole read (some twice); one added meanwhile
-        reaches the mirror on its feed, which is subscribed before the read."""
+        reaches the mirror on its feed, which is subscribed before the read. The next page is asked for
+        while this one is decoded and taken in (Redis's time and ours overlap)."""
         async with self._guard():
             await follow_master(self._c)   # Sentinel: a reload reads the master of now, never an old one
             for _ in range(MAX_SWEEPS):   # the expired ones go first, a page a call
                 if await self._run("sweep", [DENY_INDEX, DENY_VALUES], repr(now), SWEEP_PAGE) < SWEEP_PAGE:
                     break
-        cursor = b"0"
-        while True:
-            async with self._guard():
-                cursor, *flat = await self._run("live_page", [DENY_INDEX, DENY_VALUES], cursor, LIVE_ENTRIES,
-                                                repr(now))
-            members = flat[::3]
-            decoded = json.loads(b"[" + b",".join(members) + b"]")   # one C scan a page, not one a member
-            yield [Revocation(kind, iss, id_, float(value), float(expires_at))
-                   for (kind, iss, id_), expires_at, value in zip(decoded, flat[1::3], flat[2::3])]
-            if cursor == b"0":
-                return
+        asking = asyncio.ensure_future(self._live_page(b"0", now))
+        try:
+            while True:
+                cursor, flat = await asking
+                if cursor != b"0":
+                    asking = asyncio.ensure_future(self._live_page(cursor, now))
+                members = flat[::3]
+                decoded = json.loads(b"[" + b",".join(members) + b"]")   # one C scan a page, not one a member
+                yield [Revocation(kind, iss, id_, float(value), float(expires_at))
+                       for (kind, iss, id_), expires_at, value in zip(decoded, flat[1::3], flat[2::3])]
+                if cursor == b"0":
+                    return
+        finally:   # a reader that stopped early (or failed) leaves no call behind, and no unread error
+            asking.cancel()
+            asking.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def _live_page(self, cursor: bytes, now: float) -> tuple[bytes, list[bytes]]:
+        async with self._guard():
+            next_cursor, *flat = await self._run("live_page", [DENY_INDEX, DENY_VALUES], cursor, LIVE_ENTRIES,
+                                                 repr(now))
+        return next_cursor, flat
 
     def revocation_events(self) -> RedisFeed:
         if self._closed:
