@@ -23,4 +23,5 @@ def test_readme_config_reference_loads_as_written(keys_dir: Path, tmp_path: Path
                                      "CORP_CLIENT_ID": "gw", "CORP_CLIENT_SECRET": "s", "GH_ID": "g", "GH_SECRET": "s"})
     assert cfg.auth.mail.attempts == 3 and cfg.auth.password.min_length == 8
     assert cfg.admin.token is not None and cfg.tokens.cache_size == 10_000
-    assert len(cfg.routes) == 5
+    assert len(cfg.routes) == 6 and cfg.routes[-1].dpop == "required"
+    assert (cfg.tokens.dpop.max_age, cfg.tokens.dpop.nonce, cfg.tokens.dpop.required) == (60, False, False)
