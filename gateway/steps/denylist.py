@@ -112,14 +112,12 @@ class Denylist:
         while True:
             try:
                 await self._sync_and_listen()
-            except StoreUnavailable as exc:
-                if self.in_sync:
+            except Exception as exc:   # a lost store; or a bug, a reply nobody expected: never the task's end
+                if not isinstance(exc, StoreUnavailable):
+                    log.exception("revocation mirror failed; resynchronising")
+                elif self.in_sync:
                     log.warning("revocation mirror lost the store (%s); resynchronising", exc.reason)
                     delay_s = RETRY_MIN_S
-                self.in_sync = False
-                self._first_attempt.set()
-            except Exception:   # a bug or a reply nobody expected: never the end of the mirror's task
-                log.exception("revocation mirror failed; resynchronising")
                 self.in_sync = False
                 self._first_attempt.set()
             await asyncio.sleep(delay_s)

@@ -17,20 +17,29 @@ if old > exp then exp = old end
 redis.call('SET', KEYS[1], wm, 'PXAT', exp)
 """
 
+# Shared by INDEX and SWEEP (KEYS: deny:index, deny:values): drop at most ``most`` expired members (Lua's
+# unpack takes a few thousand values, and no call may hold Redis for long); how many were dropped.
+_DROP_EXPIRED = """
+local function drop_expired(now, most)
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, most)
+  if #dead > 0 then
+    redis.call('HDEL', KEYS[2], unpack(dead))
+    redis.call('ZREM', KEYS[1], unpack(dead))
+  end
+  return #dead
+end
+"""
+
 # KEYS: deny:index, deny:values   ARGV: member, expires_at, value, now  ->  {value, expires_at} in force
 # Value and expiry only move forward (two revokes of one subject may arrive in any order), and a few
 # expired members are dropped on the way so that the index stays small between full loads.
-INDEX = """
+INDEX = _DROP_EXPIRED + """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if score and tonumber(score) <= tonumber(ARGV[4]) then score = false; old = false end
 if (not old) or tonumber(ARGV[3]) > tonumber(old) then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
 if (not score) or tonumber(ARGV[2]) > tonumber(score) then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, 100)
-if #dead > 0 then
-  redis.call('HDEL', KEYS[2], unpack(dead))
-  redis.call('ZREM', KEYS[1], unpack(dead))
-end
+drop_expired(ARGV[4], 100)
 return {redis.call('HGET', KEYS[2], ARGV[1]), redis.call('ZSCORE', KEYS[1], ARGV[1])}
 """
 
@@ -49,15 +58,9 @@ end
 return out
 """
 
-# KEYS: deny:index, deny:values   ARGV: now, most  ->  how many expired entries were dropped (at most
-# ``most``: Lua's unpack takes a few thousand values, and no call may hold Redis for long)
-SWEEP = """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #dead > 0 then
-  redis.call('HDEL', KEYS[2], unpack(dead))
-  redis.call('ZREM', KEYS[1], unpack(dead))
-end
-return #dead
+# KEYS: deny:index, deny:values   ARGV: now, most  ->  how many expired entries were dropped (at most most)
+SWEEP = _DROP_EXPIRED + """
+return drop_expired(ARGV[1], tonumber(ARGV[2]))
 """
 
 # Shared by ADD_REFRESH and ROTATE: the family lives as long as its latest token.
